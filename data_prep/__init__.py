@@ -1,0 +1,1 @@
+"""Raw recommendation datasets -> TFRecord shards per split and domain + schema.json."""

@@ -1,0 +1,353 @@
+"""MovieLens-100k / MovieLens-1M -> TFRecords split by scenario.
+
+Inputs: a GroupLens ``ml-100k.zip`` / ``ml-1m.zip`` or their extracted folders; for
+ML-100k with no path, the exact copy inside the ``recbole==1.2.1`` wheel from PyPI
+(downloaded once with ``pip download --no-deps`` into a cache and read as a zip).
+
+Domain schemes (``--domain_scheme``):
+  age3        HAMUR / Scenario-Wise-Rec: {<18, 18-24} / 25-34 / 35+ (ML-1M age codes
+              {1,18} / {25} / {35,45,50,56}; ML-100k raw ages bucketed the same way).
+  gender      F / M (MLoRA's ML-1M "gender" recipe).
+  age7        the seven ML-1M age codes (ML-100k ages bucketed with the same thresholds).
+  occupation  the 21 occupations.
+Domain ids are always contiguous 0..K-1 (sorted raw values).
+
+Label rules (``--label_rule``): ``gt3`` (rating > 3, HAMUR; default) or ``eq5``
+(rating == 5, MLoRA).
+
+Example:
+  python -m data_prep.movielens --version=100k --output_dir=data/ml100k_age3
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from absl import app, flags
+
+from data_prep.common import (DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
+                              random_split, remap_domains, sha256_of_bytes, stratified_split, write_dataset)
+from data_prep.sources import DEFAULT_CACHE, RawSource, fetch_recbole_wheel, parse_lines
+
+EXPECTED = {
+    "100k": {"ratings": 100_000, "users": 943, "items": 1_682},
+    "1m": {"ratings": 1_000_209, "users": 6_040, "items": 3_706},  # 3,706 rated movies
+}
+GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+               "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+               "War", "Western"]
+AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
+DOMAIN_SCHEMES = ("age3", "gender", "age7", "occupation")
+LABEL_RULES = ("gt3", "eq5")
+ALL_FEATURES = ("user_id", "item_id", "gender", "age", "occupation", "zip", "genre")
+# Column whose value defines each scheme: that feature is the domain-side one.
+SCHEME_COLUMN = {"age3": "age", "age7": "age", "gender": "gender", "occupation": "occupation"}
+
+
+def age_to_code(age: np.ndarray) -> np.ndarray:
+    """Bucket raw ages into ML-1M age codes (tfds thresholds 18, 25, 35, 45, 50, 56)."""
+    bins = np.array([18, 25, 35, 45, 50, 56])
+    return np.array(AGE_CODES)[np.searchsorted(bins, age, side="right")]
+
+
+def _int(s: str) -> int:
+    return int(s)
+
+
+_int.__name__ = "integer"
+
+
+def _rating(s: str) -> int:
+    v = int(float(s))
+    if v < 1 or v > 5:
+        raise ValueError(s)
+    return v
+
+
+_rating.__name__ = "rating in 1..5"
+
+
+def read_ml100k(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Reads ML-100k from GroupLens files (u.data/u.user/u.item) or recbole atomic files."""
+    checksums = {}
+    bad = 0
+    if src.has("u.data"):
+        files = ("u.data", "u.user", "u.item")
+        text, w = src.read_text("u.data", "latin-1")
+        checksums["u.data"] = sha256_of_bytes(text.encode("latin-1"))
+        r, b = parse_lines(text, w, "\t", ["user", "item", "rating", "ts"],
+                           {"user": _int, "item": _int, "rating": _rating, "ts": _int}, skip_bad=skip_bad)
+        bad += b
+        text, w = src.read_text("u.user", "latin-1")
+        checksums["u.user"] = sha256_of_bytes(text.encode("latin-1"))
+        u, b = parse_lines(text, w, "|", ["user", "age", "gender", "occupation", "zip"],
+                           {"user": _int, "age": _int}, skip_bad=skip_bad)
+        bad += b
+        text, w = src.read_text("u.item", "latin-1")
+        checksums["u.item"] = sha256_of_bytes(text.encode("latin-1"))
+        cols = ["item", "title", "date", "vdate", "url"] + [f"g{i}" for i in range(19)]
+        it, b = parse_lines(text, w, "|", cols, {"item": _int}, skip_bad=skip_bad, min_fields=24)
+        bad += b
+        flags_ = np.array([[x == "1" for x in it[f"g{i}"]] for i in range(19)]).T
+        first = [GENRES_100K[int(np.argmax(row))] if row.any() else "unknown" for row in flags_]
+        items = pd.DataFrame({"item": it["item"], "genre": first})
+    elif src.has("ml-100k.inter"):
+        files = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
+        text, w = src.read_text("ml-100k.inter", "utf-8")
+        checksums["ml-100k.inter"] = sha256_of_bytes(text.encode())
+        r, b = parse_lines(text, w, "\t", ["user", "item", "rating", "ts"],
+                           {"user": _int, "item": _int, "rating": _rating, "ts": lambda s: int(float(s))},
+                           header=True, skip_bad=skip_bad)
+        bad += b
+        text, w = src.read_text("ml-100k.user", "utf-8")
+        checksums["ml-100k.user"] = sha256_of_bytes(text.encode())
+        u, b = parse_lines(text, w, "\t", ["user", "age", "gender", "occupation", "zip"],
+                           {"user": _int, "age": _int}, header=True, skip_bad=skip_bad)
+        bad += b
+        text, w = src.read_text("ml-100k.item", "utf-8")
+        checksums["ml-100k.item"] = sha256_of_bytes(text.encode())
+        it, b = parse_lines(text, w, "\t", ["item", "title", "year", "cls"], {"item": _int}, header=True,
+                            skip_bad=skip_bad)
+        bad += b
+        items = pd.DataFrame({"item": it["item"], "genre": [c.split(" ")[0] if c else "unknown" for c in it["cls"]]})
+    else:
+        raise DataError(f"{src.path}: expected ML-100k files u.data/u.user/u.item (GroupLens) "
+                        "or ml-100k.inter/.user/.item (recbole)")
+    ratings = pd.DataFrame(r)
+    users = pd.DataFrame(u)
+    users["age_code"] = age_to_code(users["age"].to_numpy())
+    frame = _join(ratings, users, items, files)
+    return frame, {"checksums": checksums, "skipped_bad_rows": bad}
+
+
+def read_ml1m(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Reads ML-1M ``ratings.dat``, ``users.dat`` and ``movies.dat`` (ISO-8859-1, ``::``)."""
+    checksums = {}
+    bad = 0
+    text, w = src.read_text("ratings.dat", "latin-1")
+    checksums["ratings.dat"] = sha256_of_bytes(text.encode("latin-1"))
+    r, b = parse_lines(text, w, "::", ["user", "item", "rating", "ts"],
+                       {"user": _int, "item": _int, "rating": _rating, "ts": _int}, skip_bad=skip_bad)
+    bad += b
+    text, w = src.read_text("users.dat", "latin-1")
+    checksums["users.dat"] = sha256_of_bytes(text.encode("latin-1"))
+
+    def _age_code(s: str) -> int:
+        v = int(s)
+        if v not in AGE_CODES:
+            raise ValueError(s)
+        return v
+
+    _age_code.__name__ = f"ML-1M age code {AGE_CODES}"
+    u, b = parse_lines(text, w, "::", ["user", "gender", "age_code", "occupation", "zip"],
+                       {"user": _int, "age_code": _age_code, "occupation": _int}, skip_bad=skip_bad)
+    bad += b
+    text, w = src.read_text("movies.dat", "latin-1")
+    checksums["movies.dat"] = sha256_of_bytes(text.encode("latin-1"))
+    m, b = parse_lines(text, w, "::", ["item", "title", "genres"], {"item": _int}, skip_bad=skip_bad)
+    bad += b
+    users = pd.DataFrame(u)
+    users["age"] = users["age_code"]  # ML-1M only has the codes; HAMUR uses them as the dense "age".
+    users["occupation"] = users["occupation"].astype(str)
+    items = pd.DataFrame({"item": m["item"], "genre": [g.split("|")[0] for g in m["genres"]]})
+    frame = _join(pd.DataFrame(r), users, items, ("ratings.dat", "users.dat", "movies.dat"))
+    return frame, {"checksums": checksums, "skipped_bad_rows": bad}
+
+
+def _join(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, files: Sequence[str]) -> pd.DataFrame:
+    if users["user"].duplicated().any():
+        raise DataError(f"{files[1]}: duplicate user ids, e.g. {users['user'][users['user'].duplicated()].iloc[0]}")
+    frame = ratings.merge(users, on="user", how="left", validate="many_to_one")
+    missing = frame["gender"].isna()
+    if missing.any():
+        raise DataError(f"{files[0]}: user {int(frame['user'][missing].iloc[0])} is not in {files[1]}")
+    frame = frame.merge(items, on="item", how="left", validate="many_to_one")
+    missing = frame["genre"].isna()
+    if missing.any():
+        raise DataError(f"{files[0]}: item {int(frame['item'][missing].iloc[0])} is not in {files[2]}")
+    return frame
+
+
+def verify_counts(frame: pd.DataFrame, version: str, where: str) -> dict:
+    got = {"ratings": len(frame), "users": int(frame["user"].nunique()), "items": int(frame["item"].nunique())}
+    want = EXPECTED[version]
+    if got != want:
+        raise DataError(f"{where}: read {got}, but MovieLens-{version} has {want}; "
+                        "the file is incomplete or not the official release (pass --noverify_counts to accept it)")
+    return got
+
+
+def domain_column(frame: pd.DataFrame, scheme: str) -> tuple[np.ndarray, list[str]]:
+    """Raw domain value per row for a scheme, remapped to 0..K-1."""
+    if scheme == "age3":
+        code = frame["age_code"].to_numpy()
+        raw = np.where(code <= 18, "<25", np.where(code == 25, "25-34", "35+"))
+        return remap_domains(pd.Series(raw), order=["<25", "25-34", "35+"])
+    if scheme == "age7":
+        present = sorted(frame["age_code"].unique().tolist())
+        return remap_domains(frame["age_code"], order=present)
+    if scheme == "gender":
+        return remap_domains(frame["gender"], order=sorted(frame["gender"].unique().tolist()))
+    if scheme == "occupation":
+        occ = frame["occupation"]
+        keys = sorted(occ.unique().tolist(), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+        return remap_domains(occ, order=keys)
+    raise DataError(f"--domain_scheme={scheme!r}: expected one of {DOMAIN_SCHEMES}")
+
+
+def label_column(rating: np.ndarray, rule: str) -> np.ndarray:
+    if rule == "gt3":
+        return (rating > 3).astype(np.float32)
+    if rule == "eq5":
+        return (rating == 5).astype(np.float32)
+    raise DataError(f"--label_rule={rule!r}: expected one of {LABEL_RULES}")
+
+
+def prepare(
+    output_dir: str,
+    *,
+    version: str = "100k",
+    raw_path: str | None = None,
+    domain_scheme: str = "age3",
+    label_rule: str = "gt3",
+    features: Sequence[str] = ALL_FEATURES,
+    split_mode: str = "random",
+    split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 2022,
+    vocab_from: str = "all",
+    num_shards: int = 1,
+    verify: bool = True,
+    skip_bad_rows: bool = False,
+    cache_dir: str = DEFAULT_CACHE,
+) -> dict:
+    """Prepares MovieLens TFRecords; returns the schema (reusing a finished identical output).
+
+    Args:
+      output_dir: where schema.json, vocab/ and domain_<k>/ go.
+      version: "100k" or "1m".
+      raw_path: GroupLens zip or folder; None for ML-100k means the recbole wheel copy.
+      domain_scheme: one of DOMAIN_SCHEMES.
+      label_rule: "gt3" (rating > 3) or "eq5" (rating == 5).
+      features: model input features, a subset of ALL_FEATURES.
+      split_mode: "random" (global seeded split) or "stratified" (per domain and label, MLoRA).
+      split_ratios: train/valid/test fractions.
+      seed: split seed.
+      vocab_from: "all" (HAMUR: encoders fit on all rows) or "train" (unseen ids -> 0).
+      num_shards: TFRecord shards per (domain, split).
+      verify: check the official row/user/item counts.
+      skip_bad_rows: skip and count malformed lines instead of failing.
+      cache_dir: where the recbole wheel is cached.
+    """
+    if version not in EXPECTED:
+        raise DataError(f"--version={version!r}: expected 100k or 1m")
+    unknown = [f for f in features if f not in ALL_FEATURES]
+    if unknown:
+        raise DataError(f"--features: unknown feature(s) {unknown}; expected a subset of {list(ALL_FEATURES)}")
+    if domain_scheme not in DOMAIN_SCHEMES:
+        raise DataError(f"--domain_scheme={domain_scheme!r}: expected one of {DOMAIN_SCHEMES}")
+    if label_rule not in LABEL_RULES:
+        raise DataError(f"--label_rule={label_rule!r}: expected one of {LABEL_RULES}")
+    if split_mode not in ("random", "stratified"):
+        raise DataError(f"--split_mode={split_mode!r}: expected random or stratified")
+    if vocab_from not in ("all", "train"):
+        raise DataError(f"--vocab_from={vocab_from!r}: expected all or train")
+    if raw_path is None:
+        if version != "100k":
+            raise DataError("ML-1M cannot be downloaded here: pass --raw_path=<ml-1m.zip or folder>")
+        raw_path = fetch_recbole_wheel(cache_dir)
+        src = RawSource(raw_path, prefix_in_zip="recbole/dataset_example/ml-100k/")
+        source_name = "recbole==1.2.1 wheel (recbole/dataset_example/ml-100k)"
+    else:
+        src = RawSource(raw_path)
+        source_name = os.path.abspath(raw_path)
+    log(f"reading MovieLens-{version} from {source_name}")
+    frame, meta = (read_ml100k if version == "100k" else read_ml1m)(src, skip_bad=skip_bad_rows)
+    counts = verify_counts(frame, version, src.path) if verify else {
+        "ratings": len(frame), "users": int(frame["user"].nunique()), "items": int(frame["item"].nunique())}
+    options = dict(version=version, domain_scheme=domain_scheme, label_rule=label_rule, features=list(features),
+                   split_mode=split_mode, split_ratios=list(split_ratios), seed=seed, vocab_from=vocab_from,
+                   num_shards=num_shards)
+    fp = fingerprint({"options": options, "checksums": meta["checksums"], "skipped": meta["skipped_bad_rows"]})
+    done = existing_output(output_dir, fp)
+    if done is not None:
+        log(f"reusing finished output in {output_dir} (same inputs and options)")
+        return done
+    domain, domain_names = domain_column(frame, domain_scheme)
+    label = label_column(frame["rating"].to_numpy(), label_rule)
+    if split_mode == "random":
+        split = random_split(len(frame), split_ratios, seed)
+    else:
+        split = stratified_split(label, domain, split_ratios, seed)
+    fit_mask = None if vocab_from == "all" else (split == 0)
+    raw_cols = {"user_id": frame["user"], "item_id": frame["item"], "gender": frame["gender"],
+                "occupation": frame["occupation"], "zip": frame["zip"], "genre": frame["genre"]}
+    groups = {"user_id": "user", "item_id": "item", "gender": "user", "age": "user", "occupation": "user",
+              "zip": "user", "genre": "item"}
+    defs, columns, vocabs = [], {}, {}
+    for name in features:
+        group = "domain" if SCHEME_COLUMN[domain_scheme] == name else groups[name]
+        if name == "age":
+            age = frame["age"].to_numpy(dtype=np.float32)
+            lo, hi = float(age.min()), float(age.max())
+            columns[name] = (age - lo) / max(hi - lo, 1e-12)
+            defs.append(FeatureDef(name, "dense", group=group))
+            meta.setdefault("normalizers", {})[name] = {"minmax": [lo, hi]}
+            continue
+        ids, vocab = encode_categorical(raw_cols[name], name, fit_mask)
+        columns[name] = ids
+        vocabs[name] = vocab
+        defs.append(FeatureDef(name, "categorical", vocab_size=len(vocab), group=group,
+                               is_id=name in ("user_id", "item_id")))
+    return write_dataset(
+        output_dir, dataset=f"movielens-{version}", features=defs, columns=columns, domain=domain,
+        domain_names=domain_names, labels={"label": label}, split=split, vocabs=vocabs, fp=fp,
+        num_shards=num_shards,
+        metadata={"source": source_name, "source_counts": counts, "options": options, **meta,
+                  "label_rule_text": {"gt3": "rating > 3", "eq5": "rating == 5"}[label_rule]})
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_enum("version", "100k", list(EXPECTED), "MovieLens release.")
+    flags.DEFINE_string("raw_path", None, "GroupLens zip or extracted folder (default for 100k: recbole wheel copy).")
+    flags.DEFINE_string("output_dir", None, "Output directory.")
+    flags.DEFINE_enum("domain_scheme", "age3", list(DOMAIN_SCHEMES), "How rows are assigned to domains.")
+    flags.DEFINE_enum("label_rule", "gt3", list(LABEL_RULES), "gt3: rating > 3 (HAMUR); eq5: rating == 5 (MLoRA).")
+    flags.DEFINE_list("features", list(ALL_FEATURES), "Model input features.")
+    flags.DEFINE_enum("split_mode", "random", ["random", "stratified"], "Global random or per-domain stratified.")
+    flags.DEFINE_list("split_ratios", ["0.8", "0.1", "0.1"], "train,valid,test fractions.")
+    flags.DEFINE_integer("seed", 2022, "Split seed.")
+    flags.DEFINE_enum("vocab_from", "all", ["all", "train"], "Rows whose values define the vocabularies.")
+    flags.DEFINE_integer("num_shards", 1, "TFRecord shards per domain and split.")
+    flags.DEFINE_boolean("verify_counts", True, "Check the official number of ratings/users/items.")
+    flags.DEFINE_boolean("skip_bad_rows", False, "Skip and count malformed lines instead of failing.")
+    flags.DEFINE_string("cache_dir", DEFAULT_CACHE, "Download cache (recbole wheel).")
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    if not FLAGS.output_dir:
+        raise app.UsageError("--output_dir is required")
+    try:
+        prepare(FLAGS.output_dir, version=FLAGS.version, raw_path=FLAGS.raw_path, domain_scheme=FLAGS.domain_scheme,
+                label_rule=FLAGS.label_rule, features=FLAGS.features, split_mode=FLAGS.split_mode,
+                split_ratios=[float(x) for x in FLAGS.split_ratios], seed=FLAGS.seed, vocab_from=FLAGS.vocab_from,
+                num_shards=FLAGS.num_shards, verify=FLAGS.verify_counts, skip_bad_rows=FLAGS.skip_bad_rows,
+                cache_dir=FLAGS.cache_dir)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
+
+
+def cli() -> None:
+    """Console entry point ``mdr-prep-movielens``."""
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,212 @@
+"""tf.data pipelines over the per-domain TFRecord shards written by ``data_prep``.
+
+Pipeline: list files → (shuffle files) → interleave records across domain files →
+shuffle → batch → ``parse_example`` on whole batches → prefetch. Parsing batches
+instead of single records is the main throughput lever on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from mdr_tf.schema import Schema
+
+
+def feature_spec(schema: Schema, with_labels: bool = True) -> dict[str, tf.io.FixedLenFeature]:
+    """The ``tf.io.parse_example`` spec of a schema (shared by the reader and serving)."""
+    spec = {}
+    for f in schema.features:
+        spec[f.name] = tf.io.FixedLenFeature([], tf.int64 if f.kind == "categorical" else tf.float32)
+    spec[schema.domain_key] = tf.io.FixedLenFeature([], tf.int64)
+    if with_labels:
+        for k in schema.label_keys:
+            spec[k] = tf.io.FixedLenFeature([], tf.float32)
+    return spec
+
+
+def _parser(schema: Schema, label_key: str):
+    spec = feature_spec(schema)
+
+    def parse(serialized):
+        ex = tf.io.parse_example(serialized, spec)
+        label = tf.reshape(ex.pop(label_key), [-1, 1])
+        for k in schema.label_keys:
+            ex.pop(k, None)
+        return ex, label
+
+    return parse
+
+
+def make_dataset(
+    schema: Schema,
+    split: str,
+    batch_size: int = 512,
+    *,
+    shuffle: bool | None = None,
+    seed: int = 0,
+    mode: str = "mixed",
+    domains: list[int] | None = None,
+    label_key: str | None = None,
+    shuffle_buffer: int = 100_000,
+    drop_remainder: bool = False,
+    cache: bool = False,
+    repeat: bool = False,
+    in_memory: bool | str = "auto",
+) -> tf.data.Dataset:
+    """Batched ``(features, label)`` dataset of one split.
+
+    Args:
+      schema: a loaded ``Schema`` (knows the data directory).
+      split: "train", "valid" or "test".
+      batch_size: examples per batch.
+      shuffle: shuffle files and examples (default: only for "train").
+      seed: shuffle seed (a trial's seed makes its input order repeatable).
+      mode: "mixed" — batches mix domains (default); "single_domain" — every batch
+        holds one domain (MLoRA / STAR training style), batches of all domains are
+        interleaved in random order.
+      domains: restrict to these domain ids.
+      label_key: which label (default: the schema's first).
+      shuffle_buffer: examples in the shuffle buffer.
+      drop_remainder: drop the last partial batch (needed under tf.distribute).
+      cache: cache parsed batches in memory after the first pass (small datasets).
+      repeat: repeat forever.
+      in_memory: True — parse the split's TFRecords once into columnar tensors and
+        serve batches by a seeded per-epoch index shuffle + gather (the cheapest path
+        on a small CPU); False — stream records (bounded memory, any size); "auto" —
+        in memory when the split has at most ``IN_MEMORY_MAX_VALUES`` feature values.
+    """
+    if mode not in ("mixed", "single_domain"):
+        raise ValueError(f"mode must be 'mixed' or 'single_domain', got {mode!r}")
+    label_key = label_key or schema.label_keys[0]
+    if label_key not in schema.label_keys:
+        raise ValueError(f"label {label_key!r} not in schema labels {schema.label_keys}")
+    shuffle = (split == "train") if shuffle is None else shuffle
+    domains = list(range(schema.num_domains)) if domains is None else domains
+    for d in domains:
+        if not 0 <= d < schema.num_domains:
+            raise ValueError(f"domain {d} out of range 0..{schema.num_domains - 1}")
+    if in_memory == "auto":
+        n_rows = sum(schema.counts(split)[d] for d in domains) if schema.raw else IN_MEMORY_MAX_VALUES
+        in_memory = n_rows * (len(schema.features) + 2) <= IN_MEMORY_MAX_VALUES
+    if in_memory:
+        ds = _in_memory_dataset(schema, split, batch_size, shuffle=shuffle, seed=seed, mode=mode, domains=domains,
+                                label_key=label_key, drop_remainder=drop_remainder)
+        return (ds.repeat() if repeat else ds).prefetch(tf.data.AUTOTUNE)
+    parse = _parser(schema, label_key)
+
+    def records(files: list[str], s: int) -> tf.data.Dataset:
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: TFRecord shard missing; re-run data_prep")
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if shuffle:
+            ds = ds.shuffle(len(files), seed=s)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, len(files)), block_length=16,
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=s, reshuffle_each_iteration=True)
+        return ds
+
+    if mode == "mixed":
+        ds = records(schema.files(split, domains), seed)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        per_domain = [records(schema.files(split, [d]), seed + 7919 * d)
+                      .batch(batch_size, drop_remainder=drop_remainder)
+                      .map(parse, num_parallel_calls=tf.data.AUTOTUNE) for d in domains]
+        if shuffle:
+            # Random domain order, proportional to the remaining sizes: choose by weight.
+            counts = np.array(schema.counts(split), dtype=np.float64)[domains] if schema.raw else np.ones(len(domains))
+            weights = (counts / max(counts.sum(), 1.0)).tolist()
+            ds = tf.data.Dataset.sample_from_datasets(per_domain, weights=weights, seed=seed,
+                                                      stop_on_empty_dataset=False)
+        else:
+            ds = per_domain[0]
+            for other in per_domain[1:]:
+                ds = ds.concatenate(other)
+    if cache:
+        ds = ds.cache()
+    if repeat:
+        ds = ds.repeat()
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+IN_MEMORY_MAX_VALUES = 200_000_000  # ~1.6 GB of int64/float values
+_ARRAY_CACHE: dict[tuple, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+
+
+def _cached_arrays(schema: Schema, split: str, label_key: str, domains: list[int]):
+    key = (os.path.abspath(schema.directory or ""), (schema.raw or {}).get("fingerprint"), split, label_key,
+           tuple(domains))
+    if key not in _ARRAY_CACHE:
+        if len(_ARRAY_CACHE) >= 8:
+            _ARRAY_CACHE.pop(next(iter(_ARRAY_CACHE)))
+        _ARRAY_CACHE[key] = load_arrays(schema, split, label_key=label_key, domains=domains)
+    return _ARRAY_CACHE[key]
+
+
+def _in_memory_dataset(schema, split, batch_size, *, shuffle, seed, mode, domains, label_key, drop_remainder):
+    feats, labels = _cached_arrays(schema, split, label_key, domains)
+    cols = {k: tf.constant(v) for k, v in feats.items()}
+    lab = tf.constant(labels.reshape(-1, 1))
+
+    def take(idx):
+        return {k: tf.gather(v, idx) for k, v in cols.items()}, tf.gather(lab, idx)
+
+    def index_batches(idx: np.ndarray, s: int) -> tf.data.Dataset:
+        # One permutation op per epoch (not a per-element shuffle buffer): the epoch's
+        # seed comes from a re-randomised random dataset, so every pass differs but a
+        # trial's sequence of epochs is repeatable.
+        idx_t = tf.constant(idx.astype(np.int64))
+        n = len(idx)
+        nb = n // batch_size if drop_remainder else -(-n // batch_size)
+
+        def batches(epoch_seed):
+            perm = (tf.random.experimental.stateless_shuffle(idx_t, seed=tf.stack([tf.constant(s, tf.int64),
+                                                                                   epoch_seed]))
+                    if shuffle else idx_t)
+            return tf.data.Dataset.range(nb).map(lambda i: perm[i * batch_size:(i + 1) * batch_size])
+
+        return (tf.data.Dataset.random(seed=s, rerandomize_each_iteration=True).take(1)
+                .flat_map(batches))
+
+    if mode == "mixed":
+        ds = index_batches(np.arange(len(labels)), seed)
+    else:
+        dom = feats[schema.domain_key]
+        per = [index_batches(np.flatnonzero(dom == d), seed + 7919 * d) for d in domains]
+        if shuffle:
+            counts = np.array([(dom == d).sum() for d in domains], np.float64)
+            ds = tf.data.Dataset.sample_from_datasets(per, weights=(counts / max(counts.sum(), 1)).tolist(),
+                                                      seed=seed, stop_on_empty_dataset=False)
+        else:
+            ds = per[0]
+            for other in per[1:]:
+                ds = ds.concatenate(other)
+    return ds.map(take, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def load_arrays(schema: Schema, split: str, label_key: str | None = None,
+                domains: list[int] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Reads a whole split into numpy arrays (features dict, labels [N]) in file order."""
+    feats: dict[str, list[np.ndarray]] = {}
+    labels = []
+    for x, y in make_dataset(schema, split, 8192, shuffle=False, label_key=label_key, domains=domains,
+                             in_memory=False):
+        for k, v in x.items():
+            feats.setdefault(k, []).append(v.numpy())
+        labels.append(y.numpy()[:, 0])
+    if not labels:
+        return {n: np.zeros([0]) for n in schema.input_names}, np.zeros([0], np.float32)
+    return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
+
+
+def iterate_numpy(features: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    n = len(next(iter(features.values())))
+    for i in range(0, n, batch_size):
+        yield {k: v[i:i + batch_size] for k, v in features.items()}

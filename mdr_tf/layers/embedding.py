@@ -1,0 +1,141 @@
+"""Feature embedding → the conditioning views every multi-domain mechanism needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from mdr_tf.schema import Schema
+
+
+@keras.saving.register_keras_serializable(package="mdr_tf")
+class FeatureEmbedding(keras.layers.Layer):
+    """Embeds a schema's inputs and returns a context dict of named views.
+
+    Returned keys (B = batch, F = categorical fields incl. the domain field when
+    ``embed_domain``, d = ``embedding_dim``):
+
+    - ``domain``: int32 [B] domain ids.
+    - ``fields``: [B, F, d] stacked categorical embeddings (FM / attention / HierRec).
+    - ``dense``: [B, n_dense] dense feature values (may have width 0).
+    - ``all``: [B, F*d + n_dense] everything concatenated (the backbone input ``e``).
+    - ``domain_emb``: [B, d] embedding of the domain id (always computed).
+    - ``domain_side``: [B, ds] scenario-aware input ``e_s``: domain id embedding, the
+      embeddings of features in group "domain" and dense domain features.
+    - ``agnostic``: [B, na] the other (scenario-agnostic) features.
+    - ``ids``: [B, di] embeddings of id features (PPNet's gate prior; falls back to
+      ``domain_emb`` when the schema marks none).
+
+    Args:
+      schema: ``Schema.to_config()`` dict.
+      embedding_dim: size of every categorical embedding.
+      embed_domain: include the domain id as an ordinary embedded field in
+        ``fields``/``all`` (HAMUR's and MLoRA's official scripts do).
+      embeddings_initializer: initializer of the tables (HAMUR / Scenario-Wise-Rec use
+        N(0, 1e-4); keras default is U(±0.05)).
+      embeddings_regularizer: optional regularizer (e.g. torch-style coupled L2).
+    """
+
+    def __init__(
+        self,
+        schema: dict[str, Any],
+        embedding_dim: int = 16,
+        embed_domain: bool = True,
+        embeddings_initializer: Any = "random_normal",
+        embeddings_regularizer: Any = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.schema_config = dict(schema)
+        self.schema = Schema.from_config(schema)
+        self.embedding_dim = int(embedding_dim)
+        self.embed_domain = bool(embed_domain)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
+        # All categorical features and the domain id share one fused table: feature f
+        # owns rows [offset_f, offset_f + vocab_f); one gather serves every field.
+        sizes = [f.vocab_size for f in self.schema.categorical] + [self.schema.num_domains]
+        self.offsets = [int(o) for o in np.cumsum([0] + sizes[:-1])]
+        self.total_rows = int(sum(sizes))
+
+    def build(self, input_shape=None):
+        self.table = self.add_weight(name="table", shape=(self.total_rows, self.embedding_dim),
+                                     initializer=self.embeddings_initializer,
+                                     regularizer=self.embeddings_regularizer)
+        self.built = True
+
+    def table_rows(self, name: str) -> tuple[int, int]:
+        """Row range ``[start, end)`` of a feature (or ``"domain_id"``) in the fused table."""
+        names = [f.name for f in self.schema.categorical] + [self.schema.domain_key]
+        i = names.index(name)
+        sizes = [f.vocab_size for f in self.schema.categorical] + [self.schema.num_domains]
+        return self.offsets[i], self.offsets[i] + sizes[i]
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.schema.categorical) + int(self.embed_domain)
+
+    @property
+    def output_dims(self) -> dict[str, int]:
+        """Static widths of the context views (for layers that size themselves from them)."""
+        d = self.embedding_dim
+        s = self.schema
+        dom_cat = sum(1 for f in s.categorical if f.group == "domain")
+        dom_dense = sum(1 for f in s.dense if f.group == "domain")
+        ids = sum(1 for f in s.categorical if f.is_id)
+        all_w = self.num_fields * d + len(s.dense)
+        side = d * (1 + dom_cat) + dom_dense
+        return {"all": all_w, "domain_side": side, "agnostic": all_w - side + (0 if self.embed_domain else d),
+                "ids": d * ids if ids else d, "dense": len(s.dense), "fields": self.num_fields}
+
+    def call(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        s = self.schema
+        # Out-of-range ids: a feature id outside [0, vocab) reads the OOV row 0; a domain
+        # id outside [0, D) is clipped (serving signatures reject it before this point).
+        domain = ops.clip(ops.cast(ops.reshape(inputs[s.domain_key], [-1]), "int32"), 0, s.num_domains - 1)
+        ids = [ops.cast(ops.reshape(inputs[f.name], [-1]), "int32") for f in s.categorical] + [domain]
+        rows = ops.stack(ids, axis=1)  # [B, F+1]
+        sizes = ops.convert_to_tensor([f.vocab_size for f in s.categorical] + [s.num_domains], dtype="int32")
+        rows = ops.where((rows < 0) | (rows >= sizes), 0, rows)
+        rows = rows + ops.convert_to_tensor(self.offsets, dtype="int32")
+        gathered = ops.take(self.table, rows, axis=0)  # [B, F+1, d]
+        gathered = ops.cast(gathered, self.compute_dtype)
+        domain_emb = gathered[:, -1, :]
+        embs = {f.name: gathered[:, i, :] for i, f in enumerate(s.categorical)}
+        dense_cols = [ops.reshape(ops.cast(inputs[f.name], self.compute_dtype), [-1, 1]) for f in s.dense]
+        field_list = [embs[f.name] for f in s.categorical] + ([domain_emb] if self.embed_domain else [])
+        fields = gathered if self.embed_domain else gathered[:, :-1, :]
+        batch = ops.shape(domain)[0]
+        dense = ops.concatenate(dense_cols, axis=1) if dense_cols else ops.zeros((batch, 0), self.compute_dtype)
+        flat = ops.reshape(fields, [-1, len(field_list) * self.embedding_dim])
+        all_ = ops.concatenate([flat, dense], axis=1) if dense_cols else flat
+        side = [domain_emb] + [embs[f.name] for f in s.categorical if f.group == "domain"]
+        side += [c for f, c in zip(s.dense, dense_cols) if f.group == "domain"]
+        agn = [embs[f.name] for f in s.categorical if f.group != "domain"]
+        agn += [c for f, c in zip(s.dense, dense_cols) if f.group != "domain"]
+        id_embs = [embs[f.name] for f in s.categorical if f.is_id] or [domain_emb]
+        return {
+            "domain": domain,
+            "fields": fields,
+            "dense": dense,
+            "all": all_,
+            "domain_emb": domain_emb,
+            "domain_side": ops.concatenate(side, axis=1) if len(side) > 1 else side[0],
+            "agnostic": ops.concatenate(agn, axis=1) if len(agn) > 1 else agn[0],
+            "ids": ops.concatenate(id_embs, axis=1) if len(id_embs) > 1 else id_embs[0],
+        }
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({
+            "schema": self.schema_config,
+            "embedding_dim": self.embedding_dim,
+            "embed_domain": self.embed_domain,
+            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+            "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer)
+            if self.embeddings_regularizer else None,
+        })
+        return config

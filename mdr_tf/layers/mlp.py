@@ -1,0 +1,131 @@
+"""``DomainMLP``: the MLP backbone built from dense blocks and hooks."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+
+from mdr_tf.layers.blocks import block_class, hook_class
+
+
+@keras.saving.register_keras_serializable(package="mdr_tf")
+class DomainMLP(keras.layers.Layer):
+    """A stack ``[block → (BN) → act → (dropout) → (hook)] × L`` with pluggable blocks/hooks.
+
+    Args:
+      units: hidden widths, e.g. ``[128, 64, 32]`` (MI-DPG's setup).
+      num_domains: number of domains D.
+      context_dims: widths of the ``ctx`` views (``FeatureEmbedding.output_dims``).
+      block: name of the dense block ("plain", "mlora", "dwm", "star", "apg", ...).
+      block_config: extra constructor arguments of the block.
+      hook: name of a hook applied after chosen hidden layers (None: no hook).
+      hook_config: extra constructor arguments of the hook.
+      hook_positions: hidden-layer indices (negative counts from the end) after which
+        the hook is applied; None means every hidden layer.
+      hook_on_input: also apply a hook to the MLP input (AdaSparse prunes it).
+      activation: hidden activation.
+      batch_norm: BatchNormalization after each block (before the activation).
+      bn_momentum: BN momentum (torch's 0.1 is Keras 0.9).
+      bn_epsilon: BN epsilon.
+      dropout: dropout rate after each activation.
+    """
+
+    def __init__(
+        self,
+        units: Sequence[int],
+        num_domains: int = 1,
+        context_dims: dict[str, int] | None = None,
+        block: str = "plain",
+        block_config: dict[str, Any] | None = None,
+        hook: str | None = None,
+        hook_config: dict[str, Any] | None = None,
+        hook_positions: Sequence[int] | None = None,
+        hook_on_input: bool = False,
+        activation: str = "relu",
+        batch_norm: bool = False,
+        bn_momentum: float = 0.9,
+        bn_epsilon: float = 1e-5,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = [int(u) for u in units]
+        self.num_domains = int(num_domains)
+        self.context_dims = dict(context_dims or {})
+        self.block = block
+        self.block_config = dict(block_config or {})
+        self.hook = hook
+        self.hook_config = dict(hook_config or {})
+        n = len(self.units)
+        positions = range(n) if hook_positions is None else hook_positions
+        self.hook_positions = sorted({p % n for p in positions}) if n else []
+        self.hook_on_input = bool(hook_on_input)
+        self.activation = activation
+        self.batch_norm = bool(batch_norm)
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
+        self.dropout = float(dropout)
+        block_cls = block_class(block)
+        self.blocks = [block_cls(units=u, num_domains=self.num_domains, context_dims=self.context_dims,
+                                 name=f"{block}_{i}", **self.block_config) for i, u in enumerate(self.units)]
+        self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                                      name=f"bn_{i}") for i in range(n)] if self.batch_norm else []
+        self.act = keras.layers.Activation(activation, name="act")
+        self.drop = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout > 0 else None
+        if hook:
+            hook_cls = hook_class(hook)
+            if self.hook_on_input:
+                self.input_hook = hook_cls(num_domains=self.num_domains, context_dims=self.context_dims,
+                                           name=f"{hook}_input", **self.hook_config)
+            self.hook_layers = [hook_cls(num_domains=self.num_domains, context_dims=self.context_dims,
+                                         name=f"{hook}_{p}", **self.hook_config) for p in self.hook_positions]
+        else:
+            self.hook_layers = []
+
+    def build(self, input_shape):
+        width = int(input_shape[-1])
+        if self.hook and self.hook_on_input:
+            self.input_hook.build((None, width))
+        it = iter(self.hook_layers)
+        for i, blk in enumerate(self.blocks):
+            blk.build((None, width))
+            width = blk.units
+            if self.batch_norm:
+                self.norms[i].build((None, width))
+            if self.hook and i in self.hook_positions:
+                next(it).build((None, width))
+        self.built = True
+
+    @property
+    def output_dim(self) -> int:
+        return self.units[-1] if self.units else 0
+
+    def call(self, x, ctx: dict | None = None, training: bool | None = None):
+        if self.hook and self.hook_on_input:
+            x = self.input_hook(x, ctx, training=training)
+        it = iter(self.hook_layers)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, ctx, training=training)
+            if self.batch_norm:
+                x = self.norms[i](x, training=training)
+            x = self.act(x)
+            if self.drop is not None:
+                x = self.drop(x, training=training)
+            if self.hook and i in self.hook_positions:
+                x = next(it)(x, ctx, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({
+            "units": self.units, "num_domains": self.num_domains, "context_dims": self.context_dims,
+            "block": self.block, "block_config": self.block_config, "hook": self.hook,
+            "hook_config": self.hook_config, "hook_positions": self.hook_positions,
+            "hook_on_input": self.hook_on_input, "activation": self.activation, "batch_norm": self.batch_norm,
+            "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon, "dropout": self.dropout,
+        })
+        return config

@@ -1,0 +1,105 @@
+"""Backbones (MLP, Wide&Deep, DCN, DeepFM) whose deep part is a ``DomainMLP``.
+
+A domain mechanism is chosen with ``block`` (replaces every dense layer of the deep
+part) and/or ``hook`` (acts between layers): "MLoRA on DCN" is
+``BackboneModel(schema, backbone="dcn", block="mlora")``. As in MLoRA's DeepCTR
+variants, the wide / cross / FM parts stay domain-agnostic; the domain id enters them
+as an ordinary field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+from keras import ops
+
+from mdr_tf.layers.interaction import CrossNetwork, FactorizationMachine, LinearTerm
+from mdr_tf.layers.mlp import DomainMLP
+from mdr_tf.models.base import MultiDomainModel
+
+BACKBONES = ("mlp", "wdl", "dcn", "deepfm")
+
+
+@keras.saving.register_keras_serializable(package="mdr_tf")
+class BackboneModel(MultiDomainModel):
+    """A backbone with pluggable domain-aware dense blocks and hooks.
+
+    Args:
+      schema: ``Schema.to_config()`` dict.
+      backbone: "mlp" (DNN), "wdl" (Wide&Deep), "dcn" (Deep & Cross), "deepfm".
+      hidden_units: deep-part widths (MI-DPG setup: 128-64-32).
+      block, block_config, hook, hook_config, hook_positions, hook_on_input: see
+        ``DomainMLP``.
+      batch_norm, dropout, activation: deep-part options.
+      cross_layers: DCN cross layers.
+      **kwargs: ``MultiDomainModel`` arguments (embedding_dim, ...).
+    """
+
+    def __init__(
+        self,
+        schema: dict[str, Any],
+        backbone: str = "mlp",
+        hidden_units: Sequence[int] = (128, 64, 32),
+        block: str = "plain",
+        block_config: dict[str, Any] | None = None,
+        hook: str | None = None,
+        hook_config: dict[str, Any] | None = None,
+        hook_positions: Sequence[int] | None = None,
+        hook_on_input: bool = False,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        cross_layers: int = 2,
+        **kwargs,
+    ):
+        super().__init__(schema, **kwargs)
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; available: {BACKBONES}")
+        self.backbone = backbone
+        self.hidden_units = [int(u) for u in hidden_units]
+        self.block = block
+        self.block_config = dict(block_config or {})
+        self.hook = hook
+        self.hook_config = dict(hook_config or {})
+        self.hook_positions = None if hook_positions is None else [int(p) for p in hook_positions]
+        self.hook_on_input = bool(hook_on_input)
+        self.batch_norm = bool(batch_norm)
+        self.dropout = float(dropout)
+        self.activation = activation
+        self.cross_layers = int(cross_layers)
+        self.deep = DomainMLP(
+            self.hidden_units, num_domains=self.num_domains, context_dims=self.context_dims, block=block,
+            block_config=self.block_config, hook=hook, hook_config=self.hook_config,
+            hook_positions=self.hook_positions, hook_on_input=self.hook_on_input, activation=activation,
+            batch_norm=self.batch_norm, dropout=self.dropout, name="deep")
+        self.head = keras.layers.Dense(1, name="head")
+        if backbone in ("wdl", "deepfm"):
+            self.linear = LinearTerm(self.schema_config, include_domain=self.embed_domain, name="linear")
+        if backbone == "dcn":
+            self.cross = CrossNetwork(self.cross_layers, name="cross")
+        if backbone == "deepfm":
+            self.fm = FactorizationMachine(name="fm")
+
+    def compute_logit(self, inputs, ctx, training=None):
+        e = ctx["all"]
+        h = self.deep(e, ctx, training=training)
+        if self.backbone == "dcn":
+            return self.head(ops.concatenate([self.cross(e), h], axis=1))
+        logit = self.head(h)
+        if self.backbone in ("wdl", "deepfm"):
+            logit = logit + self.linear(inputs, ctx)
+        if self.backbone == "deepfm":
+            logit = logit + self.fm(ctx["fields"])
+        return logit
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({
+            "backbone": self.backbone, "hidden_units": self.hidden_units, "block": self.block,
+            "block_config": self.block_config, "hook": self.hook, "hook_config": self.hook_config,
+            "hook_positions": self.hook_positions, "hook_on_input": self.hook_on_input,
+            "batch_norm": self.batch_norm, "dropout": self.dropout, "activation": self.activation,
+            "cross_layers": self.cross_layers,
+        })
+        return config

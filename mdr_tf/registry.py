@@ -1,0 +1,102 @@
+"""Model names used by flags and configs → builders and training procedures.
+
+Builders are referenced as ``"module:callable"`` strings and imported lazily, so a
+registry entry costs nothing until used. ``callable(schema_config, **kwargs)`` returns
+an (unbuilt) ``MultiDomainModel``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+from mdr_tf.schema import Schema
+
+PROCEDURES: dict[str, Callable] = {}
+
+
+def register_procedure(name: str) -> Callable[[Callable], Callable]:
+    """Registers a training procedure ``fn(model, schema, cfg, log) -> ExactEarlyStopping``."""
+
+    def deco(fn: Callable) -> Callable:
+        PROCEDURES[name] = fn
+        return fn
+
+    return deco
+
+
+@register_procedure("standard")
+def _standard(model, schema, cfg, log=None):
+    from mdr_tf import training
+
+    return training.fit(model, schema, cfg, log=log)
+
+
+def _load(ref: str) -> Callable:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A named model: builder, default arguments, training procedure.
+
+    Attributes:
+      name: the flag / config name.
+      builder: ``"module:callable"``; called as ``callable(schema_config, **kwargs)``.
+      defaults: default keyword arguments (the paper's setting where known).
+      procedure: training procedure name ("standard", or e.g. MLoRA's two-stage).
+      family: "backbone", "seed" (HAMUR / MLoRA / MI-DPG / HierRec) or "baseline".
+      in_main_table: part of the main job's default model list.
+      description: one line for ``--helpful``/docs.
+    """
+
+    name: str
+    builder: str
+    defaults: dict = dataclasses.field(default_factory=dict)
+    procedure: str = "standard"
+    family: str = "baseline"
+    in_main_table: bool = True
+    description: str = ""
+
+    def build(self, schema: Schema | dict, **kwargs: Any):
+        cfg = schema.to_config() if isinstance(schema, Schema) else dict(schema)
+        args = {**self.defaults, **kwargs}
+        return _load(self.builder)(cfg, **args)
+
+    def train(self, model, schema: Schema, cfg, log=None):
+        if self.procedure not in PROCEDURES:
+            # Procedures live next to their models; importing the builder registers them.
+            _load(self.builder)
+        if self.procedure not in PROCEDURES:
+            raise ValueError(f"model {self.name!r}: unknown training procedure {self.procedure!r}")
+        return PROCEDURES[self.procedure](model, schema, cfg, log=log)
+
+
+_BB = "mdr_tf.models.backbones:BackboneModel"
+
+_SPECS: list[ModelSpec] = [
+    # --- backbones (issue 2); "dnn" is the MI-DPG setup: MLP 128-64-32 ---
+    ModelSpec("dnn", _BB, {"backbone": "mlp"}, family="backbone", description="DNN: shared MLP 128-64-32"),
+    ModelSpec("wdl", _BB, {"backbone": "wdl"}, family="backbone", in_main_table=False,
+              description="Wide&Deep: linear + MLP"),
+    ModelSpec("dcn", _BB, {"backbone": "dcn"}, family="backbone", in_main_table=False,
+              description="DCN: cross network (2 layers) + MLP"),
+    ModelSpec("deepfm", _BB, {"backbone": "deepfm"}, family="backbone", in_main_table=False,
+              description="DeepFM: linear + FM + MLP"),
+    # --- seed models (issue 3) ---
+    # --- baselines (issue 4) ---
+]
+
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
+
+
+def get(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def names(main_table_only: bool = False) -> list[str]:
+    return [s.name for s in _SPECS if s.in_main_table or not main_table_only]

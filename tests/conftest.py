@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny synthetic dataset (fast) and the real MovieLens-100k (session-scoped)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import mdr_tf  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> str:
+    """3-domain synthetic dataset, 6,000 rows (domains with opposite user-item effects)."""
+    from data_prep.synthetic import generate
+
+    d = str(tmp_path_factory.mktemp("synth") / "synth")
+    generate(d, num_rows=6000, num_domains=3, num_users=60, num_items=40, num_context=8, seed=0)
+    return d
+
+
+@pytest.fixture(scope="session")
+def synth_schema(synth_dir):
+    from mdr_tf.schema import Schema
+
+    return Schema.load(synth_dir)
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir(tmp_path_factory) -> str:
+    """Real MovieLens-100k (age3 domains, rating > 3) from the recbole wheel cache.
+
+    The wheel is downloaded once into $MDR_TF_CACHE (default ~/.cache/mdr_tf); the
+    prepared TFRecords go to $MDR_TF_DATA (default: a pytest temp dir).
+    """
+    from data_prep import movielens
+
+    base = os.environ.get("MDR_TF_DATA") or str(tmp_path_factory.mktemp("data"))
+    out = os.path.join(base, "ml100k_age3")
+    movielens.prepare(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ml100k_schema(ml100k_dir):
+    from mdr_tf.schema import Schema
+
+    return Schema.load(ml100k_dir)
