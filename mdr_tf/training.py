@@ -136,16 +136,17 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
 
 
 def run_trial(model_name: str, schema: Schema, cfg: TrainConfig, model_kwargs: dict | None = None,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, return_model: bool = False):
     """Builds a registered model with the trial's seed, trains it and evaluates it.
 
     Returns a flat dict: test metrics (``test_auc``, ``test_auc_d0``, ...), validation
-    metrics, best epoch, timings and parameter counts.
+    metrics, best epoch, timings and parameter counts; with ``return_model`` the pair
+    ``(row, model)``.
     """
     from mdr_tf import registry
 
+    keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.seed)
-    tf.keras.backend.clear_session() if hasattr(tf.keras.backend, "clear_session") else None
     spec = registry.get(model_name)
     model = spec.build(schema, **(model_kwargs or {}))
     model.build()
@@ -161,4 +162,5 @@ def run_trial(model_name: str, schema: Schema, cfg: TrainConfig, model_kwargs: d
     row.update({f"test_{k}": v for k, v in test.items()})
     row.update({f"valid_{k}": v for k, v in valid.items()})
     row.update({f"params_{k}": v for k, v in parameter_report(model).items()})
-    return row
+    row["history"] = stopper.history
+    return (row, model) if return_model else row

@@ -39,7 +39,7 @@ def ml100k_dir(tmp_path_factory) -> str:
     from data_prep import movielens
 
     base = os.environ.get("MDR_TF_DATA") or str(tmp_path_factory.mktemp("data"))
-    out = os.path.join(base, "ml100k_age3")
+    out = os.path.join(base, "ml100k")  # the name experiments.run uses, so it reuses this output
     movielens.prepare(out)
     return out
 

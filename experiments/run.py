@@ -1,0 +1,286 @@
+"""Main job: prepare a dataset, train models for N trials, print and save a paper-style table.
+
+Every finished trial is appended to ``<output_dir>/trials.jsonl`` at once; a rerun with
+the same settings skips finished trials, so an interrupted run resumes where it stopped.
+The table (Markdown + CSV) and the run metadata (git commit, package versions, flags,
+dataset fingerprint) are written atomically at the end.
+
+Examples:
+  python -m experiments.run                                   # ML-100k, default models
+  python -m experiments.run --trials=10                       # the papers' 10 trials
+  python -m experiments.run --models=dnn,mlora --epochs=20 --output_dir=results/x
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("dataset", "ml100k", "Dataset name (see data_prep/registry.py).")
+    flags.DEFINE_string("raw_path", None, "Raw data (zip or folder); ML-100k defaults to the recbole wheel copy.")
+    flags.DEFINE_string("data_dir", "data", "Root folder of prepared datasets.")
+    flags.DEFINE_list("dataset_options", [], "Extra prepare options as key=value (e.g. domain_scheme=gender).")
+    flags.DEFINE_list("models", None, "Models to run (default: the registry's main table).")
+    flags.DEFINE_integer("trials", 2, "Trials per model (the papers use 10).")
+    flags.DEFINE_integer("seed_base", 0, "Trial t uses seed seed_base + t.")
+    flags.DEFINE_integer("epochs", 8, "Maximum epochs per trial.")
+    flags.DEFINE_integer("patience", 2, "Early-stopping patience (epochs).")
+    flags.DEFINE_enum("monitor", "auc", ["auc", "mean_auc", "wauc"], "Validation metric for early stopping.")
+    flags.DEFINE_integer("batch_size", 512, "Training batch size (papers: 512).")
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (papers: 1e-3).")
+    flags.DEFINE_integer("embedding_dim", 16, "Embedding size.")
+    flags.DEFINE_list("hidden_units", None, "Override the models' hidden widths (default per model: 128,64,32).")
+    flags.DEFINE_enum("mode", "mixed", ["mixed", "single_domain"], "Batch composition.")
+    flags.DEFINE_integer("steps_per_execution", 16, "Train steps per compiled call.")
+    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step.")
+    flags.DEFINE_string("model_args", "{}", 'JSON: {"model": {"arg": value}} extra constructor arguments.')
+    flags.DEFINE_string("output_dir", None, "Results folder (default: results/<dataset>).")
+    flags.DEFINE_string("export_dir", None, "If set, export each model's first trial as a SavedModel here.")
+    flags.DEFINE_integer("verbose", 0, "Keras fit verbosity (0 = one line per epoch from mdr_tf).")
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import numpy
+    import pandas
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": numpy.__version__, "pandas": pandas.__version__, "platform": platform.platform(),
+            "cpus": str(os.cpu_count())}
+
+
+def _parse_options(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise app.UsageError(f"--dataset_options: expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def prepare_dataset(name: str, data_dir: str, raw_path: str | None, options: dict[str, Any]) -> str:
+    """Prepares (or reuses) a registered dataset and returns its directory."""
+    from data_prep import registry as data_registry
+
+    fn, defaults = data_registry.get(name)
+    kwargs = {**defaults, **options}
+    suffix = "" if not options else "-" + "-".join(f"{k}={v}" for k, v in sorted(options.items()))
+    out = os.path.join(data_dir, name + suffix.replace("/", "_").replace(" ", ""))
+    if raw_path is not None:
+        kwargs["raw_path"] = raw_path
+    fn(out, **kwargs)
+    return out
+
+
+def _model_kwargs(name: str, common: dict[str, Any], per_model: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Common overrides the model's constructor accepts, then the model's own arguments."""
+    import inspect
+
+    from mdr_tf import registry
+
+    spec = registry.get(name)
+    module, _, attr = spec.builder.partition(":")
+    import importlib
+
+    builder = getattr(importlib.import_module(module), attr)
+    accepted = set()
+    for klass in (builder.__mro__ if isinstance(builder, type) else [builder]):
+        init = getattr(klass, "__init__", klass)
+        try:
+            accepted |= set(inspect.signature(init).parameters)
+        except (TypeError, ValueError):
+            pass
+    kept = {k: v for k, v in common.items() if k in accepted}
+    return {**kept, **per_model.get(name, {})}
+
+
+def _trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
+    from data_prep.common import fingerprint
+
+    train = {k: v for k, v in vars(cfg).items() if k != "verbose"}
+    return fingerprint({"model": name, "seed": cfg.seed, "train": train, "model_kwargs": kwargs, "data": data_fp})
+
+
+class TrialLog:
+    """Append-only JSONL of finished trials; the key makes reruns skip finished work."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if os.path.exists(path):
+            with open(path) as f:
+                for lineno, line in enumerate(f, 1):
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        self.rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        # A line cut by a kill mid-write: ignore it (the trial reruns).
+                        print(f"warning: {path}:{lineno}: unreadable line skipped", file=sys.stderr)
+
+    def done(self, key: str) -> dict[str, Any] | None:
+        for r in self.rows:
+            if r.get("key") == key:
+                return r
+        return None
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.append(row)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def run(
+    *,
+    dataset: str = "ml100k",
+    raw_path: str | None = None,
+    data_dir: str = "data",
+    dataset_options: dict[str, Any] | None = None,
+    models: Sequence[str] | None = None,
+    trials: int = 2,
+    seed_base: int = 0,
+    train_kwargs: dict[str, Any] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    per_model_args: dict[str, dict[str, Any]] | None = None,
+    output_dir: str | None = None,
+    export_dir: str | None = None,
+    flags_record: dict[str, Any] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Runs the trials and writes the tables; returns {"summary", "table_md", "output_dir"}."""
+    import mdr_tf  # noqa: F401  (sets the Keras backend)
+    from mdr_tf import registry, report
+    from mdr_tf.schema import Schema
+    from mdr_tf.training import TrainConfig, run_trial
+    models = list(models or registry.names(main_table_only=True))
+    for m in models:
+        registry.get(m)  # fail fast on unknown names
+    data_path = prepare_dataset(dataset, data_dir, raw_path, dict(dataset_options or {}))
+    schema = Schema.load(data_path)
+    output_dir = output_dir or os.path.join("results", dataset)
+    os.makedirs(output_dir, exist_ok=True)
+    log_path = os.path.join(output_dir, "trials.jsonl")
+    trial_log = TrialLog(log_path)
+    train_kwargs = dict(train_kwargs or {})
+    model_kwargs = dict(model_kwargs or {})
+    per_model_args = dict(per_model_args or {})
+    total = len(models) * trials
+    t_start = time.time()
+    finished_now = 0
+    log(f"dataset {dataset}: {schema.raw['num_examples']:,} examples, {schema.num_domains} domains "
+        f"{list(schema.domain_names)} (data in {data_path})")
+    log(f"{len(models)} models × {trials} trials; results → {os.path.abspath(output_dir)}")
+    keys = {}
+    for mi, name in enumerate(models):
+        kwargs = _model_kwargs(name, model_kwargs, per_model_args)
+        for t in range(trials):
+            seed = seed_base + t
+            cfg = TrainConfig(seed=seed, **train_kwargs)
+            key = _trial_key(name, cfg, kwargs, schema.raw["fingerprint"])
+            keys[key] = name
+            idx = mi * trials + t + 1
+            if trial_log.done(key):
+                log(f"[{idx}/{total}] {name} trial {t} (seed {seed}): already done, skipped")
+                continue
+            log(f"[{idx}/{total}] {name} trial {t} (seed {seed}) ...")
+            t0 = time.time()
+            row, model = run_trial(name, schema, cfg, kwargs, log=log if cfg.verbose == 0 else None,
+                                   return_model=True)
+            row.update({"key": key, "trial": t, "dataset": dataset, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            if export_dir and t == 0:
+                from mdr_tf.export import export_saved_model
+
+                row["export_path"] = export_saved_model(model, os.path.join(export_dir, name), version=1)
+            trial_log.append(row)
+            finished_now += 1
+            elapsed = time.time() - t_start
+            eta = elapsed / finished_now * (total - idx)
+            log(f"[{idx}/{total}] {name} trial {t}: test AUC {row['test_auc']:.4f} LogLoss {row['test_logloss']:.4f} "
+                f"(best epoch {row['best_epoch']}, {time.time() - t0:.1f}s; ETA {eta / 60:.1f} min)")
+            del model
+    rows = [r for r in trial_log.rows if r.get("key") in keys]
+    summary = report.aggregate(rows, models, schema.num_domains)
+    md = report.markdown_table(summary, schema.num_domains, schema.domain_names)
+    title = (f"# {dataset}: test metrics, mean ± std over trials\n\n"
+             f"Domains: {', '.join(f'd{k} = {n}' for k, n in enumerate(schema.domain_names))}. "
+             f"Exact AUC; WAUC = test-size-weighted mean of domain AUCs.\n\n")
+    _atomic_write(os.path.join(output_dir, "table.md"), title + md)
+    _atomic_write(os.path.join(output_dir, "table.csv"), report.csv_table(summary, schema.num_domains))
+    meta = {"git_commit": _git_commit(), "versions": _versions(), "flags": flags_record or {},
+            "dataset": dataset, "data_dir": os.path.abspath(data_path),
+            "data_fingerprint": schema.raw["fingerprint"], "data_checksums": schema.raw.get("checksums"),
+            "models": models, "trials": trials, "seed_base": seed_base, "train": train_kwargs,
+            "model_kwargs": model_kwargs, "per_model_args": per_model_args,
+            "wall_seconds": round(time.time() - t_start, 1)}
+    _atomic_write(os.path.join(output_dir, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
+    log("\n" + title + md)
+    log(f"results: {os.path.abspath(output_dir)}/table.md, table.csv, trials.jsonl, run_meta.json "
+        f"({time.time() - t_start:.0f}s)")
+    return {"summary": summary, "table_md": md, "output_dir": output_dir, "rows": rows}
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    try:
+        per_model = json.loads(FLAGS.model_args)
+    except json.JSONDecodeError as e:
+        raise app.UsageError(f"--model_args is not valid JSON: {e}")
+    model_kwargs: dict[str, Any] = {"embedding_dim": FLAGS.embedding_dim}
+    if FLAGS.hidden_units:
+        model_kwargs["hidden_units"] = [int(u) for u in FLAGS.hidden_units]
+    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
+    train_kwargs = dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+                        patience=FLAGS.patience, monitor=FLAGS.monitor, mode=FLAGS.mode,
+                        steps_per_execution=FLAGS.steps_per_execution, jit_compile=jit, verbose=FLAGS.verbose)
+    flags_record = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
+    try:
+        run(dataset=FLAGS.dataset, raw_path=FLAGS.raw_path, data_dir=FLAGS.data_dir,
+            dataset_options=_parse_options(FLAGS.dataset_options), models=FLAGS.models, trials=FLAGS.trials,
+            seed_base=FLAGS.seed_base, train_kwargs=train_kwargs, model_kwargs=model_kwargs,
+            per_model_args=per_model, output_dir=FLAGS.output_dir, export_dir=FLAGS.export_dir,
+            flags_record=flags_record)
+    except ValueError as e:  # DataError, unknown model/dataset names, bad options
+        raise SystemExit(f"error: {e}")
+
+
+def cli() -> None:
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

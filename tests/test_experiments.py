@@ -1,0 +1,60 @@
+"""The main-job runner: trial log, resume, tables, export."""
+
+import json
+import os
+
+import pytest
+
+from experiments import run as runner
+from mdr_tf import training
+
+
+def _run(tmp_path, synth_dir, **kw):
+    args = dict(dataset="synthetic", data_dir=str(tmp_path / "data"), models=["dnn"], trials=2,
+                train_kwargs=dict(epochs=1, batch_size=256, steps_per_execution=4),
+                model_kwargs={"hidden_units": [8], "embedding_dim": 4}, output_dir=str(tmp_path / "res"),
+                dataset_options={"num_rows": 3000}, log=lambda m: None)
+    args.update(kw)
+    return runner.run(**args)
+
+
+def test_trials_logged_tables_written_and_rerun_skips(tmp_path, synth_dir, monkeypatch):
+    out = _run(tmp_path, synth_dir)
+    res = tmp_path / "res"
+    rows = [json.loads(line) for line in open(res / "trials.jsonl")]
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert all(0.0 <= r["test_auc"] <= 1.0 for r in rows)
+    table = open(res / "table.md").read()
+    assert "| dnn | 2 |" in table
+    assert "model,trials,test_auc_mean" in open(res / "table.csv").read()
+    meta = json.load(open(res / "run_meta.json"))
+    assert meta["data_fingerprint"] and meta["versions"]["keras"]
+    assert out["summary"][0]["trials"] == 2
+
+    calls = []
+    real = training.run_trial
+    monkeypatch.setattr(training, "run_trial", lambda *a, **k: calls.append(a) or real(*a, **k))
+    _run(tmp_path, synth_dir, trials=3)  # trials 0 and 1 are done: only trial 2 runs
+    assert len(calls) == 1 and calls[0][2].seed == 2
+    assert len(open(res / "trials.jsonl").read().strip().splitlines()) == 3
+
+
+def test_interrupted_line_is_ignored_and_trial_reruns(tmp_path, synth_dir):
+    _run(tmp_path, synth_dir, trials=1)
+    path = tmp_path / "res" / "trials.jsonl"
+    good = open(path).read()
+    with open(path, "w") as f:  # simulate a kill in the middle of writing a second row
+        f.write(good + '{"model": "dnn", "se')
+    out = _run(tmp_path, synth_dir, trials=2)
+    assert out["summary"][0]["trials"] == 2
+
+
+def test_unknown_model_fails_before_work(tmp_path, synth_dir):
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        _run(tmp_path, synth_dir, models=["nope"])
+    assert not os.path.exists(tmp_path / "res")
+
+
+def test_export_dir_writes_versioned_savedmodel(tmp_path, synth_dir):
+    _run(tmp_path, synth_dir, trials=1, export_dir=str(tmp_path / "exp"))
+    assert os.path.exists(tmp_path / "exp" / "dnn" / "1" / "saved_model.pb")
