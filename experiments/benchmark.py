@@ -1,0 +1,185 @@
+"""Speed benchmark: training samples/s (memory vs TFRecords), pipeline ex/s, SavedModel inference.
+
+Prints medians over ``--repeats`` runs. Figures go in docs/benchmarks.md with the command.
+
+  python -m experiments.benchmark                       # DNN on ML-100k
+  python -m experiments.benchmark --models=dnn,mlora,hamur,star --repeats=5
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def _median_rate(fn: Callable[[], int], repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def bench_pipeline(schema, batch_size: int, repeats: int) -> dict[str, float]:
+    """TFRecord read+parse examples/s of the streaming and in-memory pipelines (no model)."""
+    from mdr_tf.data import make_dataset
+
+    out = {}
+    for name, in_memory in (("stream", False), ("in_memory", True)):
+        ds = make_dataset(schema, "train", batch_size, seed=0, in_memory=in_memory)
+
+        def one_pass():
+            n = 0
+            for _, y in ds:
+                n += int(y.shape[0])
+            return n
+
+        one_pass()  # warm-up (loads the in-memory cache)
+        out[f"pipeline_{name}_ex_per_s"] = _median_rate(one_pass, repeats)
+    return out
+
+
+def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_per_execution: int,
+                jit: Any, sources: Sequence[str]) -> dict[str, float]:
+    """Training samples/s for one model from memory (numpy, Keras shuffling) and from TFRecords."""
+    import keras
+    import numpy as np
+
+    from mdr_tf import registry
+    from mdr_tf.data import load_arrays, make_dataset
+    from mdr_tf.training import TrainConfig, compile_model
+
+    x, y = load_arrays(schema, "train")
+    y = y.reshape(-1, 1)
+    n = len(y)
+    res = {}
+    for source in sources:
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)
+        model = registry.get(model_name).build(schema)
+        model.build()
+        compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=steps_per_execution,
+                                         jit_compile=jit))
+        if source == "memory":
+            def epoch():
+                model.fit(x, y, batch_size=batch_size, shuffle=True, epochs=1, verbose=0)
+                return n
+        else:
+            ds = make_dataset(schema, "train", batch_size, seed=0, in_memory=(source == "tfrecord_in_memory"))
+
+            def epoch():
+                model.fit(ds, epochs=1, verbose=0)
+                return n
+        epoch()  # compile + warm-up
+        res[f"train_{source}_samples_per_s"] = _median_rate(epoch, repeats)
+    return res
+
+
+def bench_serving(model_name: str, schema, batch_sizes: Sequence[int], repeats: int) -> dict[str, float]:
+    """Exported SavedModel (``serving_default``) inference samples/s per batch size."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from mdr_tf import registry
+    from mdr_tf.data import load_arrays
+    from mdr_tf.export import export_saved_model
+
+    keras.utils.set_random_seed(0)
+    model = registry.get(model_name).build(schema)
+    model.build()
+    x, _ = load_arrays(schema, "test")
+    res = {}
+    with tempfile.TemporaryDirectory() as d:
+        fn = tf.saved_model.load(export_saved_model(model, d, version=1)).signatures["serving_default"]
+        for bs in batch_sizes:
+            reps = max(1, min(200, 20000 // bs))
+            batch = {k: tf.constant(np.resize(v, bs)) for k, v in x.items()}
+            fn(**batch)
+
+            def run():
+                for _ in range(reps):
+                    fn(**batch)
+                return reps * bs
+
+            res[f"serve_batch{bs}_samples_per_s"] = _median_rate(run, repeats)
+            res[f"serve_batch{bs}_ms_per_call"] = bs / res[f"serve_batch{bs}_samples_per_s"] * 1000
+    return res
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("dataset", "ml100k", "Registered dataset name.")
+    flags.DEFINE_string("data_dir", "data", "Root of prepared datasets.")
+    flags.DEFINE_list("dataset_options", [], "key=value prepare options (e.g. num_rows=1000000 for synthetic).")
+    flags.DEFINE_list("models", ["dnn"], "Models to benchmark (the first ones' ratios are relative to dnn).")
+    flags.DEFINE_integer("batch_size", 512, "Training batch size.")
+    flags.DEFINE_integer("repeats", 5, "Runs per figure (median reported).")
+    flags.DEFINE_integer("steps_per_execution", 16, "Train steps per compiled call.")
+    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")
+    flags.DEFINE_list("sources", ["memory", "tfrecord_in_memory", "tfrecord_stream"], "Training input sources.")
+    flags.DEFINE_list("serve_batch_sizes", ["1", "512", "4096"], "SavedModel inference batch sizes.")
+    flags.DEFINE_boolean("serving", True, "Benchmark SavedModel inference.")
+    flags.DEFINE_string("output", None, "Write the figures as JSON here.")
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    import mdr_tf  # noqa: F401
+    from experiments.run import _parse_options, _versions, prepare_dataset
+    from mdr_tf.schema import Schema
+
+    schema = Schema.load(prepare_dataset(FLAGS.dataset, FLAGS.data_dir, None, _parse_options(FLAGS.dataset_options)))
+    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
+    results: dict[str, Any] = {"versions": _versions(), "dataset": FLAGS.dataset,
+                               "train_examples": sum(schema.counts("train")), "batch_size": FLAGS.batch_size,
+                               "repeats": FLAGS.repeats}
+    print(f"# benchmark on {FLAGS.dataset} ({results['train_examples']:,} train examples), batch "
+          f"{FLAGS.batch_size}, median of {FLAGS.repeats}", flush=True)
+    results.update(bench_pipeline(schema, FLAGS.batch_size, FLAGS.repeats))
+    print(f"pipeline read+parse: stream {results['pipeline_stream_ex_per_s']:,.0f} ex/s, "
+          f"in-memory {results['pipeline_in_memory_ex_per_s']:,.0f} ex/s", flush=True)
+    models = list(FLAGS.models)
+    if "dnn" not in models:
+        models = ["dnn"] + models
+    per_model = {}
+    for name in models:
+        r = bench_train(name, schema, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps_per_execution, jit,
+                        FLAGS.sources)
+        if FLAGS.serving:
+            r.update(bench_serving(name, schema, [int(b) for b in FLAGS.serve_batch_sizes], FLAGS.repeats))
+        per_model[name] = r
+        main_src = FLAGS.sources[0]
+        rel = r[f"train_{main_src}_samples_per_s"] / per_model["dnn"][f"train_{main_src}_samples_per_s"]
+        line = ", ".join(f"{k.replace('_samples_per_s', '')} {v:,.0f}/s" for k, v in r.items()
+                         if k.startswith("train_"))
+        print(f"{name:>14}: {line}; {rel:.2f}× dnn", flush=True)
+        if FLAGS.serving:
+            print(" " * 16 + ", ".join(f"serve b{b}: {r[f'serve_batch{b}_samples_per_s']:,.0f}/s "
+                                       f"({r[f'serve_batch{b}_ms_per_call']:.2f} ms)"
+                                       for b in FLAGS.serve_batch_sizes), flush=True)
+    results["models"] = per_model
+    if FLAGS.output:
+        tmp = FLAGS.output + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+        os.replace(tmp, FLAGS.output)
+        print(f"wrote {FLAGS.output}", file=sys.stderr)
+
+
+def cli() -> None:
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    cli()
