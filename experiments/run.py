@@ -48,6 +48,9 @@ def define_flags() -> None:
     flags.DEFINE_string("output_dir", None, "Results folder (default: results/<dataset>).")
     flags.DEFINE_string("export_dir", None, "If set, export each model's first trial as a SavedModel here.")
     flags.DEFINE_integer("verbose", 0, "Keras fit verbosity (0 = one line per epoch from mdr_tf).")
+    flags.DEFINE_string("trial_shard", "0/1", "i/n: run only trials t with t % n == i (split sweeps).")
+    flags.DEFINE_boolean("aggregate_only", False, "Rebuild tables from trials*.jsonl without training.")
+    flags.DEFINE_boolean("tensorboard", False, "Log every trial to <output_dir>/tensorboard/.")
 
 
 def _git_commit() -> str:
@@ -121,16 +124,27 @@ def _model_kwargs(name: str, common: dict[str, Any], per_model: dict[str, dict[s
 def _trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
     from data_prep.common import fingerprint
 
-    train = {k: v for k, v in vars(cfg).items() if k != "verbose"}
+    train = {k: v for k, v in vars(cfg).items() if k not in ("verbose", "tensorboard_dir")}
     return fingerprint({"model": name, "seed": cfg.seed, "train": train, "model_kwargs": kwargs, "data": data_fp})
 
 
 class TrialLog:
-    """Append-only JSONL of finished trials; the key makes reruns skip finished work."""
+    """Append-only JSONL of finished trials; the key makes reruns skip finished work.
+
+    Reads every ``trials*.jsonl`` in the folder (shards of one sweep written by several
+    processes or machines and copied together), appends to its own file only.
+    """
 
     def __init__(self, path: str):
+        import glob
+
         self.path = path
         self.rows: list[dict[str, Any]] = []
+        seen = set()
+        for p in sorted(glob.glob(os.path.join(os.path.dirname(path) or ".", "trials*.jsonl"))):
+            self._read(p, seen)
+
+    def _read(self, path: str, seen: set) -> None:
         if os.path.exists(path):
             with open(path) as f:
                 for lineno, line in enumerate(f, 1):
@@ -138,10 +152,14 @@ class TrialLog:
                     if not line:
                         continue
                     try:
-                        self.rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError:
                         # A line cut by a kill mid-write: ignore it (the trial reruns).
                         print(f"warning: {path}:{lineno}: unreadable line skipped", file=sys.stderr)
+                        continue
+                    if row.get("key") not in seen:
+                        seen.add(row.get("key"))
+                        self.rows.append(row)
 
     def done(self, key: str) -> dict[str, Any] | None:
         for r in self.rows:
@@ -179,9 +197,24 @@ def run(
     output_dir: str | None = None,
     export_dir: str | None = None,
     flags_record: dict[str, Any] | None = None,
+    trial_shard: tuple[int, int] = (0, 1),
+    aggregate_only: bool = False,
+    tensorboard: bool = False,
+    base_model: str | None = None,
+    paper: dict[str, Any] | None = None,
     log=print,
 ) -> dict[str, Any]:
-    """Runs the trials and writes the tables; returns {"summary", "table_md", "output_dir"}."""
+    """Runs the trials and writes the tables; returns {"summary", "table_md", "output_dir", "rows"}.
+
+    Args:
+      trial_shard: ``(i, n)``: run only trials ``t`` with ``t % n == i`` (split a sweep over
+        processes or machines; each shard appends to ``trials-shard-i-of-n.jsonl``; copy the
+        files into one folder and run with ``aggregate_only`` to merge).
+      aggregate_only: train nothing; rebuild the tables from the trial files.
+      tensorboard: log each trial to ``<output_dir>/tensorboard/<model>/seed<k>``.
+      base_model: reference for RelaImpr (default: "dnn" if run, else the first model).
+      paper: {"metric_columns": [...], "rows": {model: {column: value}}} printed beside ours.
+    """
     import mdr_tf  # noqa: F401  (sets the Keras backend)
     from mdr_tf import registry, report
     from mdr_tf.schema import Schema
@@ -193,7 +226,11 @@ def run(
     schema = Schema.load(data_path)
     output_dir = output_dir or os.path.join("results", dataset)
     os.makedirs(output_dir, exist_ok=True)
-    log_path = os.path.join(output_dir, "trials.jsonl")
+    shard_i, shard_n = trial_shard
+    if not 0 <= shard_i < shard_n:
+        raise ValueError(f"trial shard {shard_i}/{shard_n}: expected 0 <= i < n")
+    log_path = os.path.join(output_dir, "trials.jsonl" if shard_n == 1 else
+                            f"trials-shard-{shard_i}-of-{shard_n}.jsonl")
     trial_log = TrialLog(log_path)
     train_kwargs = dict(train_kwargs or {})
     model_kwargs = dict(model_kwargs or {})
@@ -209,10 +246,13 @@ def run(
         kwargs = _model_kwargs(name, model_kwargs, per_model_args)
         for t in range(trials):
             seed = seed_base + t
-            cfg = TrainConfig(seed=seed, **train_kwargs)
+            tb = os.path.join(output_dir, "tensorboard", name, f"seed{seed}") if tensorboard else None
+            cfg = TrainConfig(seed=seed, tensorboard_dir=tb, **train_kwargs)
             key = _trial_key(name, cfg, kwargs, schema.raw["fingerprint"])
             keys[key] = name
             idx = mi * trials + t + 1
+            if aggregate_only or t % shard_n != shard_i:
+                continue
             if trial_log.done(key):
                 log(f"[{idx}/{total}] {name} trial {t} (seed {seed}): already done, skipped")
                 continue
@@ -234,10 +274,15 @@ def run(
             del model
     rows = [r for r in trial_log.rows if r.get("key") in keys]
     summary = report.aggregate(rows, models, schema.num_domains)
+    base = base_model or ("dnn" if "dnn" in models else models[0])
+    report.add_significance(summary, rows, base_model=base)
     md = report.markdown_table(summary, schema.num_domains, schema.domain_names)
+    if paper:
+        md += "\n" + report.paper_comparison(summary, paper)
     title = (f"# {dataset}: test metrics, mean ± std over trials\n\n"
              f"Domains: {', '.join(f'd{k} = {n}' for k, n in enumerate(schema.domain_names))}. "
-             f"Exact AUC; WAUC = test-size-weighted mean of domain AUCs.\n\n")
+             f"Exact AUC; WAUC = test-size-weighted mean of domain AUCs. RelaImpr vs {base}. "
+             f"* = AUC better than the best other non-seed model (Welch's t-test over trials, p < 0.05).\n\n")
     _atomic_write(os.path.join(output_dir, "table.md"), title + md)
     _atomic_write(os.path.join(output_dir, "table.csv"), report.csv_table(summary, schema.num_domains))
     meta = {"git_commit": _git_commit(), "versions": _versions(), "flags": flags_record or {},
@@ -251,6 +296,14 @@ def run(
     log(f"results: {os.path.abspath(output_dir)}/table.md, table.csv, trials.jsonl, run_meta.json "
         f"({time.time() - t_start:.0f}s)")
     return {"summary": summary, "table_md": md, "output_dir": output_dir, "rows": rows}
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise app.UsageError(f"--trial_shard={text!r}: expected i/n, e.g. 0/2")
+    return i, n
 
 
 def main(argv: Sequence[str]) -> None:
@@ -272,7 +325,8 @@ def main(argv: Sequence[str]) -> None:
             dataset_options=_parse_options(FLAGS.dataset_options), models=FLAGS.models, trials=FLAGS.trials,
             seed_base=FLAGS.seed_base, train_kwargs=train_kwargs, model_kwargs=model_kwargs,
             per_model_args=per_model, output_dir=FLAGS.output_dir, export_dir=FLAGS.export_dir,
-            flags_record=flags_record)
+            flags_record=flags_record, trial_shard=_parse_shard(FLAGS.trial_shard),
+            aggregate_only=FLAGS.aggregate_only, tensorboard=FLAGS.tensorboard)
     except ValueError as e:  # DataError, unknown model/dataset names, bad options
         raise SystemExit(f"error: {e}")
 

@@ -35,6 +35,7 @@ class TrainConfig:
       jit_compile: XLA-compile the train step ("auto" = on unless the model says no).
       eval_batch_size: batch size for validation / test prediction.
       verbose: Keras fit verbosity.
+      tensorboard_dir: if set, log losses and the exact validation metrics to TensorBoard here.
     """
 
     epochs: int = 10
@@ -50,6 +51,7 @@ class TrainConfig:
     jit_compile: Any = "auto"
     eval_batch_size: int = 4096
     verbose: int = 0
+    tensorboard_dir: str | None = None
 
 
 def predict_split(model: keras.Model, schema: Schema, split: str, batch_size: int = 4096,
@@ -131,7 +133,10 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
         compile_model(model, cfg)
     train = make_dataset(schema, "train", cfg.batch_size, seed=cfg.seed, mode=cfg.mode)
     stopper = ExactEarlyStopping(schema, cfg.monitor, cfg.patience, cfg.min_delta, cfg.eval_batch_size, log)
-    model.fit(train, epochs=cfg.epochs, callbacks=[stopper] + list(callbacks or []), verbose=cfg.verbose)
+    cbs = [stopper] + list(callbacks or [])
+    if cfg.tensorboard_dir:
+        cbs.append(keras.callbacks.TensorBoard(log_dir=cfg.tensorboard_dir, write_graph=False))
+    model.fit(train, epochs=cfg.epochs, callbacks=cbs, verbose=cfg.verbose)
     return stopper
 
 

@@ -58,3 +58,19 @@ def test_unknown_model_fails_before_work(tmp_path, synth_dir):
 def test_export_dir_writes_versioned_savedmodel(tmp_path, synth_dir):
     _run(tmp_path, synth_dir, trials=1, export_dir=str(tmp_path / "exp"))
     assert os.path.exists(tmp_path / "exp" / "dnn" / "1" / "saved_model.pb")
+
+
+def test_sharded_sweep_merges_to_the_same_table(tmp_path, synth_dir):
+    a = _run(tmp_path, synth_dir, trials=2, trial_shard=(0, 2), output_dir=str(tmp_path / "s0"))
+    b = _run(tmp_path, synth_dir, trials=2, trial_shard=(1, 2), output_dir=str(tmp_path / "s1"))
+    assert a["summary"][0]["trials"] == 1 and b["summary"][0]["trials"] == 1
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    for s in ("s0", "s1"):
+        for f in os.listdir(tmp_path / s):
+            if f.startswith("trials"):
+                (merged / f).write_text((tmp_path / s / f).read_text())
+    out = _run(tmp_path, synth_dir, trials=2, aggregate_only=True, output_dir=str(merged))
+    assert out["summary"][0]["trials"] == 2
+    seeds = sorted(r["seed"] for r in out["rows"])
+    assert seeds == [0, 1]
