@@ -1,8 +1,16 @@
 """MovieLens-100k / MovieLens-1M -> TFRecords split by scenario.
 
-Inputs: a GroupLens ``ml-100k.zip`` / ``ml-1m.zip`` or their extracted folders; for
-ML-100k with no path, the exact copy inside the ``recbole==1.2.1`` wheel from PyPI
-(downloaded once with ``pip download --no-deps`` into a cache and read as a zip).
+Inputs (``--source``):
+  raw   (default) a GroupLens ``ml-100k.zip`` / ``ml-1m.zip``, their extracted folders, or
+        RecBole atomic files; for ML-100k with no path, the exact copy inside the
+        ``recbole==1.2.1`` wheel from PyPI (downloaded once with ``pip download --no-deps``
+        into a cache and read as a zip).
+  tfds  the GroupLens zip parsed by tensorflow-datasets' ``movielens/{1m,100k}-ratings``
+        builder from ``manual_dir``: tfds checks the archive's size and sha256 against its
+        registered checksum, so only the genuine GroupLens file is accepted. The tfds
+        fields are mapped back to the raw columns (gender bool -> M/F, bucketized age ->
+        age code, occupation text -> ML-1M code, first genre, ...), so both sources give
+        the same records in the same (file) order and hence the same output.
 
 Domain schemes (``--domain_scheme``):
   age3        HAMUR / Scenario-Wise-Rec: {<18, 18-24} / 25-34 / 35+ (ML-1M age codes
@@ -17,11 +25,16 @@ Label rules (``--label_rule``): ``gt3`` (rating > 3, HAMUR; default) or ``eq5``
 
 Example:
   python -m data_prep.movielens --version=100k --output_dir=data/ml100k_age3
+  python -m data_prep.movielens --version=1m --source=tfds --raw_path=ml-1m.zip \
+      --domain_scheme=gender --label_rule=eq5 --output_dir=data/ml1m_gender
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import zipfile
 from typing import Sequence
 
 import numpy as np
@@ -29,7 +42,8 @@ import pandas as pd
 from absl import app, flags
 
 from data_prep.common import (DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
-                              random_split, remap_domains, sha256_of_bytes, stratified_split, write_dataset)
+                              random_split, remap_domains, sha256_of_bytes, sha256_of_file, stratified_split,
+                              write_dataset)
 from data_prep.sources import DEFAULT_CACHE, RawSource, fetch_recbole_wheel, parse_lines
 
 EXPECTED = {
@@ -40,6 +54,13 @@ GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Com
                "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                "War", "Western"]
 AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
+# ML-1M occupation codes 0..20 (the ML-1M README's list); tfds exposes the text.
+OCCUPATIONS_1M = ("other/not specified", "academic/educator", "artist", "clerical/admin", "college/grad student",
+                  "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+                  "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
+                  "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
+SOURCES = ("raw", "tfds")
+TFDS_FILES = {"100k": "ml-100k.zip", "1m": "ml-1m.zip"}
 DOMAIN_SCHEMES = ("age3", "gender", "age7", "occupation")
 LABEL_RULES = ("gt3", "eq5")
 ALL_FEATURES = ("user_id", "item_id", "gender", "age", "occupation", "zip", "genre")
@@ -61,13 +82,29 @@ _int.__name__ = "integer"
 
 
 def _rating(s: str) -> int:
-    v = int(float(s))
-    if v < 1 or v > 5:
+    f = float(s)
+    if f != int(f) or f < 1 or f > 5:  # whole stars only (a "3.5" is not silently truncated)
         raise ValueError(s)
-    return v
+    return int(f)
 
 
 _rating.__name__ = "rating in 1..5"
+
+
+def _timestamp(s: str) -> int:
+    return int(float(s))
+
+
+_timestamp.__name__ = "timestamp"
+
+
+def _gender(s: str) -> str:
+    if s not in ("M", "F"):
+        raise ValueError(s)
+    return s
+
+
+_gender.__name__ = "gender (M or F)"
 
 
 def read_ml100k(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, dict]:
@@ -84,7 +121,7 @@ def read_ml100k(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, d
         text, w = src.read_text("u.user", "latin-1")
         checksums["u.user"] = sha256_of_bytes(text.encode("latin-1"))
         u, b = parse_lines(text, w, "|", ["user", "age", "gender", "occupation", "zip"],
-                           {"user": _int, "age": _int}, skip_bad=skip_bad)
+                           {"user": _int, "age": _int, "gender": _gender}, skip_bad=skip_bad)
         bad += b
         text, w = src.read_text("u.item", "latin-1")
         checksums["u.item"] = sha256_of_bytes(text.encode("latin-1"))
@@ -99,13 +136,13 @@ def read_ml100k(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, d
         text, w = src.read_text("ml-100k.inter", "utf-8")
         checksums["ml-100k.inter"] = sha256_of_bytes(text.encode())
         r, b = parse_lines(text, w, "\t", ["user", "item", "rating", "ts"],
-                           {"user": _int, "item": _int, "rating": _rating, "ts": lambda s: int(float(s))},
+                           {"user": _int, "item": _int, "rating": _rating, "ts": _timestamp},
                            header=True, skip_bad=skip_bad)
         bad += b
         text, w = src.read_text("ml-100k.user", "utf-8")
         checksums["ml-100k.user"] = sha256_of_bytes(text.encode())
         u, b = parse_lines(text, w, "\t", ["user", "age", "gender", "occupation", "zip"],
-                           {"user": _int, "age": _int}, header=True, skip_bad=skip_bad)
+                           {"user": _int, "age": _int, "gender": _gender}, header=True, skip_bad=skip_bad)
         bad += b
         text, w = src.read_text("ml-100k.item", "utf-8")
         checksums["ml-100k.item"] = sha256_of_bytes(text.encode())
@@ -119,8 +156,8 @@ def read_ml100k(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, d
     ratings = pd.DataFrame(r)
     users = pd.DataFrame(u)
     users["age_code"] = age_to_code(users["age"].to_numpy())
-    frame = _join(ratings, users, items, files)
-    return frame, {"checksums": checksums, "skipped_bad_rows": bad}
+    frame, orphans = _join(ratings, users, items, files, skip_bad)
+    return frame, {"checksums": checksums, "skipped_bad_rows": bad, "dropped_orphan_ratings": orphans}
 
 
 def read_ml1m(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, dict]:
@@ -142,8 +179,17 @@ def read_ml1m(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, dic
         return v
 
     _age_code.__name__ = f"ML-1M age code {AGE_CODES}"
+
+    def _occupation(s: str) -> int:
+        v = int(s)
+        if not 0 <= v < len(OCCUPATIONS_1M):
+            raise ValueError(s)
+        return v
+
+    _occupation.__name__ = "ML-1M occupation code 0..20"
     u, b = parse_lines(text, w, "::", ["user", "gender", "age_code", "occupation", "zip"],
-                       {"user": _int, "age_code": _age_code, "occupation": _int}, skip_bad=skip_bad)
+                       {"user": _int, "gender": _gender, "age_code": _age_code, "occupation": _occupation},
+                       skip_bad=skip_bad)
     bad += b
     text, w = src.read_text("movies.dat", "latin-1")
     checksums["movies.dat"] = sha256_of_bytes(text.encode("latin-1"))
@@ -153,22 +199,140 @@ def read_ml1m(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, dic
     users["age"] = users["age_code"]  # ML-1M only has the codes; HAMUR uses them as the dense "age".
     users["occupation"] = users["occupation"].astype(str)
     items = pd.DataFrame({"item": m["item"], "genre": [g.split("|")[0] for g in m["genres"]]})
-    frame = _join(pd.DataFrame(r), users, items, ("ratings.dat", "users.dat", "movies.dat"))
-    return frame, {"checksums": checksums, "skipped_bad_rows": bad}
+    frame, orphans = _join(pd.DataFrame(r), users, items, ("ratings.dat", "users.dat", "movies.dat"), skip_bad)
+    return frame, {"checksums": checksums, "skipped_bad_rows": bad, "dropped_orphan_ratings": orphans}
 
 
-def _join(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, files: Sequence[str]) -> pd.DataFrame:
-    if users["user"].duplicated().any():
-        raise DataError(f"{files[1]}: duplicate user ids, e.g. {users['user'][users['user'].duplicated()].iloc[0]}")
+def _join(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, files: Sequence[str],
+          skip_bad: bool = False) -> tuple[pd.DataFrame, int]:
+    """Joins ratings with users and items; returns (frame, ratings dropped for a missing user/item).
+
+    A rating whose user or item is missing is an error, unless ``skip_bad`` (then the
+    user/item line was itself skipped as malformed and its ratings are dropped too).
+    """
+    for df, f, key in ((users, files[1], "user"), (items, files[2], "item")):
+        dup = df[key].duplicated()
+        if dup.any():
+            raise DataError(f"{f}: duplicate {key} id {df[key][dup].iloc[0]}")
     frame = ratings.merge(users, on="user", how="left", validate="many_to_one")
-    missing = frame["gender"].isna()
-    if missing.any():
-        raise DataError(f"{files[0]}: user {int(frame['user'][missing].iloc[0])} is not in {files[1]}")
     frame = frame.merge(items, on="item", how="left", validate="many_to_one")
-    missing = frame["genre"].isna()
-    if missing.any():
-        raise DataError(f"{files[0]}: item {int(frame['item'][missing].iloc[0])} is not in {files[2]}")
-    return frame
+    no_user, no_item = frame["gender"].isna(), frame["genre"].isna()
+    dropped = int((no_user | no_item).sum())
+    if dropped and not skip_bad:
+        if no_user.any():
+            raise DataError(f"{files[0]}: user {int(frame['user'][no_user].iloc[0])} is not in {files[1]}")
+        raise DataError(f"{files[0]}: item {int(frame['item'][no_item].iloc[0])} is not in {files[2]}")
+    if dropped:
+        frame = frame[~(no_user | no_item)].reset_index(drop=True)
+    return frame, dropped
+
+
+_TFDS_BUILDER: type | None = None
+
+
+def tfds_builder_class() -> type:
+    """tensorflow-datasets' ``movielens`` builder, writing examples in file order.
+
+    The stock builder stores examples in key-hash order; this subclass (same name,
+    configs, parsing and registered checksums, not added to the tfds registry) sets
+    ``disable_shuffling`` so reading back yields the ratings in file order, which makes
+    the seeded split identical to the raw reader's.
+    """
+    global _TFDS_BUILDER
+    if _TFDS_BUILDER is None:
+        from tensorflow_datasets.structured.movielens import Movielens
+
+        class OrderedMovielens(Movielens, skip_registration=True):
+            name = "movielens"
+            # No per-builder checksum file: tfds then validates against its global registry
+            # (url_checksums/movielens.txt). Also avoids tfds' code-path lookup, which needs
+            # the optional ``importlib_resources`` package.
+            code_path = None
+
+            def _info(self):
+                info = super()._info()
+                info.as_proto.disable_shuffling = True
+                return info
+
+        _TFDS_BUILDER = OrderedMovielens
+    return _TFDS_BUILDER
+
+
+def read_tfds(version: str, zip_path: str, data_dir: str) -> tuple[pd.DataFrame, dict]:
+    """Builds ``movielens/<version>-ratings`` with tfds from a local GroupLens zip; raw columns.
+
+    The zip is handed to tfds through ``manual_dir``; tfds verifies its size and sha256
+    against the checksum it registers for the GroupLens URL (``NonMatchingChecksumError``
+    otherwise, turned into a ``DataError`` here). Prepared data goes to
+    ``<data_dir>/<sha256[:16]>`` so a different archive never reuses an earlier build.
+    """
+    import tensorflow as tf
+
+    try:
+        import tensorflow_datasets as tfds
+        from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+    except ImportError as e:
+        raise DataError(f"--source=tfds needs tensorflow-datasets ({e}); pip install tensorflow-datasets") from e
+
+    fname = TFDS_FILES[version]
+    if not os.path.isfile(zip_path) or not zipfile.is_zipfile(zip_path):
+        raise DataError(f"{zip_path}: --source=tfds needs the GroupLens archive {fname} (a zip file)")
+    digest = sha256_of_file(zip_path)
+    builder = tfds_builder_class()(config=f"{version}-ratings", data_dir=os.path.join(data_dir, digest[:16]))
+    manual = tempfile.mkdtemp(prefix="tfds-manual-")
+    try:
+        os.symlink(os.path.abspath(zip_path), os.path.join(manual, fname))
+        log(f"building tfds movielens/{version}-ratings from {zip_path} (checksum verified by tfds)")
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    except NonMatchingChecksumError as e:
+        said = " ".join(line.strip() for line in str(e).splitlines()[:3])
+        raise DataError(
+            f"{zip_path} ({os.path.getsize(zip_path)} bytes, sha256 {digest}) does not match the GroupLens {fname} "
+            "registered in tensorflow-datasets: it is not the original archive (re-zipped, truncated or modified). "
+            f"Use --source=raw to read it anyway. tfds said: {said}") from e
+    except (ValueError, KeyError, IndexError, tf.errors.OpError) as e:
+        raise DataError(f"{zip_path}: tfds could not parse the archive ({type(e).__name__}: {e}); "
+                        "--source=raw names the offending file and line") from e
+    finally:
+        shutil.rmtree(manual, ignore_errors=True)
+    genre_names = builder.info.features["movie_genres"].feature.names
+
+    def first_genre(ex):
+        g = ex.pop("movie_genres")
+        ex["first_genre"] = tf.cond(tf.size(g) > 0, lambda: g[0], lambda: tf.constant(-1, g.dtype))
+        return ex
+
+    cols: dict[str, list[np.ndarray]] = {}
+    ds = builder.as_dataset(split="train", shuffle_files=False).map(first_genre).batch(65536)
+    for batch in tfds.as_numpy(ds):
+        for k, v in batch.items():
+            cols.setdefault(k, []).append(v)
+    c = {k: np.concatenate(v) for k, v in cols.items()}
+
+    def text(key: str) -> list[str]:
+        return [x.decode("utf-8") for x in c[key]]
+
+    back = {"Children": "Children's", "Unknown": "unknown"}  # tfds renames these; our raw reader keeps them
+    frame = pd.DataFrame({
+        "user": np.array(text("user_id"), dtype=np.int64),
+        "item": np.array(text("movie_id"), dtype=np.int64),
+        "rating": c["user_rating"].astype(np.int64),
+        "ts": c["timestamp"].astype(np.int64),
+        "gender": np.where(c["user_gender"], "M", "F"),
+        "age_code": c["bucketized_user_age"].astype(np.int64),
+        "zip": text("user_zip_code"),
+        "genre": [back.get(genre_names[g], genre_names[g]) if g >= 0 else "unknown" for g in c["first_genre"]],
+    })
+    if version == "1m":
+        code = {t: str(i) for i, t in enumerate(OCCUPATIONS_1M)}
+        frame["occupation"] = [code[t] for t in text("user_occupation_text")]
+        frame["age"] = frame["age_code"]
+    else:
+        frame["occupation"] = text("user_occupation_text")
+        frame["age"] = c["raw_user_age"].astype(np.int64)
+    return frame, {"checksums": {fname: digest}, "skipped_bad_rows": 0, "dropped_orphan_ratings": 0,
+                   "tfds": {"builder": f"movielens/{version}-ratings", "version": str(builder.version),
+                            "data_dir": builder.data_dir}}
 
 
 def verify_counts(frame: pd.DataFrame, version: str, where: str) -> dict:
@@ -222,6 +386,8 @@ def prepare(
     verify: bool = True,
     skip_bad_rows: bool = False,
     cache_dir: str = DEFAULT_CACHE,
+    source: str = "raw",
+    tfds_data_dir: str | None = None,
 ) -> dict:
     """Prepares MovieLens TFRecords; returns the schema (reusing a finished identical output).
 
@@ -240,6 +406,9 @@ def prepare(
       verify: check the official row/user/item counts.
       skip_bad_rows: skip and count malformed lines instead of failing.
       cache_dir: where the recbole wheel is cached.
+      source: "raw" (our reader) or "tfds" (tensorflow-datasets builder from the zip,
+        checksum-verified; needs ``raw_path`` = the GroupLens zip).
+      tfds_data_dir: where tfds prepares its copy (default ``<cache_dir>/tfds``).
     """
     if version not in EXPECTED:
         raise DataError(f"--version={version!r}: expected 100k or 1m")
@@ -254,7 +423,20 @@ def prepare(
         raise DataError(f"--split_mode={split_mode!r}: expected random or stratified")
     if vocab_from not in ("all", "train"):
         raise DataError(f"--vocab_from={vocab_from!r}: expected all or train")
-    if raw_path is None:
+    split_ratios = [float(x) for x in split_ratios]
+    if len(split_ratios) != 3 or abs(sum(split_ratios) - 1.0) > 1e-6 or min(split_ratios) < 0:
+        raise DataError(f"--split_ratios={split_ratios}: expected three non-negative fractions summing to 1")
+    if source not in SOURCES:
+        raise DataError(f"--source={source!r}: expected one of {SOURCES}")
+    if source == "tfds":
+        if raw_path is None:
+            raise DataError(f"--source=tfds needs --raw_path=<{TFDS_FILES[version]}> (the GroupLens zip)")
+        if skip_bad_rows:
+            raise DataError("--skip_bad_rows applies to --source=raw only (tfds rejects any malformed line)")
+        source_name = f"tfds movielens/{version}-ratings from {os.path.abspath(raw_path)}"
+        frame, meta = read_tfds(version, raw_path, tfds_data_dir or os.path.join(cache_dir, "tfds"))
+        where = raw_path
+    elif raw_path is None:
         if version != "100k":
             raise DataError("ML-1M cannot be downloaded here: pass --raw_path=<ml-1m.zip or folder>")
         raw_path = fetch_recbole_wheel(cache_dir)
@@ -263,13 +445,17 @@ def prepare(
     else:
         src = RawSource(raw_path)
         source_name = os.path.abspath(raw_path)
-    log(f"reading MovieLens-{version} from {source_name}")
-    frame, meta = (read_ml100k if version == "100k" else read_ml1m)(src, skip_bad=skip_bad_rows)
-    counts = verify_counts(frame, version, src.path) if verify else {
+    if source == "raw":
+        log(f"reading MovieLens-{version} from {source_name}")
+        frame, meta = (read_ml100k if version == "100k" else read_ml1m)(src, skip_bad=skip_bad_rows)
+        where = src.path
+    counts = verify_counts(frame, version, where) if verify else {
         "ratings": len(frame), "users": int(frame["user"].nunique()), "items": int(frame["item"].nunique())}
     options = dict(version=version, domain_scheme=domain_scheme, label_rule=label_rule, features=list(features),
                    split_mode=split_mode, split_ratios=list(split_ratios), seed=seed, vocab_from=vocab_from,
                    num_shards=num_shards)
+    if source != "raw":  # keeps the fingerprints of raw-source outputs unchanged
+        options["source"] = source
     fp = fingerprint({"options": options, "checksums": meta["checksums"], "skipped": meta["skipped_bad_rows"]})
     done = existing_output(output_dir, fp)
     if done is not None:
@@ -326,7 +512,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_shards", 1, "TFRecord shards per domain and split.")
     flags.DEFINE_boolean("verify_counts", True, "Check the official number of ratings/users/items.")
     flags.DEFINE_boolean("skip_bad_rows", False, "Skip and count malformed lines instead of failing.")
-    flags.DEFINE_string("cache_dir", DEFAULT_CACHE, "Download cache (recbole wheel).")
+    flags.DEFINE_string("cache_dir", DEFAULT_CACHE, "Download cache (recbole wheel, tfds build).")
+    flags.DEFINE_enum("source", "raw", list(SOURCES),
+                      "raw: our reader (zip, folder or recbole files); tfds: tensorflow-datasets' movielens "
+                      "builder from the GroupLens zip (checksum-verified).")
+    flags.DEFINE_string("tfds_data_dir", None, "tfds data_dir for --source=tfds (default <cache_dir>/tfds).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -338,7 +528,7 @@ def main(argv: Sequence[str]) -> None:
                 label_rule=FLAGS.label_rule, features=FLAGS.features, split_mode=FLAGS.split_mode,
                 split_ratios=[float(x) for x in FLAGS.split_ratios], seed=FLAGS.seed, vocab_from=FLAGS.vocab_from,
                 num_shards=FLAGS.num_shards, verify=FLAGS.verify_counts, skip_bad_rows=FLAGS.skip_bad_rows,
-                cache_dir=FLAGS.cache_dir)
+                cache_dir=FLAGS.cache_dir, source=FLAGS.source, tfds_data_dir=FLAGS.tfds_data_dir)
     except DataError as e:
         raise SystemExit(f"error: {e}")
 

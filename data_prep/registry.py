@@ -18,6 +18,16 @@ DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
         "split_ratios": (0.6, 0.2, 0.2), "seed": 123, "features": ("user_id", "item_id")}),
     "synthetic": ("data_prep.synthetic:generate", {}),
     # --- paper datasets (issue 5) ---
+    "ml1m_mlora_age7": ("data_prep.movielens:prepare", {
+        "version": "1m", "domain_scheme": "age7", "label_rule": "eq5", "split_mode": "stratified",
+        "split_ratios": (0.6, 0.2, 0.2), "seed": 123, "features": ("user_id", "item_id")}),
+    "ml1m_mlora_occupation": ("data_prep.movielens:prepare", {
+        "version": "1m", "domain_scheme": "occupation", "label_rule": "eq5", "split_mode": "stratified",
+        "split_ratios": (0.6, 0.2, 0.2), "seed": 123, "features": ("user_id", "item_id")}),
+    "amazon_mlora6": ("data_prep.amazon:prepare", {"recipe": "mlora6"}),
+    "amazon_swr3": ("data_prep.amazon:prepare", {"recipe": "swr3"}),
+    "amazon_midpg10": ("data_prep.amazon:prepare", {"recipe": "midpg10"}),
+    "taobao_mlora10": ("data_prep.taobao:prepare", {"theme_num": 10}),
 }
 
 

@@ -124,7 +124,12 @@ def parse_lines(
     need = min_fields or len(columns)
     out: dict[str, list] = {c: [] for c in columns}
     bad = 0
-    lines = text.splitlines()
+    # Split on "\n" only: str.splitlines() also breaks at \x85, \x1c-\x1e, \u2028, which
+    # occur in latin-1 text and would cut a record in two and shift line numbers.
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
     start = 1 if header else 0
     for lineno in range(start, len(lines)):
         line = lines[lineno]
