@@ -124,7 +124,7 @@ def _model_kwargs(name: str, common: dict[str, Any], per_model: dict[str, dict[s
 def _trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
     from data_prep.common import fingerprint
 
-    train = {k: v for k, v in vars(cfg).items() if k not in ("verbose", "tensorboard_dir")}
+    train = {k: v for k, v in vars(cfg).items() if k not in ("verbose", "tensorboard_dir", "checkpoint_dir")}
     return fingerprint({"model": name, "seed": cfg.seed, "train": train, "model_kwargs": kwargs, "data": data_fp})
 
 
@@ -295,7 +295,7 @@ def run(
     log("\n" + title + md)
     log(f"results: {os.path.abspath(output_dir)}/table.md, table.csv, trials.jsonl, run_meta.json "
         f"({time.time() - t_start:.0f}s)")
-    return {"summary": summary, "table_md": md, "output_dir": output_dir, "rows": rows}
+    return {"summary": summary, "table_md": md, "output_dir": output_dir, "rows": rows, "data_dir": data_path}
 
 
 def _parse_shard(text: str) -> tuple[int, int]:

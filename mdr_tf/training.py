@@ -36,6 +36,10 @@ class TrainConfig:
       eval_batch_size: batch size for validation / test prediction.
       verbose: Keras fit verbosity.
       tensorboard_dir: if set, log losses and the exact validation metrics to TensorBoard here.
+      checkpoint_dir: if set, the full training state (weights, optimizer, early-stopping
+        state, best weights) is saved there after every epoch, atomically; a run started
+        again with the same directory resumes after the last finished epoch and ends
+        with the same result as an uninterrupted run.
     """
 
     epochs: int = 10
@@ -52,6 +56,7 @@ class TrainConfig:
     eval_batch_size: int = 4096
     verbose: int = 0
     tensorboard_dir: str | None = None
+    checkpoint_dir: str | None = None
 
 
 def predict_split(model: keras.Model, schema: Schema, split: str, batch_size: int = 4096,
@@ -77,8 +82,11 @@ class ExactEarlyStopping(keras.callbacks.Callback):
     """
 
     def __init__(self, schema: Schema, monitor: str = "auc", patience: int = 2, min_delta: float = 0.0,
-                 batch_size: int = 4096, log: Callable[[str], None] | None = None):
+                 batch_size: int = 4096, log: Callable[[str], None] | None = None,
+                 restore_on_train_end: bool = True):
         super().__init__()
+        self.restore_on_train_end = restore_on_train_end
+        self.stopped = False
         if monitor not in ("auc", "mean_auc", "wauc"):
             raise ValueError(f"monitor must be auc, mean_auc or wauc, got {monitor!r}")
         self.schema, self.monitor, self.patience = schema, monitor, patience
@@ -110,10 +118,23 @@ class ExactEarlyStopping(keras.callbacks.Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 self.model.stop_training = True
+                self.stopped = True
 
-    def on_train_end(self, logs: dict | None = None) -> None:
+    def restore_best(self) -> None:
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.restore_on_train_end:
+            self.restore_best()
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "history": self.history,
+                "stopped": self.stopped}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        self.history, self.stopped = list(state["history"]), bool(state["stopped"])
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
@@ -126,17 +147,120 @@ def compile_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     return model
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's input order and dropout: fixed by (trial seed, epoch)."""
+    return (seed * 1_000_003 + epoch * 7_919) % (2**31 - 1)
+
+
+def reseed_layers(model: keras.Model, seed: int) -> None:
+    """Sets every layer's random-state (dropout etc.) from ``seed``.
+
+    ``keras.utils.set_random_seed`` does not touch the ``SeedGenerator`` that each dropout
+    layer owns, and that state is not part of the saved weights, so without this a resumed
+    run would draw different dropout masks from an uninterrupted one.
+    """
+    i = 0
+    for layer in model._flatten_layers(include_self=True):
+        for sg in getattr(layer, "_seed_generators", []):
+            sg.state.assign(np.array([seed % (2**31 - 1), i], dtype=sg.state.dtype))
+            i += 1
+
+
+def _save_state(model: keras.Model, stopper: ExactEarlyStopping, epoch: int, directory: str) -> None:
+    """Writes the training state after ``epoch`` into ``directory`` atomically."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    os.makedirs(directory, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".state.tmp-", dir=directory)
+    model.save_weights(os.path.join(tmp, "model.weights.h5"))
+    np.savez(os.path.join(tmp, "optimizer.npz"), *[np.asarray(v) for v in model.optimizer.variables])
+    if stopper.best_weights is not None:
+        np.savez(os.path.join(tmp, "best.npz"), *stopper.best_weights)
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump({"epochs_done": epoch + 1, "stopper": stopper.state()}, f)
+    final = os.path.join(directory, "state")
+    old = final + ".old"
+    if os.path.exists(final):
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_state(model: keras.Model, stopper: ExactEarlyStopping, directory: str) -> int:
+    """Restores a saved training state; returns the number of finished epochs (0 if none)."""
+    import json
+    import os
+
+    final = os.path.join(directory, "state")
+    if not os.path.exists(os.path.join(final, "state.json")):
+        old = final + ".old"  # a crash between the two renames leaves the previous state here
+        if not os.path.exists(os.path.join(old, "state.json")):
+            return 0
+        final = old
+    with open(os.path.join(final, "state.json")) as f:
+        state = json.load(f)
+    model.load_weights(os.path.join(final, "model.weights.h5"))
+    model.optimizer.build(model.trainable_variables)
+    with np.load(os.path.join(final, "optimizer.npz")) as z:
+        values = [z[f"arr_{i}"] for i in range(len(z.files))]
+    if len(values) != len(model.optimizer.variables):
+        raise ValueError(f"{final}: checkpoint has {len(values)} optimizer variables, the model "
+                         f"{len(model.optimizer.variables)}; was it written by another model?")
+    for v, x in zip(model.optimizer.variables, values):
+        v.assign(x)
+    stopper.load_state(state["stopper"])
+    best = os.path.join(final, "best.npz")
+    if os.path.exists(best):
+        with np.load(best) as z:
+            stopper.best_weights = [z[f"arr_{i}"] for i in range(len(z.files))]
+    return int(state["epochs_done"])
+
+
 def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | None = None,
-        log: Callable[[str], None] | None = None, compile: bool = True) -> ExactEarlyStopping:
-    """Compiles (optionally) and fits ``model`` on the train split with exact early stopping."""
+        log: Callable[[str], None] | None = None, compile: bool = True,
+        stopper: ExactEarlyStopping | None = None) -> ExactEarlyStopping:
+    """Fits ``model`` on the train split, epoch by epoch, with exact early stopping.
+
+    Each epoch reads the training data in an order fixed by ``epoch_seed(cfg.seed, epoch)``
+    and reseeds dropout the same way, so a run resumed from ``cfg.checkpoint_dir`` repeats
+    exactly what the uninterrupted run would have done. The best epoch's weights are
+    restored at the end.
+
+    Args:
+      model: a built model.
+      schema: the dataset.
+      cfg: training settings.
+      callbacks: extra Keras callbacks.
+      log: per-epoch progress lines.
+      compile: compile the model first (with ``compile_model``).
+      stopper: an ``ExactEarlyStopping`` to use (e.g. seeded with a previous stage's best
+        value); by default a new one from ``cfg``.
+    """
     if compile:
         compile_model(model, cfg)
-    train = make_dataset(schema, "train", cfg.batch_size, seed=cfg.seed, mode=cfg.mode)
-    stopper = ExactEarlyStopping(schema, cfg.monitor, cfg.patience, cfg.min_delta, cfg.eval_batch_size, log)
+    if stopper is None:
+        stopper = ExactEarlyStopping(schema, cfg.monitor, cfg.patience, cfg.min_delta, cfg.eval_batch_size, log)
+    stopper.restore_on_train_end = False
     cbs = [stopper] + list(callbacks or [])
     if cfg.tensorboard_dir:
         cbs.append(keras.callbacks.TensorBoard(log_dir=cfg.tensorboard_dir, write_graph=False))
-    model.fit(train, epochs=cfg.epochs, callbacks=cbs, verbose=cfg.verbose)
+    start = _load_state(model, stopper, cfg.checkpoint_dir) if cfg.checkpoint_dir else 0
+    if start and log:
+        log(f"  resumed from {cfg.checkpoint_dir} after epoch {start}")
+    for epoch in range(start, cfg.epochs):
+        if stopper.stopped:
+            break
+        s = epoch_seed(cfg.seed, epoch)
+        keras.utils.set_random_seed(s)
+        reseed_layers(model, s)
+        train = make_dataset(schema, "train", cfg.batch_size, seed=s, mode=cfg.mode)
+        model.fit(train, initial_epoch=epoch, epochs=epoch + 1, callbacks=cbs, verbose=cfg.verbose)
+        if cfg.checkpoint_dir:
+            _save_state(model, stopper, epoch, cfg.checkpoint_dir)
+    stopper.restore_best()
     return stopper
 
 
