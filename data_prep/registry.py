@@ -18,6 +18,12 @@ DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
         "split_ratios": (0.6, 0.2, 0.2), "seed": 123, "features": ("user_id", "item_id")}),
     "synthetic": ("data_prep.synthetic:generate", {}),
     # --- paper datasets (issue 5) ---
+    "aliccp": ("data_prep.aliccp:prepare", {"task": "ctr"}),  # HAMUR / SWR (rechub recipe), domain = field 301
+    "aliccp_cvr": ("data_prep.aliccp:prepare", {"task": "cvr"}),  # purchase on clicked rows (MI-DPG-style CVR)
+    "aliccp_ctcvr": ("data_prep.aliccp:prepare", {"task": "ctcvr"}),  # purchase on all impressions (ESMM)
+    "iaac": ("data_prep.ijcai18:prepare", {"round_id": "1", "domain_field": "user_gender_id"}),  # MMLRec scenarios
+    "kuairand_hierrec": ("data_prep.kuairand:prepare", {"tabs": (0, 1, 2, 3, 6), "tab_ids": "raw"}),
+    "kuairand_swr": ("data_prep.kuairand:prepare", {"tabs": (1, 0, 4, 2, 6), "tab_ids": "first_appearance"}),
     "ml1m_mlora_age7": ("data_prep.movielens:prepare", {
         "version": "1m", "domain_scheme": "age7", "label_rule": "eq5", "split_mode": "stratified",
         "split_ratios": (0.6, 0.2, 0.2), "seed": 123, "features": ("user_id", "item_id")}),
