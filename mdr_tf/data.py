@@ -56,6 +56,7 @@ def make_dataset(
     cache: bool = False,
     repeat: bool = False,
     in_memory: bool | str = "auto",
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Batched ``(features, label)`` dataset of one split.
 
@@ -78,6 +79,10 @@ def make_dataset(
         serve batches by a seeded per-epoch index shuffle + gather (the cheapest path
         on a small CPU); False — stream records (bounded memory, any size); "auto" —
         in memory when the split has at most ``IN_MEMORY_MAX_VALUES`` feature values.
+      input_context: under ``tf.distribute`` (``distribute_datasets_from_function``): this
+        input pipeline reads only its share — whole TFRecord files when there are at least
+        as many files as pipelines (sharded *before* interleave, so no worker reads
+        another's files), else every n-th example.
     """
     if mode not in ("mixed", "single_domain"):
         raise ValueError(f"mode must be 'mixed' or 'single_domain', got {mode!r}")
@@ -92,9 +97,10 @@ def make_dataset(
     if in_memory == "auto":
         n_rows = sum(schema.counts(split)[d] for d in domains) if schema.raw else IN_MEMORY_MAX_VALUES
         in_memory = n_rows * (len(schema.features) + 2) <= IN_MEMORY_MAX_VALUES
+    shard = (input_context.input_pipeline_id, input_context.num_input_pipelines) if input_context else (0, 1)
     if in_memory:
         ds = _in_memory_dataset(schema, split, batch_size, shuffle=shuffle, seed=seed, mode=mode, domains=domains,
-                                label_key=label_key, drop_remainder=drop_remainder)
+                                label_key=label_key, drop_remainder=drop_remainder, shard=shard)
         return (ds.repeat() if repeat else ds).prefetch(tf.data.AUTOTUNE)
     parse = _parser(schema, label_key)
 
@@ -102,11 +108,16 @@ def make_dataset(
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise FileNotFoundError(f"{missing[0]}: TFRecord shard missing; re-run data_prep")
+        by_file = shard[1] > 1 and len(files) >= shard[1]
+        if by_file:
+            files = files[shard[0]::shard[1]]
         ds = tf.data.Dataset.from_tensor_slices(files)
         if shuffle:
             ds = ds.shuffle(len(files), seed=s)
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, len(files)), block_length=16,
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if shard[1] > 1 and not by_file:
+            ds = ds.shard(shard[1], shard[0])
         if shuffle:
             ds = ds.shuffle(shuffle_buffer, seed=s, reshuffle_each_iteration=True)
         return ds
@@ -150,8 +161,12 @@ def _cached_arrays(schema: Schema, split: str, label_key: str, domains: list[int
     return _ARRAY_CACHE[key]
 
 
-def _in_memory_dataset(schema, split, batch_size, *, shuffle, seed, mode, domains, label_key, drop_remainder):
+def _in_memory_dataset(schema, split, batch_size, *, shuffle, seed, mode, domains, label_key, drop_remainder,
+                       shard=(0, 1)):
     feats, labels = _cached_arrays(schema, split, label_key, domains)
+    if shard[1] > 1:
+        feats = {k: v[shard[0]::shard[1]] for k, v in feats.items()}
+        labels = labels[shard[0]::shard[1]]
     cols = {k: tf.constant(v) for k, v in feats.items()}
     lab = tf.constant(labels.reshape(-1, 1))
 

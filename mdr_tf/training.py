@@ -36,6 +36,9 @@ class TrainConfig:
       eval_batch_size: batch size for validation / test prediction.
       verbose: Keras fit verbosity.
       tensorboard_dir: if set, log losses and the exact validation metrics to TensorBoard here.
+      strategy: "default" (one device), "mirrored" (all local devices) or
+        "multi_worker_mirrored" (workers from ``TF_CONFIG``); ``batch_size`` is the global
+        batch, split evenly over replicas.
       checkpoint_dir: if set, the full training state (weights, optimizer, early-stopping
         state, best weights) is saved there after every epoch, atomically; a run started
         again with the same directory resumes after the last finished epoch and ends
@@ -57,6 +60,56 @@ class TrainConfig:
     verbose: int = 0
     tensorboard_dir: str | None = None
     checkpoint_dir: str | None = None
+    strategy: str = "default"
+
+
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+
+
+def get_strategy(name: str = "default") -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy for a name (MWMS reads the cluster from ``TF_CONFIG``).
+
+    Parameter-server training is not offered: Keras 3 does not support it (see docs).
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
+    # One instance per process: collective ops can be configured only once, at startup.
+    if name not in _STRATEGY_CACHE:
+        _STRATEGY_CACHE[name] = (tf.distribute.MirroredStrategy() if name == "mirrored"
+                                 else tf.distribute.MultiWorkerMirroredStrategy())
+    return _STRATEGY_CACHE[name]
+
+
+_STRATEGY_CACHE: dict[str, tf.distribute.Strategy] = {}
+
+
+def _is_distributed() -> bool:
+    s = tf.distribute.get_strategy()
+    return tf.distribute.has_strategy() and (s.num_replicas_in_sync > 1 or
+                                             isinstance(s, tf.distribute.MultiWorkerMirroredStrategy))
+
+
+def predict_arrays(model: keras.Model, feats: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+    """Probabilities for in-memory features, batch by batch with one traced function.
+
+    Works the same with or without a ``tf.distribute`` strategy (every worker predicts the
+    whole array with its replica of the weights), unlike ``Model.predict``, which would
+    auto-shard the input across workers.
+    """
+    fn = getattr(model, "_mdr_predict_fn", None)
+    if fn is None:
+        schema = model.schema
+        sig = {f.name: tf.TensorSpec([None], tf.int64 if f.kind == "categorical" else tf.float32)
+               for f in schema.features}
+        sig[schema.domain_key] = tf.TensorSpec([None], tf.int64)
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[sig], reduce_retracing=True)
+        model._mdr_predict_fn = fn
+    n = len(next(iter(feats.values())))
+    out = [fn({k: tf.constant(v[i:i + batch_size]) for k, v in feats.items()}).numpy().reshape(-1)
+           for i in range(0, n, batch_size)]
+    return np.concatenate(out) if out else np.zeros([0], np.float32)
 
 
 def predict_split(model: keras.Model, schema: Schema, split: str, batch_size: int = 4096,
@@ -64,8 +117,7 @@ def predict_split(model: keras.Model, schema: Schema, split: str, batch_size: in
     """Predictions of a whole split: (labels, probabilities, domains)."""
     feats, labels = _cached_arrays(schema, split, label_key or schema.label_keys[0],
                                    list(range(schema.num_domains)))
-    probs = model.predict(feats, batch_size=batch_size, verbose=0).reshape(-1)
-    return labels, probs, feats[schema.domain_key]
+    return labels, predict_arrays(model, feats, batch_size), feats[schema.domain_key]
 
 
 def evaluate_split(model: keras.Model, schema: Schema, split: str, batch_size: int = 4096) -> dict[str, float]:
@@ -140,7 +192,8 @@ class ExactEarlyStopping(keras.callbacks.Callback):
 def compile_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     jit = cfg.jit_compile
     if jit == "auto":
-        jit = getattr(model, "supports_jit", True)
+        # XLA is off under tf.distribute (as Keras' own "auto" does).
+        jit = getattr(model, "supports_jit", True) and not _is_distributed()
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, epsilon=cfg.adam_epsilon),
                   loss=keras.losses.BinaryCrossentropy(), jit_compile=bool(jit),
                   steps_per_execution=cfg.steps_per_execution)
@@ -150,6 +203,20 @@ def compile_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch's input order and dropout: fixed by (trial seed, epoch)."""
     return (seed * 1_000_003 + epoch * 7_919) % (2**31 - 1)
+
+
+def _checkpoint_dir_for_this_worker(directory: str) -> str:
+    """The chief writes ``directory``; other multi-worker workers write ``directory/worker-<i>``."""
+    import json
+    import os
+
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = tf_config.get("task", {})
+    if _is_distributed() and task and not (task.get("type") in ("chief",) or
+                                           (task.get("type") == "worker" and task.get("index", 0) == 0
+                                            and "chief" not in tf_config.get("cluster", {}))):
+        return os.path.join(directory, f"worker-{task.get('index', 0)}")
+    return directory
 
 
 def reseed_layers(model: keras.Model, seed: int) -> None:
@@ -247,7 +314,8 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
     cbs = [stopper] + list(callbacks or [])
     if cfg.tensorboard_dir:
         cbs.append(keras.callbacks.TensorBoard(log_dir=cfg.tensorboard_dir, write_graph=False))
-    start = _load_state(model, stopper, cfg.checkpoint_dir) if cfg.checkpoint_dir else 0
+    start = _load_state(model, stopper, _checkpoint_dir_for_this_worker(cfg.checkpoint_dir)) \
+        if cfg.checkpoint_dir else 0
     if start and log:
         log(f"  resumed from {cfg.checkpoint_dir} after epoch {start}")
     for epoch in range(start, cfg.epochs):
@@ -256,10 +324,20 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
         s = epoch_seed(cfg.seed, epoch)
         keras.utils.set_random_seed(s)
         reseed_layers(model, s)
-        train = make_dataset(schema, "train", cfg.batch_size, seed=s, mode=cfg.mode)
+        if _is_distributed():
+            # Keras 3.15 builds the compiled loss from the first batch with
+            # ``_symbolic_build``, which cannot read a multi-worker ``PerReplica`` batch;
+            # building it from one ordinary batch first avoids that path.
+            model._symbolic_build(data_batch=next(iter(make_dataset(schema, "train", 8, shuffle=False))))
+            strategy = tf.distribute.get_strategy()
+            train = strategy.distribute_datasets_from_function(
+                lambda ctx, s=s: make_dataset(schema, "train", ctx.get_per_replica_batch_size(cfg.batch_size), seed=s,
+                                              mode=cfg.mode, drop_remainder=True, input_context=ctx))
+        else:
+            train = make_dataset(schema, "train", cfg.batch_size, seed=s, mode=cfg.mode)
         model.fit(train, initial_epoch=epoch, epochs=epoch + 1, callbacks=cbs, verbose=cfg.verbose)
         if cfg.checkpoint_dir:
-            _save_state(model, stopper, epoch, cfg.checkpoint_dir)
+            _save_state(model, stopper, epoch, _checkpoint_dir_for_this_worker(cfg.checkpoint_dir))
     stopper.restore_best()
     return stopper
 
@@ -277,10 +355,12 @@ def run_trial(model_name: str, schema: Schema, cfg: TrainConfig, model_kwargs: d
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.seed)
     spec = registry.get(model_name)
-    model = spec.build(schema, **(model_kwargs or {}))
-    model.build()
-    t0 = time.time()
-    stopper = spec.train(model, schema, cfg, log=log)
+    strategy = get_strategy(cfg.strategy)
+    with strategy.scope():
+        model = spec.build(schema, **(model_kwargs or {}))
+        model.build()
+        t0 = time.time()
+        stopper = spec.train(model, schema, cfg, log=log)
     train_s = time.time() - t0
     test = evaluate_split(model, schema, "test", cfg.eval_batch_size)
     valid = evaluate_split(model, schema, "valid", cfg.eval_batch_size)
