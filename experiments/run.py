@@ -51,6 +51,10 @@ def define_flags() -> None:
     flags.DEFINE_string("trial_shard", "0/1", "i/n: run only trials t with t % n == i (split sweeps).")
     flags.DEFINE_boolean("aggregate_only", False, "Rebuild tables from trials*.jsonl without training.")
     flags.DEFINE_boolean("tensorboard", False, "Log every trial to <output_dir>/tensorboard/.")
+    flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker_mirrored"],
+                      "tf.distribute strategy (--batch_size is the global batch).")
+    flags.DEFINE_boolean("checkpoint", True, "Checkpoint every epoch under <output_dir>/checkpoints so a "
+                         "killed run resumes mid-trial.")
 
 
 def _git_commit() -> str:
@@ -200,6 +204,7 @@ def run(
     trial_shard: tuple[int, int] = (0, 1),
     aggregate_only: bool = False,
     tensorboard: bool = False,
+    checkpoint: bool = False,
     base_model: str | None = None,
     paper: dict[str, Any] | None = None,
     log=print,
@@ -212,6 +217,8 @@ def run(
         files into one folder and run with ``aggregate_only`` to merge).
       aggregate_only: train nothing; rebuild the tables from the trial files.
       tensorboard: log each trial to ``<output_dir>/tensorboard/<model>/seed<k>``.
+      checkpoint: save every epoch under ``<output_dir>/checkpoints/<trial key>`` so that a
+        killed run resumes inside the interrupted trial (finished trials are deleted).
       base_model: reference for RelaImpr (default: "dnn" if run, else the first model).
       paper: {"metric_columns": [...], "rows": {model: {column: value}}} printed beside ours.
     """
@@ -248,6 +255,9 @@ def run(
             seed = seed_base + t
             tb = os.path.join(output_dir, "tensorboard", name, f"seed{seed}") if tensorboard else None
             cfg = TrainConfig(seed=seed, tensorboard_dir=tb, **train_kwargs)
+            if checkpoint:
+                cfg.checkpoint_dir = os.path.join(output_dir, "checkpoints",
+                                                  _trial_key(name, cfg, kwargs, schema.raw["fingerprint"]))
             key = _trial_key(name, cfg, kwargs, schema.raw["fingerprint"])
             keys[key] = name
             idx = mi * trials + t + 1
@@ -266,6 +276,10 @@ def run(
 
                 row["export_path"] = export_saved_model(model, os.path.join(export_dir, name), version=1)
             trial_log.append(row)
+            if cfg.checkpoint_dir:
+                import shutil
+
+                shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
             finished_now += 1
             elapsed = time.time() - t_start
             eta = elapsed / finished_now * (total - idx)
@@ -318,7 +332,8 @@ def main(argv: Sequence[str]) -> None:
     jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
     train_kwargs = dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
                         patience=FLAGS.patience, monitor=FLAGS.monitor, mode=FLAGS.mode,
-                        steps_per_execution=FLAGS.steps_per_execution, jit_compile=jit, verbose=FLAGS.verbose)
+                        steps_per_execution=FLAGS.steps_per_execution, jit_compile=jit, verbose=FLAGS.verbose,
+                        strategy=FLAGS.strategy)
     flags_record = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
     try:
         run(dataset=FLAGS.dataset, raw_path=FLAGS.raw_path, data_dir=FLAGS.data_dir,
@@ -326,7 +341,7 @@ def main(argv: Sequence[str]) -> None:
             seed_base=FLAGS.seed_base, train_kwargs=train_kwargs, model_kwargs=model_kwargs,
             per_model_args=per_model, output_dir=FLAGS.output_dir, export_dir=FLAGS.export_dir,
             flags_record=flags_record, trial_shard=_parse_shard(FLAGS.trial_shard),
-            aggregate_only=FLAGS.aggregate_only, tensorboard=FLAGS.tensorboard)
+            aggregate_only=FLAGS.aggregate_only, tensorboard=FLAGS.tensorboard, checkpoint=FLAGS.checkpoint)
     except ValueError as e:  # DataError, unknown model/dataset names, bad options
         raise SystemExit(f"error: {e}")
 
