@@ -86,6 +86,34 @@ _SPECS: list[ModelSpec] = [
     ModelSpec("deepfm", _BB, {"backbone": "deepfm"}, family="backbone", in_main_table=False,
               description="DeepFM: linear + FM + MLP"),
     # --- seed models (issue 3) ---
+    # MLoRA (docs/models/mlora.md): alpha 16 → ranks [8, 4, 2] on 128-64-32.
+    ModelSpec("mlora", "mdr_tf.models.mlora:mlora_model",
+              {"backbone": "mlp", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}}, family="seed",
+              description="MLoRA: per-domain LoRA (x A_d) B_d + c_d on every MLP layer, joint training"),
+    ModelSpec("mlora_2stage", "mdr_tf.models.mlora:mlora_model",
+              {"backbone": "mlp", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}},
+              procedure="mlora_two_stage", family="seed", in_main_table=False,
+              description="MLoRA, official two-stage: shared network, then LoRA only"),
+    ModelSpec("mlora_wdl", "mdr_tf.models.mlora:mlora_model",
+              {"backbone": "wdl", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}}, family="seed",
+              in_main_table=False, description="MLoRA on Wide&Deep (LoRA in the deep part only)"),
+    ModelSpec("mlora_dcn", "mdr_tf.models.mlora:mlora_model",
+              {"backbone": "dcn", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}}, family="seed",
+              in_main_table=False, description="MLoRA on DCN (LoRA in the deep part only)"),
+    ModelSpec("mlora_deepfm", "mdr_tf.models.mlora:mlora_model",
+              {"backbone": "deepfm", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}}, family="seed",
+              in_main_table=False, description="MLoRA on DeepFM (LoRA in the deep part only)"),
+    # HAMUR (docs/models/hamur.md): official MovieLens settings.
+    ModelSpec("hamur", "mdr_tf.models.hamur:HamurMLP", {"hidden_units": [256, 128], "k": 35, "hyper_dims": [64]},
+              family="seed", description="HAMUR: per-domain towers 256-128 + instance hyper adapter (k=35)"),
+    ModelSpec("hamur_wdl", "mdr_tf.models.hamur:hamur_backbone",
+              {"backbone": "wdl", "hidden_units": [256, 128], "batch_norm": True, "dropout": 0.2, "k": 45,
+               "hyper_dims": [128]}, family="seed", in_main_table=False,
+              description="HAMUR on Wide&Deep: shared backbone, adapter after the deep part (k=45)"),
+    ModelSpec("hamur_dcn", "mdr_tf.models.hamur:hamur_backbone",
+              {"backbone": "dcn", "hidden_units": [256, 128], "batch_norm": True, "k": 30, "hyper_dims": [128]},
+              family="seed", in_main_table=False,
+              description="HAMUR on DCN: shared backbone, adapter after the deep part (k=30)"),
     # --- baselines (issue 4) ---
 ]
 

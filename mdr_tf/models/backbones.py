@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
+from mdr_tf.layers.blocks import hook_class
 from mdr_tf.layers.interaction import CrossNetwork, FactorizationMachine, LinearTerm
 from mdr_tf.layers.mlp import DomainMLP
 from mdr_tf.models.base import MultiDomainModel
@@ -73,6 +74,10 @@ class BackboneModel(MultiDomainModel):
             block_config=self.block_config, hook=hook, hook_config=self.hook_config,
             hook_positions=self.hook_positions, hook_on_input=self.hook_on_input, activation=activation,
             batch_norm=self.batch_norm, dropout=self.dropout, name="deep")
+        # A hook class may provide a layer run once per batch before the deep part whose
+        # output dict is merged into ctx (HAMUR: the instance core shared by all adapters).
+        provider = getattr(hook_class(hook), "context_provider", None) if hook else None
+        self.hook_context = provider(self.hook_config, self.context_dims, name="hook_context") if provider else None
         self.head = keras.layers.Dense(1, name="head")
         if backbone in ("wdl", "deepfm"):
             self.linear = LinearTerm(self.schema_config, include_domain=self.embed_domain, name="linear")
@@ -83,6 +88,8 @@ class BackboneModel(MultiDomainModel):
 
     def compute_logit(self, inputs, ctx, training=None):
         e = ctx["all"]
+        if self.hook_context is not None:
+            ctx = {**ctx, **self.hook_context(ctx, training=training)}
         h = self.deep(e, ctx, training=training)
         if self.backbone == "dcn":
             return self.head(ops.concatenate([self.cross(e), h], axis=1))
