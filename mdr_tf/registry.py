@@ -114,7 +114,22 @@ _SPECS: list[ModelSpec] = [
               {"backbone": "dcn", "hidden_units": [256, 128], "batch_norm": True, "k": 30, "hyper_dims": [128]},
               family="seed", in_main_table=False,
               description="HAMUR on DCN: shared backbone, adapter after the deep part (k=30)"),
+    # MI-DPG / DPG (docs/models/midpg.md): MLP 128-64-32, DWM-R a=b=8 k=4 (ours), λ1 0.1 (ours).
+    # HierRec (docs/models/hierrec.md): every width is ours (d 16, G 4, SOM 32→64, c 64).
     # --- baselines (issue 4) ---
+    ModelSpec("pepnet", "mdr_tf.models.pepnet:PEPNetModel", {"hidden_units": [128, 64, 32]},
+              description="PEPNet: EPNet embedding gate (domain side) + PPNet layer gates (ids), MLP 128-64-32"),
+    ModelSpec("ppnet", "mdr_tf.models.pepnet:PEPNetModel", {"hidden_units": [128, 64, 32], "use_epnet": False},
+              in_main_table=False, description="PPNet only: id-conditioned GateNU after each hidden layer"),
+    ModelSpec("epnet", "mdr_tf.models.pepnet:PEPNetModel", {"hidden_units": [128, 64, 32], "use_ppnet": False},
+              in_main_table=False, description="EPNet only: domain-side GateNU on the embedding + MLP"),
+    ModelSpec("adasparse", "mdr_tf.models.adasparse:build_adasparse", {"hidden_units": [128, 64, 32]},
+              description="AdaSparse: domain-aware neuron pruners (fusion form) on input + hidden layers"),
+    ModelSpec("apg", _BB, {"backbone": "mlp", "hidden_units": [128, 64, 32], "block": "apg",
+                           "block_config": {"condition": "group"}},
+              description="APG: W = U S(z) V per sample, group-wise condition, MLP 128-64-32"),
+    ModelSpec("sarnet", "mdr_tf.models.sarnet:SARNetModel", {},
+              description="SAR-Net: per-domain feature transform + shared/specific experts + gate"),
 ]
 
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}

@@ -1,0 +1,212 @@
+"""SAR-Net (Shen et al., "SAR-Net: A Scenario-Aware Ranking Network for Personalized
+Fair Recommendation in Hundreds of Travel Scenarios", CIKM 2021).
+
+Implemented parts: the scenario-specific feature transformation, shared and
+scenario-specific experts with a scenario gate, and the final MLP. Not implemented:
+the cross-scenario behaviour attention (the datasets here have no behaviour-sequence
+features) and the fairness-aware sample weighting (a loss re-weighting, not part of
+the network).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+from keras import ops
+
+from mdr_tf.layers.mlp import DomainMLP
+from mdr_tf.layers.routing import gather_domain_params
+from mdr_tf.models.base import MultiDomainModel
+from mdr_tf.params import mark_per_domain
+
+
+@keras.saving.register_keras_serializable(package="mdr_tf")
+class ScenarioFeatureTransform(keras.layers.Layer):
+    """Per-scenario scale and shift of the embedding: ``e' = e ⊙ w_d + b_d``.
+
+    Args:
+      num_domains: D.
+      scale_initializer: initializer of ``w_d`` ([D, n]); default ones (identity at
+        start, ours; Scenario-Wise-Rec: xavier uniform).
+      shift_initializer: initializer of ``b_d`` ([D, n]); default zeros (ours;
+        Scenario-Wise-Rec: U(0, 1)).
+    """
+
+    def __init__(self, num_domains: int, scale_initializer: Any = "ones", shift_initializer: Any = "zeros",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_domains = int(num_domains)
+        self.scale_initializer = keras.initializers.get(scale_initializer)
+        self.shift_initializer = keras.initializers.get(shift_initializer)
+
+    def build(self, input_shape):
+        n = int(input_shape[-1])
+        self.scale = self.add_weight(name="scale", shape=(self.num_domains, n), initializer=self.scale_initializer)
+        self.shift = self.add_weight(name="shift", shape=(self.num_domains, n), initializer=self.shift_initializer)
+        mark_per_domain(self.scale)
+        mark_per_domain(self.shift)
+        self.built = True
+
+    def call(self, e, domain):
+        return e * gather_domain_params(self.scale, domain) + gather_domain_params(self.shift, domain)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"num_domains": self.num_domains,
+                       "scale_initializer": keras.initializers.serialize(self.scale_initializer),
+                       "shift_initializer": keras.initializers.serialize(self.shift_initializer)})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mdr_tf")
+class ScenarioExperts(keras.layers.Layer):
+    """Shared + scenario-specific experts mixed by a per-scenario softmax gate.
+
+    ``E_i(x) = act(BN(x) K_i + c_i)``; for a sample of scenario d the candidates are the
+    S shared experts and d's P specific experts, and
+    ``h = Σ_i softmax(x G_d)_i E_i(x)`` over those S + P experts.
+
+    All experts are one matmul each for the shared and the specific group (every
+    scenario's specific experts are computed and the sample's own are selected; cheap
+    for the small D of these datasets). The input BatchNorm ("debias" normalisation) is
+    shared by the experts: per-expert BNs on the same input would have identical
+    statistics and their affine parts fold into ``K_i``.
+
+    Args:
+      num_domains: D.
+      num_shared: S shared experts (Scenario-Wise-Rec: 8).
+      num_specific: P specific experts per scenario (Scenario-Wise-Rec: 2).
+      units: expert output width (Scenario-Wise-Rec: 16).
+      activation: expert activation.
+      batch_norm: BatchNorm on the expert input.
+      bn_momentum, bn_epsilon: BN settings (torch defaults in Keras terms).
+    """
+
+    def __init__(self, num_domains: int, num_shared: int = 8, num_specific: int = 2, units: int = 16,
+                 activation: str = "relu", batch_norm: bool = True, bn_momentum: float = 0.9,
+                 bn_epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.num_domains = int(num_domains)
+        self.num_shared = int(num_shared)
+        self.num_specific = int(num_specific)
+        self.units = int(units)
+        self.activation = activation
+        self.batch_norm = bool(batch_norm)
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
+        self.act = keras.activations.get(activation)
+        self.norm = keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                                    name="bn") if self.batch_norm else None
+
+    def build(self, input_shape):
+        n = int(input_shape[-1])
+        D, S, P, u = self.num_domains, self.num_shared, self.num_specific, self.units
+        if self.norm is not None:
+            self.norm.build((None, n))
+        self.shared_kernel = self.add_weight(name="shared_kernel", shape=(n, S * u), initializer="glorot_uniform")
+        self.shared_bias = self.add_weight(name="shared_bias", shape=(S * u,), initializer="zeros")
+        self.specific_kernel = self.add_weight(name="specific_kernel", shape=(n, D * P * u),
+                                               initializer="glorot_uniform")
+        self.specific_bias = self.add_weight(name="specific_bias", shape=(D * P * u,), initializer="zeros")
+        self.gate_kernel = self.add_weight(name="gate_kernel", shape=(n, D * (S + P)), initializer="glorot_uniform")
+        self.gate_bias = self.add_weight(name="gate_bias", shape=(D * (S + P),), initializer="zeros")
+        for v in (self.specific_kernel, self.specific_bias, self.gate_kernel, self.gate_bias):
+            mark_per_domain(v)
+        self.built = True
+
+    def gate_weights(self, x, domain):
+        """Softmax weights over [shared..., own specific...] experts, [B, S + P]."""
+        D, E = self.num_domains, self.num_shared + self.num_specific
+        logits = ops.reshape(ops.matmul(x, self.gate_kernel) + self.gate_bias, [-1, D, E])
+        logits = ops.take_along_axis(logits, ops.reshape(domain, [-1, 1, 1]), axis=1)[:, 0, :]
+        return ops.softmax(logits, axis=-1)
+
+    def call(self, x, domain, training: bool | None = None):
+        D, S, P, u = self.num_domains, self.num_shared, self.num_specific, self.units
+        xn = self.norm(x, training=training) if self.norm is not None else x
+        shared = ops.reshape(self.act(ops.matmul(xn, self.shared_kernel) + self.shared_bias), [-1, S, u])
+        spec = ops.reshape(self.act(ops.matmul(xn, self.specific_kernel) + self.specific_bias), [-1, D, P * u])
+        spec = ops.reshape(ops.take_along_axis(spec, ops.reshape(domain, [-1, 1, 1]), axis=1), [-1, P, u])
+        experts = ops.concatenate([shared, spec], axis=1)  # [B, S + P, u]
+        g = self.gate_weights(x, domain)
+        return ops.sum(experts * ops.expand_dims(g, -1), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"num_domains": self.num_domains, "num_shared": self.num_shared,
+                       "num_specific": self.num_specific, "units": self.units, "activation": self.activation,
+                       "batch_norm": self.batch_norm, "bn_momentum": self.bn_momentum,
+                       "bn_epsilon": self.bn_epsilon})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mdr_tf")
+class SARNetModel(MultiDomainModel):
+    """SAR-Net: ``e' = e ⊙ w_d + b_d``; ``h = Σ_i g_{d,i}(e') E_i(e')`` over shared and
+    d-specific experts; ``logit = MLP(h)``.
+
+    Args:
+      schema: ``Schema.to_config()`` dict.
+      num_shared_experts, num_specific_experts, expert_units, expert_activation,
+        expert_batch_norm: see ``ScenarioExperts`` (defaults: Scenario-Wise-Rec 8, 2, 16).
+      hidden_units: final MLP widths before the 1-unit head (Scenario-Wise-Rec [32, 32]).
+      activation: final MLP activation.
+      scale_initializer, shift_initializer: see ``ScenarioFeatureTransform``.
+      **kwargs: ``MultiDomainModel`` arguments.
+    """
+
+    def __init__(
+        self,
+        schema: dict[str, Any],
+        num_shared_experts: int = 8,
+        num_specific_experts: int = 2,
+        expert_units: int = 16,
+        expert_activation: str = "relu",
+        expert_batch_norm: bool = True,
+        hidden_units: Sequence[int] = (32, 32),
+        activation: str = "relu",
+        scale_initializer: Any = "ones",
+        shift_initializer: Any = "zeros",
+        **kwargs,
+    ):
+        super().__init__(schema, **kwargs)
+        self.num_shared_experts = int(num_shared_experts)
+        self.num_specific_experts = int(num_specific_experts)
+        self.expert_units = int(expert_units)
+        self.expert_activation = expert_activation
+        self.expert_batch_norm = bool(expert_batch_norm)
+        self.hidden_units = [int(u) for u in hidden_units]
+        self.activation = activation
+        self.scale_initializer = scale_initializer
+        self.shift_initializer = shift_initializer
+        self.transform = ScenarioFeatureTransform(self.num_domains, scale_initializer, shift_initializer,
+                                                  name="transform")
+        self.experts = ScenarioExperts(self.num_domains, self.num_shared_experts, self.num_specific_experts,
+                                       self.expert_units, expert_activation, self.expert_batch_norm,
+                                       name="experts")
+        self.mlp = DomainMLP(self.hidden_units, num_domains=self.num_domains, context_dims=self.context_dims,
+                             activation=activation, name="mlp")
+        self.head = keras.layers.Dense(1, name="head")
+
+    def compute_logit(self, inputs, ctx, training=None):
+        e = self.transform(ctx["all"], ctx["domain"])
+        h = self.experts(e, ctx["domain"], training=training)
+        return self.head(self.mlp(h, ctx, training=training))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({
+            "num_shared_experts": self.num_shared_experts, "num_specific_experts": self.num_specific_experts,
+            "expert_units": self.expert_units, "expert_activation": self.expert_activation,
+            "expert_batch_norm": self.expert_batch_norm, "hidden_units": self.hidden_units,
+            "activation": self.activation, "scale_initializer": self.scale_initializer,
+            "shift_initializer": self.shift_initializer,
+        })
+        return config
