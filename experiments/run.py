@@ -128,8 +128,13 @@ def _model_kwargs(name: str, common: dict[str, Any], per_model: dict[str, dict[s
 def _trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
     from data_prep.common import fingerprint
 
+    from mdr_tf import registry
+
     train = {k: v for k, v in vars(cfg).items() if k not in ("verbose", "tensorboard_dir", "checkpoint_dir")}
-    return fingerprint({"model": name, "seed": cfg.seed, "train": train, "model_kwargs": kwargs, "data": data_fp})
+    spec = registry.get(name)
+    resolved = {**spec.defaults, **kwargs}  # a changed registry default must not reuse old trials
+    return fingerprint({"model": name, "seed": cfg.seed, "train": train, "model_kwargs": resolved,
+                        "builder": spec.builder, "procedure": spec.procedure, "data": data_fp})
 
 
 class TrialLog:

@@ -74,3 +74,40 @@ def test_sharded_sweep_merges_to_the_same_table(tmp_path, synth_dir):
     assert out["summary"][0]["trials"] == 2
     seeds = sorted(r["seed"] for r in out["rows"])
     assert seeds == [0, 1]
+
+
+def test_per_domain_bar_chart_is_written(tmp_path, synth_dir):
+    from experiments.plots import per_domain_bars
+
+    out = _run(tmp_path, synth_dir, trials=2)
+    path = per_domain_bars(out["summary"], ["a", "b", "c"], str(tmp_path / "fig.png"), title="t")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_paper_config_names_registered_models_and_datasets():
+    from data_prep import registry as data_registry
+    from experiments.paper_configs import CONFIGS
+    from mdr_tf import registry
+
+    for name, c in CONFIGS.items():
+        for m in c.models:
+            registry.get(m)
+        assert c.dataset in data_registry.DATASETS, (name, c.dataset)
+        assert set(c.paper["rows"]) <= set(c.models)
+
+
+def test_changed_registry_default_reruns_trials(tmp_path, synth_dir, monkeypatch):
+    import dataclasses
+
+    from mdr_tf import registry
+
+    _run(tmp_path, synth_dir, trials=1)
+    spec = registry.REGISTRY["dnn"]
+    monkeypatch.setitem(registry.REGISTRY, "dnn", dataclasses.replace(spec, defaults={**spec.defaults,
+                                                                                       "dropout": 0.1}))
+    calls = []
+    real = training.run_trial
+    monkeypatch.setattr(training, "run_trial", lambda *a, **k: calls.append(a) or real(*a, **k))
+    _run(tmp_path, synth_dir, trials=1)
+    assert len(calls) == 1
