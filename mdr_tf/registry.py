@@ -104,8 +104,13 @@ _SPECS: list[ModelSpec] = [
               {"backbone": "deepfm", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}}, family="seed",
               in_main_table=False, description="MLoRA on DeepFM (LoRA in the deep part only)"),
     # HAMUR (docs/models/hamur.md): official MovieLens settings.
-    ModelSpec("hamur", "mdr_tf.models.hamur:HamurMLP", {"hidden_units": [256, 128], "k": 35, "hyper_dims": [64]},
-              family="seed", description="HAMUR: per-domain towers 256-128 + instance hyper adapter (k=35)"),
+    # Main table: the package's common setup (towers 128-64-32) with k=16 (ours); the
+    # official MovieLens setting (towers 256-128, k=35) is "hamur_official" (~10x the DNN's FLOPs).
+    ModelSpec("hamur", "mdr_tf.models.hamur:HamurMLP", {"hidden_units": [128, 64, 32], "k": 16, "hyper_dims": [64]},
+              family="seed", description="HAMUR: per-domain towers 128-64-32 + instance hyper adapter (k=16)"),
+    ModelSpec("hamur_official", "mdr_tf.models.hamur:HamurMLP",
+              {"hidden_units": [256, 128], "k": 35, "hyper_dims": [64]}, family="seed", in_main_table=False,
+              description="HAMUR, official MovieLens setting: towers 256-128, k=35, hyper-net [64]"),
     ModelSpec("hamur_wdl", "mdr_tf.models.hamur:hamur_backbone",
               {"backbone": "wdl", "hidden_units": [256, 128], "batch_norm": True, "dropout": 0.2, "k": 45,
                "hyper_dims": [128]}, family="seed", in_main_table=False,
@@ -115,7 +120,19 @@ _SPECS: list[ModelSpec] = [
               family="seed", in_main_table=False,
               description="HAMUR on DCN: shared backbone, adapter after the deep part (k=30)"),
     # MI-DPG / DPG (docs/models/midpg.md): MLP 128-64-32, DWM-R a=b=8 k=4 (ours), λ1 0.1 (ours).
+    ModelSpec("midpg", "mdr_tf.models.midpg:build_midpg", {"variant": "r", "mir_weight": 0.1}, family="seed",
+              description="MI-DPG: W ⊙ Repeat(σ(P(e_s,h) Q)) on every layer (DWM-R) + JSD MI regulariser"),
+    ModelSpec("dpg", "mdr_tf.models.midpg:build_midpg", {"variant": "r", "mir_weight": 0.0}, family="seed",
+              description="DPG: MI-DPG without the MI regulariser (λ1 = 0)"),
+    ModelSpec("midpg_rc", "mdr_tf.models.midpg:build_midpg", {"variant": "rc", "mir_weight": 0.1}, family="seed",
+              in_main_table=False, description="MI-DPG, DWM-RC: P and Q both generated"),
+    ModelSpec("midpg_c", "mdr_tf.models.midpg:build_midpg", {"variant": "c", "mir_weight": 0.1}, family="seed",
+              in_main_table=False, description="MI-DPG, DWM-C: Q generated, P global"),
+    ModelSpec("midpg_non", "mdr_tf.models.midpg:build_midpg", {"variant": "non", "mir_weight": 0.1},
+              family="seed", in_main_table=False, description="MI-DPG, DWM-Non: full n×m matrix generated"),
     # HierRec (docs/models/hierrec.md): every width is ours (d 16, G 4, SOM 32→64, c 64).
+    ModelSpec("hierrec", "mdr_tf.models.hierrec:build_hierrec", {}, family="seed",
+              description="HierRec: explicit per-scenario SOM → G implicit per-instance SOMs (field attention)"),
     # --- baselines (issue 4) ---
     ModelSpec("pepnet", "mdr_tf.models.pepnet:PEPNetModel", {"hidden_units": [128, 64, 32]},
               description="PEPNet: EPNet embedding gate (domain side) + PPNet layer gates (ids), MLP 128-64-32"),

@@ -1,0 +1,291 @@
+"""MI-DPG's decomposable weighting matrix (DWM) dense block and its MI regulariser (MIR).
+
+Cheng et al., "MI-DPG: Decomposable Parameter Generation Network Based on Mutual
+Information for Multi-Scenario Recommendation", CIKM 2023 (eqs. 1-8; the formulas are
+restated in ``shared/reference/mi-dpg.md`` because they were lost from the paper text).
+
+Every backbone layer is re-weighted per sample::
+
+    h_{l+1} = act( h_l @ (W ⊙ M) + b ),      M = DWM(e_s, h_l) ∈ R^{n×m}
+
+with an auxiliary MLP ``f`` on ``z = [e_s ; h_l]`` and one of four variants:
+
+=======  =========================================  ==========================
+variant  generated per sample by ``f``              M
+=======  =========================================  ==========================
+non      the full n×m matrix                        σ(f(z)) reshaped to n×m
+rc       P ∈ R^{a×k} and Q ∈ R^{k×b}                Repeat(σ(P Q), n/a, m/b)
+r        P (row-wise); Q is one global variable     Repeat(σ(P Q), n/a, m/b)
+c        Q (column-wise); P is one global variable  Repeat(σ(P Q), n/a, m/b)
+=======  =========================================  ==========================
+
+``Repeat`` tiles (``M[i, j] = S[i mod a, j mod b]``, as ``tf.tile``), it does not
+interpolate. With ``a = 1, b = m`` the DWM gates each output neuron (PEPNet /
+AdaSparse). MIR maximises a Jensen-Shannon MI estimate (Deep InfoMax / f-GAN) between
+the scenario-aware input ``e_s`` and the small a×b matrix ``σ(P Q)``; the loss becomes
+``BCE − λ1·MIR``; λ1 = 0 is DPG.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import keras
+from keras import ops
+
+from mdr_tf.layers.blocks import DenseBlock, register_block
+
+VARIANTS = ("non", "rc", "r", "c")
+
+
+@register_block("dwm")
+class DWMDense(DenseBlock):
+    """Dense layer ``act(x @ (W ⊙ M(e_s, x)) + b)`` with a per-sample weighting matrix (MI-DPG).
+
+    Cost. For rc/r/c the n×m matrix is never formed: with ``x`` viewed as
+    ``[B, n/a, a]`` and ``W`` as ``[n/a, a, m]``, ``T_i = x[:, i::a] @ W[i::a]`` (one
+    batched matmul over i, the FLOPs of the plain layer) and
+    ``y[b, c] = Σ_i T_i[b, c] S[b, i, c mod b]`` (``B·a·m``). ``compute="materialize"`` builds ``[B, n, m]`` instead (kept to test
+    and time the identity). ``variant="non"`` always materialises ``[B, n, m]``: the
+    aux net outputs n·m numbers per sample.
+
+    Args:
+      units: output width m.
+      num_domains, context_dims, use_bias, kernel_initializer, kernel_regularizer: see
+        ``DenseBlock``.
+      variant: "non", "rc", "r" or "c" (table above).
+      a, b: size of the small matrix; ``a | n`` and ``b | m`` (ignored by "non").
+      k: rank of ``P Q``.
+      scale: M is multiplied by ``scale`` (ours; 1.0 = paper's σ; 2.0 starts M near 1).
+      aux_units: hidden widths of the auxiliary net ``f`` (ours).
+      aux_activation: hidden activation of ``f`` (ours).
+      stop_gradient_inputs: stop gradients from ``f`` into ``e_s`` and ``x`` (ours; the
+        paper does not say; default False).
+      uneven: "error" raises when ``a ∤ n`` or ``b ∤ m``; "pad" tiles ``ceil(n/a)`` times
+        and crops to n×m (ours; equals zero-padding x and W).
+      compute: "factored" (never forms [B, n, m]) or "materialize" (rc/r/c only).
+      condition: ``ctx`` key of the scenario-aware input ``e_s`` (default "domain_side").
+      mir_weight: λ1 of ``BCE − λ1·MIR``; 0 builds no discriminator and adds no loss (DPG).
+      mir_units: hidden widths of the discriminator T (ours; one T per DWM layer).
+      mir_proj_dim: for "non", T sees a learned projection of M to this width (ours).
+      seed: seed of the negative-pair shuffling.
+    """
+
+    def __init__(
+        self,
+        units: int,
+        num_domains: int = 1,
+        context_dims: dict[str, int] | None = None,
+        variant: str = "r",
+        a: int = 8,
+        b: int = 8,
+        k: int = 4,
+        scale: float = 1.0,
+        aux_units: Sequence[int] = (32,),
+        aux_activation: str = "relu",
+        stop_gradient_inputs: bool = False,
+        uneven: str = "error",
+        compute: str = "factored",
+        condition: str = "domain_side",
+        mir_weight: float = 0.0,
+        mir_units: Sequence[int] = (32,),
+        mir_proj_dim: int = 16,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(units, num_domains, context_dims, **kwargs)
+        variant = str(variant).lower()
+        if variant not in VARIANTS:
+            raise ValueError(f"{self.name}: variant must be one of {VARIANTS}, got {variant!r}")
+        if uneven not in ("error", "pad"):
+            raise ValueError(f"{self.name}: uneven must be 'error' or 'pad', got {uneven!r}")
+        if compute not in ("factored", "materialize"):
+            raise ValueError(f"{self.name}: compute must be 'factored' or 'materialize', got {compute!r}")
+        self.variant = variant
+        self.a, self.b, self.k = int(a), int(b), int(k)
+        if min(self.a, self.b, self.k) < 1:
+            raise ValueError(f"{self.name}: a, b, k must be >= 1, got a={a}, b={b}, k={k}")
+        self.scale = float(scale)
+        self.aux_units = [int(u) for u in aux_units]
+        self.aux_activation = aux_activation
+        self.stop_gradient_inputs = bool(stop_gradient_inputs)
+        self.uneven = uneven
+        self.compute = compute
+        self.condition = condition
+        self.mir_weight = float(mir_weight)
+        self.mir_units = [int(u) for u in mir_units]
+        self.mir_proj_dim = int(mir_proj_dim)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    # ------------------------------------------------------------------ build
+    def _gen_dim(self) -> int:
+        n, m, a, b, k = self.input_dim, self.units, self.a, self.b, self.k
+        return {"non": n * m, "rc": a * k + k * b, "r": a * k, "c": k * b}[self.variant]
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        n, m = self.input_dim, self.units
+        if self.variant != "non":
+            bad = [f"a={self.a} does not divide the input width n={n}"] if n % self.a else []
+            bad += [f"b={self.b} does not divide the output width m={m}"] if m % self.b else []
+            if bad and self.uneven == "error":
+                raise ValueError(f"DWM layer {self.name!r} (n={n}, m={m}, a={self.a}, b={self.b}): "
+                                 + "; ".join(bad) + " (pick divisors or set uneven='pad')")
+        self.rows_rep = math.ceil(n / self.a)  # how many times S is tiled along rows
+        self.cols_rep = math.ceil(m / self.b)
+        if self.condition not in self.context_dims:
+            raise ValueError(f"DWM layer {self.name!r}: context view {self.condition!r} unknown; "
+                             f"have {sorted(self.context_dims)}")
+        zdim = int(self.context_dims[self.condition])
+        self.aux_layers = [keras.layers.Dense(u, activation=self.aux_activation, name=f"aux_{i}")
+                           for i, u in enumerate(self.aux_units)]
+        self.aux_out = keras.layers.Dense(self._gen_dim(), name="aux_out")
+        width = zdim + n
+        for layer in self.aux_layers:
+            layer.build((None, width))
+            width = layer.units
+        self.aux_out.build((None, width))
+        self.q_shared = self.p_shared = None
+        if self.variant == "r":
+            self.q_shared = self.add_weight(name="q_shared", shape=(self.k, self.b), initializer="glorot_uniform")
+        elif self.variant == "c":
+            self.p_shared = self.add_weight(name="p_shared", shape=(self.a, self.k), initializer="glorot_uniform")
+        self.mir_layers = []
+        self.mir_proj = None
+        if self.mir_weight > 0:
+            if self.variant == "non":
+                self.mir_proj = keras.layers.Dense(self.mir_proj_dim, name="mir_proj")
+                self.mir_proj.build((None, n * m))
+                mdim = self.mir_proj_dim
+            else:
+                mdim = self.a * self.b
+            self.mir_layers = [keras.layers.Dense(u, activation="relu", name=f"mir_{i}")
+                               for i, u in enumerate(self.mir_units)] + [keras.layers.Dense(1, name="mir_out")]
+            width = zdim + mdim
+            for layer in self.mir_layers:
+                layer.build((None, width))
+                width = layer.units
+            self.mir_estimate = self.add_weight(name="mir_estimate", shape=(), initializer="zeros",
+                                                trainable=False)
+        self.built = True
+
+    # ------------------------------------------------------------ generation
+    def _condition(self, ctx: dict | None):
+        if ctx is None or self.condition not in ctx:
+            raise ValueError(f"DWM layer {self.name!r} needs ctx[{self.condition!r}] (the scenario-aware input)")
+        return ops.cast(ctx[self.condition], self.compute_dtype)
+
+    def generate(self, x, ctx: dict | None) -> dict[str, Any]:
+        """Runs the aux net: returns ``{"z", "S"}`` (S = scale·σ(PQ) [B, a, b], or for
+        "non" the full scale·σ(f) [B, n, m]) plus the factors ``P``, ``Q`` where defined."""
+        z = self._condition(ctx)
+        h = ops.concatenate([z, ops.cast(x, self.compute_dtype)], axis=-1)
+        if self.stop_gradient_inputs:
+            h = ops.stop_gradient(h)
+        for layer in self.aux_layers:
+            h = layer(h)
+        g = self.aux_out(h)
+        a, b, k = self.a, self.b, self.k
+        out: dict[str, Any] = {"z": z}
+        if self.variant == "non":
+            out["S"] = self.scale * ops.sigmoid(ops.reshape(g, [-1, self.input_dim, self.units]))
+            return out
+        if self.variant == "rc":
+            p = ops.reshape(g[:, : a * k], [-1, a, k])
+            q = ops.reshape(g[:, a * k:], [-1, k, b])
+            pq = ops.matmul(p, q)
+        elif self.variant == "r":
+            p = ops.reshape(g, [-1, a, k])
+            q = self.q_shared
+            pq = ops.einsum("bik,kj->bij", p, ops.cast(q, p.dtype))
+        else:
+            q = ops.reshape(g, [-1, k, b])
+            p = self.p_shared
+            pq = ops.einsum("ik,bkj->bij", ops.cast(p, q.dtype), q)
+        out.update({"P": p, "Q": q, "S": self.scale * ops.sigmoid(pq)})
+        return out
+
+    def weighting_matrix(self, x, ctx: dict | None):
+        """The small per-sample matrix scale·σ(PQ) [B, a, b] (for "non": the full [B, n, m])."""
+        return self.generate(x, ctx)["S"]
+
+    def full_weighting_matrix(self, x, ctx: dict | None):
+        """The tiled per-sample matrix M [B, n, m] (diagnostics / tests; costs B·n·m)."""
+        s = self.weighting_matrix(x, ctx)
+        return self._tile(s)
+
+    def _tile(self, s):
+        if self.variant == "non":
+            return s
+        m_full = ops.tile(s, [1, self.rows_rep, self.cols_rep])
+        return m_full[:, : self.input_dim, : self.units]
+
+    # ----------------------------------------------------------------- call
+    def _apply(self, x, s):
+        w = ops.cast(self.kernel, self.compute_dtype)
+        n, m = self.input_dim, self.units
+        if self.variant == "non" or self.compute == "materialize":
+            return ops.einsum("bn,bnm->bm", x, w[None] * self._tile(s))
+        a, b, tr, tc = self.a, self.b, self.rows_rep, self.cols_rep
+        n_pad, m_pad = a * tr, b * tc
+        if n_pad != n:  # zero rows: padded inputs contribute nothing
+            x = ops.pad(x, [[0, 0], [0, n_pad - n]])
+            w = ops.pad(w, [[0, n_pad - n], [0, 0]])
+        if m_pad != m:
+            w = ops.pad(w, [[0, 0], [0, m_pad - m]])
+        # Tile: input row t*a + i uses S row i; output column u*b + j uses S column j.
+        # T[i] = x[:, i::a] @ W[i::a, :] (a batched matmul: the cost of x @ W), then
+        # y = Σ_i T[i] ⊙ S[:, i, j(col)]. Measured faster than two einsums (docs/models/midpg.md).
+        xt = ops.transpose(ops.reshape(x, [-1, tr, a]), [2, 0, 1])   # [a, B, n/a]
+        wt = ops.transpose(ops.reshape(w, [tr, a, m_pad]), [1, 0, 2])  # [a, n/a, m]
+        t = ops.matmul(xt, wt)                                       # [a, B, m]
+        st = ops.tile(ops.transpose(s, [1, 0, 2]), [1, 1, tc])       # [a, B, m]: S[b, i, col mod b]
+        y = ops.sum(t * st, axis=0)                                  # [B, m]
+        return y[:, :m] if m_pad != m else y
+
+    def mir(self, z, s, training: bool | None = None):
+        """JSD MI estimate ``E_pos[-softplus(-T(z, m))] - E_neg[softplus(T(z̃, m))]``,
+        ``z̃`` = z shuffled across the batch; ``m`` = flattened S (or its projection)."""
+        mvec = ops.reshape(s, [-1, self.a * self.b]) if self.variant != "non" else \
+            self.mir_proj(ops.reshape(s, [-1, self.input_dim * self.units]))
+        perm = keras.random.shuffle(ops.arange(ops.shape(z)[0]), seed=self.seed_generator)
+        z_neg = ops.take(z, perm, axis=0)
+
+        def t_net(zz):
+            h = ops.concatenate([zz, mvec], axis=-1)
+            for layer in self.mir_layers:
+                h = layer(h)
+            return h
+
+        pos, neg = t_net(z), t_net(z_neg)
+        return ops.mean(-ops.softplus(-pos)) - ops.mean(ops.softplus(neg))
+
+    def call(self, x, ctx: dict | None = None, training: bool | None = None):
+        x = ops.cast(x, self.compute_dtype)
+        gen = self.generate(x, ctx)
+        y = self._apply(x, gen["S"])
+        if self.bias is not None:
+            y = y + ops.cast(self.bias, y.dtype)
+        if training and self.mir_weight > 0:
+            mir = ops.cast(self.mir(gen["z"], gen["S"], training), "float32")
+            self.add_loss(-self.mir_weight * mir)
+            self.mir_estimate.assign(mir)
+        return y
+
+    # ------------------------------------------------------------ reporting
+    def generated_parameters_per_sample(self) -> int:
+        """Numbers the aux net generates per sample (a·k + k·b, a·k, k·b, or n·m for "non")."""
+        return int(self._gen_dim())
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({
+            "variant": self.variant, "a": self.a, "b": self.b, "k": self.k, "scale": self.scale,
+            "aux_units": self.aux_units, "aux_activation": self.aux_activation,
+            "stop_gradient_inputs": self.stop_gradient_inputs, "uneven": self.uneven, "compute": self.compute,
+            "condition": self.condition, "mir_weight": self.mir_weight, "mir_units": self.mir_units,
+            "mir_proj_dim": self.mir_proj_dim, "seed": self.seed,
+        })
+        return config

@@ -1,0 +1,137 @@
+"""HierRec's scenario-oriented module (SOM): an MLP whose weights are generated from a condition.
+
+Gao et al., "HierRec: Scenario-Aware Hierarchical Modeling for Multi-scenario
+Recommendations", CIKM 2024 (arXiv 2309.02061, eqs. 1-2)::
+
+    W_l = Reshape(FC_l^W(SC)),  b_l = FC_l^b(SC)
+    O   = σ(W_L(… σ(W_1 I + b_1) …) + b_L)
+
+The module holds ``H`` independent generators ("heads", HierRec's G implicit SOMs run
+as one batched op). The condition is either per instance ``[B, H, c]`` or per scenario
+``[D, H, c]`` plus an ``index`` [B]: then the weights are generated D times and
+gathered (HierRec's explicit SOM, whose condition depends on the scenario only).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="mdr_tf")
+class ScenarioOrientedModule(keras.layers.Layer):
+    """Generated-weight MLP ``O = act(W_L(... act(W_1 I + b_1) ...) + b_L)``, weights from ``SC``.
+
+    Initialisation (ours; the paper gives none): ``FC_l^W``'s bias starts as a
+    Glorot-uniform ``[in, out]`` kernel and its kernel as small Glorot values, so at step
+    0 the SOM is an ordinarily initialised MLP and the condition-dependent part grows
+    from there (a zero-initialised, purely generated MLP would sit at a saddle point,
+    since the condition vectors start near 0 with N(0, 1e-4) embeddings). Note that the
+    generator's bias is already a static shared weight; ``static_weight=True`` adds an
+    explicit separate one (and zero-initialises that bias instead).
+
+    Args:
+      units: widths of the L generated layers (bottleneck: narrow then wide; ours
+        default ``(32, 64)``).
+      condition_dim: width c of the condition vector SC.
+      heads: number H of independent generators (HierRec's G implicit SOMs).
+      activation: σ of eq. 2, applied after every layer (ours: relu).
+      static_weight: add a static shared kernel per layer and head (default off, as in
+        models.md; unconfirmed).
+    """
+
+    def __init__(
+        self,
+        units: Sequence[int] = (32, 64),
+        condition_dim: int = 64,
+        heads: int = 1,
+        activation: str = "relu",
+        static_weight: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = [int(u) for u in units]
+        self.condition_dim = int(condition_dim)
+        self.heads = int(heads)
+        self.activation = activation
+        self.static_weight = bool(static_weight)
+        self.act = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        self.input_dim = int(input_shape[-1])
+        h, c = self.heads, self.condition_dim
+        self.gen_kernels, self.gen_biases, self.static_kernels = [], [], []
+        fan_in = self.input_dim
+        for i, out in enumerate(self.units):
+            size = fan_in * out + out
+            limit = math.sqrt(6.0 / (fan_in + out))
+            self.gen_kernels.append(self.add_weight(
+                name=f"gen_kernel_{i}", shape=(h, c, size),
+                initializer=keras.initializers.VarianceScaling(1.0, "fan_avg", "uniform")))
+
+            def bias_init(shape, dtype=None, fan_in=fan_in, out=out, limit=limit, static=self.static_weight):
+                if static:
+                    return ops.zeros(shape, dtype=dtype)
+                w = keras.random.uniform((shape[0], fan_in * out), -limit, limit, dtype=dtype)
+                return ops.concatenate([w, ops.zeros((shape[0], out), dtype=dtype)], axis=1)
+
+            self.gen_biases.append(self.add_weight(name=f"gen_bias_{i}", shape=(h, size), initializer=bias_init))
+            if self.static_weight:
+                self.static_kernels.append(self.add_weight(
+                    name=f"static_kernel_{i}", shape=(h, fan_in, out),
+                    initializer=keras.initializers.RandomUniform(-limit, limit)))
+            fan_in = out
+        self.built = True
+
+    @property
+    def output_dim(self) -> int:
+        return self.units[-1]
+
+    def generate(self, cond, index=None) -> list[tuple[Any, Any]]:
+        """Generated ``(W [N, H, in, out], b [N, H, out])`` per layer.
+
+        ``cond``: [N, H, c] (or [N, c] when H = 1); ``index`` (optional, [B]): rows of
+        ``cond`` to use per sample — weights are generated N times, then gathered.
+        """
+        cond = ops.cast(cond, self.compute_dtype)
+        if len(cond.shape) == 2:
+            cond = ops.reshape(cond, [-1, 1, self.condition_dim])
+        out = []
+        fan_in = self.input_dim
+        for i, units in enumerate(self.units):
+            p = ops.einsum("nhc,hcx->nhx", cond, ops.cast(self.gen_kernels[i], cond.dtype))
+            p = p + ops.cast(self.gen_biases[i], cond.dtype)
+            if index is not None:
+                p = ops.take(p, ops.cast(index, "int32"), axis=0)
+            w = ops.reshape(p[..., : fan_in * units], [-1, self.heads, fan_in, units])
+            if self.static_weight:
+                w = w + ops.cast(self.static_kernels[i], w.dtype)
+            b = p[..., fan_in * units:]
+            out.append((w, b))
+            fan_in = units
+        return out
+
+    def call(self, x, cond, index=None):
+        """``x``: [B, in] (shared by all heads) or [B, H, in] → [B, H, units[-1]]."""
+        x = ops.cast(x, self.compute_dtype)
+        if len(x.shape) == 2:
+            x = ops.repeat(ops.expand_dims(x, 1), self.heads, axis=1) if self.heads > 1 else \
+                ops.expand_dims(x, 1)
+        for w, b in self.generate(cond, index):
+            x = self.act(ops.einsum("bhi,bhio->bho", x, w) + b)
+        return x
+
+    def generated_parameters_per_sample(self) -> int:
+        """Weights and biases generated per sample (all heads)."""
+        dims = [self.input_dim] + self.units
+        return int(self.heads * sum(i * o + o for i, o in zip(dims[:-1], dims[1:])))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"units": self.units, "condition_dim": self.condition_dim, "heads": self.heads,
+                       "activation": self.activation, "static_weight": self.static_weight})
+        return config
+

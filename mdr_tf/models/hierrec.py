@@ -1,0 +1,159 @@
+"""HierRec: scenario-aware hierarchical dynamic network (explicit → G implicit SOMs).
+
+Gao et al., "HierRec: Scenario-Aware Hierarchical Modeling for Multi-scenario
+Recommendations", CIKM 2024 (arXiv 2309.02061 "Scenario-Aware Hierarchical Dynamic
+Network"). No public code; the structure follows ``shared/reference/models.md`` §3::
+
+    O_global = FC([e_1; …; e_F])                          (shared)
+    SC_exp   = FC(e_s)              → O_exp   = SOM_exp(O_global; SC_exp)
+    w        = softmax_F(Reshape_{G×F}(FC(e_s)))          (eq. 6)
+    IE_g     = [w_{g,1} e_1; …; w_{g,F} e_F]              (eq. 7)
+    SC_imp,g = FC_shared(IE_g)      → O_imp,g = SOM_g(O_exp; SC_imp,g)
+    ŷ        = σ(FC([O_imp,1; …; O_imp,G]))              (eq. 9), loss BCE
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+from keras import ops
+
+from mdr_tf.layers.mechanisms.som import ScenarioOrientedModule
+from mdr_tf.models.base import MultiDomainModel
+
+
+@keras.saving.register_keras_serializable(package="mdr_tf")
+class HierRec(MultiDomainModel):
+    """HierRec with an explicit (per-scenario) SOM and G implicit (per-instance) SOMs.
+
+    The explicit SOM's condition depends on the scenario id only, so its weights are
+    generated once per scenario (``[D, in, r]``) and gathered. The implicit SOMs'
+    conditions depend on the re-weighted field embeddings of each instance, so their
+    weights are generated per sample and applied with ``einsum('bhi,bhio->bho')``.
+
+    Every width below is unknown in the paper and marked (ours).
+
+    Args:
+      schema: ``Schema.to_config()`` dict.
+      global_units: width of ``O_global = FC(e)`` (ours: 64).
+      condition_dim: width c of every scenario condition SC (ours: 64).
+      som_units: widths of each SOM, bottleneck narrow→wide (ours: (32, 64)).
+      num_heads: G implicit heads (ours: 4).
+      activation: activation of FC_global and inside SOMs (ours: relu).
+      condition_activation: activation of the SC projections (ours: None = linear).
+      static_weight: add a static shared kernel to every generated one (off; unconfirmed).
+      implicit_condition: ``ctx`` view fed to the field-attention FC (ours:
+        "domain_side" = scenario-id embedding + domain-group features; the explicit
+        path always uses the scenario-id embedding only).
+      embed_domain: include the scenario id among the common fields E (default False:
+        the paper separates e_s from e_1..e_F).
+      **kwargs: ``MultiDomainModel`` arguments.
+    """
+
+    def __init__(
+        self,
+        schema: dict[str, Any],
+        global_units: int = 64,
+        condition_dim: int = 64,
+        som_units: Sequence[int] = (32, 64),
+        num_heads: int = 4,
+        activation: str = "relu",
+        condition_activation: str | None = None,
+        static_weight: bool = False,
+        implicit_condition: str = "domain_side",
+        embed_domain: bool = False,
+        **kwargs,
+    ):
+        super().__init__(schema, embed_domain=embed_domain, **kwargs)
+        self.global_units = int(global_units)
+        self.condition_dim = int(condition_dim)
+        self.som_units = [int(u) for u in som_units]
+        self.num_heads = int(num_heads)
+        self.activation = activation
+        self.condition_activation = condition_activation
+        self.static_weight = bool(static_weight)
+        self.implicit_condition = implicit_condition
+        if implicit_condition not in self.context_dims:
+            raise ValueError(f"implicit_condition {implicit_condition!r} unknown; have {sorted(self.context_dims)}")
+        self.num_fields = self.embedding.num_fields
+        self.global_fc = keras.layers.Dense(self.global_units, activation=activation, name="global_fc")
+        self.sc_explicit = keras.layers.Dense(self.condition_dim, activation=condition_activation, name="sc_explicit")
+        self.field_attention = keras.layers.Dense(self.num_heads * self.num_fields, name="field_attention")
+        self.sc_implicit = keras.layers.Dense(self.condition_dim, activation=condition_activation, name="sc_implicit")
+        self.explicit_som = ScenarioOrientedModule(self.som_units, self.condition_dim, heads=1,
+                                                   activation=activation, static_weight=self.static_weight,
+                                                   name="explicit_som")
+        self.implicit_som = ScenarioOrientedModule(self.som_units, self.condition_dim, heads=self.num_heads,
+                                                   activation=activation, static_weight=self.static_weight,
+                                                   name="implicit_som")
+        self.head = keras.layers.Dense(1, name="head")
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        d, cd = self.embedding_dim, self.context_dims
+        self.global_fc.build((None, cd["all"]))
+        self.sc_explicit.build((None, d))
+        self.field_attention.build((None, cd[self.implicit_condition]))
+        self.sc_implicit.build((None, self.num_fields * d))
+        self.explicit_som.build((None, self.global_units))
+        self.implicit_som.build((None, self.explicit_som.output_dim))
+        self.head.build((None, self.num_heads * self.implicit_som.output_dim))
+        super().build(input_shape)
+
+    # ---------------------------------------------------------------- parts
+    def scenario_table(self):
+        """Scenario-id embeddings of all D scenarios, [D, d] (rows of the fused table)."""
+        start, end = self.embedding.table_rows(self.schema.domain_key)
+        return ops.cast(self.embedding.table[start:end], self.compute_dtype)
+
+    def _explicit_condition(self):
+        return self.sc_explicit(self.scenario_table())                       # [D, c]
+
+    def field_weights_from_ctx(self, ctx):
+        """Field re-weighting ``w = softmax_F(reshape(FC(e_s), [G, F]))`` → [B, G, F]."""
+        logits = self.field_attention(ops.cast(ctx[self.implicit_condition], self.compute_dtype))
+        return ops.softmax(ops.reshape(logits, [-1, self.num_heads, self.num_fields]), axis=-1)
+
+    def _implicit_condition(self, ctx):
+        w = self.field_weights_from_ctx(ctx)                                 # [B, G, F]
+        fields = ops.cast(ctx["fields"], self.compute_dtype)                 # [B, F, d]
+        ie = ops.expand_dims(w, -1) * ops.expand_dims(fields, 1)             # [B, G, F, d]
+        ie = ops.reshape(ie, [-1, self.num_heads, self.num_fields * self.embedding_dim])
+        return self.sc_implicit(ie)                                          # [B, G, c]
+
+    def compute_logit(self, inputs, ctx, training=None):
+        o_global = self.global_fc(ctx["all"])                                # [B, h0]
+        o_exp = self.explicit_som(o_global, self._explicit_condition(), index=ctx["domain"])[:, 0]
+        o_imp = self.implicit_som(o_exp, self._implicit_condition(ctx))     # [B, G, h]
+        return self.head(ops.reshape(o_imp, [-1, self.num_heads * self.implicit_som.output_dim]))
+
+    # ---------------------------------------------------------- diagnostics
+    def field_weights(self, inputs):
+        """[B, G, F] field weights of each head (rows sum to 1)."""
+        return self.field_weights_from_ctx(self.embedding(inputs))
+
+    def explicit_weights(self, inputs) -> list:
+        """Per-sample explicit-SOM ``(W [B, in, out], b [B, out])`` per layer."""
+        ctx = self.embedding(inputs)
+        return [(w[:, 0], b[:, 0]) for w, b in self.explicit_som.generate(self._explicit_condition(), ctx["domain"])]
+
+    def implicit_weights(self, inputs) -> list:
+        """Per-sample implicit-SOM ``(W [B, G, in, out], b [B, G, out])`` per layer."""
+        return self.implicit_som.generate(self._implicit_condition(self.embedding(inputs)))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({
+            "global_units": self.global_units, "condition_dim": self.condition_dim, "som_units": self.som_units,
+            "num_heads": self.num_heads, "activation": self.activation,
+            "condition_activation": self.condition_activation, "static_weight": self.static_weight,
+            "implicit_condition": self.implicit_condition,
+        })
+        return config
+
+
+def build_hierrec(schema: dict[str, Any], **kwargs: Any) -> HierRec:
+    """Registry builder: ``HierRec(schema, **kwargs)``."""
+    return HierRec(schema, **kwargs)
