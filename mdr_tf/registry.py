@@ -131,7 +131,12 @@ _SPECS: list[ModelSpec] = [
     ModelSpec("midpg_non", "mdr_tf.models.midpg:build_midpg", {"variant": "non", "mir_weight": 0.1},
               family="seed", in_main_table=False, description="MI-DPG, DWM-Non: full n×m matrix generated"),
     # HierRec (docs/models/hierrec.md): every width is ours (d 16, G 4, SOM 32→64, c 64).
-    ModelSpec("hierrec", "mdr_tf.models.hierrec:build_hierrec", {}, family="seed",
+    # Main table: G 2, c 16, SOM 16→32 (ours; ~6k samples/s on 2 CPU cores). The class defaults
+    # (G 4, c 64, SOM 32→64) are "hierrec_large" (~40x the DNN's FLOPs per sample).
+    ModelSpec("hierrec_large", "mdr_tf.models.hierrec:build_hierrec", {}, family="seed", in_main_table=False,
+              description="HierRec with the class defaults: G 4, c 64, SOM 32→64"),
+    ModelSpec("hierrec", "mdr_tf.models.hierrec:build_hierrec",
+              {"num_heads": 2, "condition_dim": 16, "som_units": [16, 32]}, family="seed",
               description="HierRec: explicit per-scenario SOM → G implicit per-instance SOMs (field attention)"),
     # --- baselines (issue 4) ---
     ModelSpec("pepnet", "mdr_tf.models.pepnet:PEPNetModel", {"hidden_units": [128, 64, 32]},

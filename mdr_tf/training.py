@@ -334,7 +334,10 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
                 lambda ctx, s=s: make_dataset(schema, "train", ctx.get_per_replica_batch_size(cfg.batch_size), seed=s,
                                               mode=cfg.mode, drop_remainder=True, input_context=ctx))
         else:
-            train = make_dataset(schema, "train", cfg.batch_size, seed=s, mode=cfg.mode)
+            # drop_remainder: a final partial batch would make XLA compile the step a second
+            # time; the dropped examples (< batch_size) differ every epoch.
+            drop = bool(schema.raw) and min(c for c in schema.counts("train") if c) >= 2 * cfg.batch_size
+            train = make_dataset(schema, "train", cfg.batch_size, seed=s, mode=cfg.mode, drop_remainder=drop)
         model.fit(train, initial_epoch=epoch, epochs=epoch + 1, callbacks=cbs, verbose=cfg.verbose)
         if cfg.checkpoint_dir:
             _save_state(model, stopper, epoch, _checkpoint_dir_for_this_worker(cfg.checkpoint_dir))
