@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from data_prep.common import (DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
+from data_prep.common import (check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
                               random_split, sha256_of_file, stratified_split, write_dataset)
 
 MLORA6 = ("Musical Instruments", "Office Products", "Patio Lawn and Garden", "Prime Pantry", "Toys and Games",
@@ -391,8 +391,7 @@ def prepare(
                                ("label_rule", label_rule, LABEL_RULES), ("split_mode", split_mode, SPLIT_MODES)):
         if val not in allowed:
             raise DataError(f"--{name}={val!r}: expected one of {list(allowed)}")
-    if len(split_ratios) != 3 or abs(sum(split_ratios) - 1) > 1e-6 or min(split_ratios) < 0:
-        raise DataError(f"--split_ratios={split_ratios}: expected three non-negative fractions summing to 1")
+    split_ratios = check_split_ratios(split_ratios)
     if not categories:
         raise DataError("--categories: at least one category is needed")
     cmap = None

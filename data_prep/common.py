@@ -132,6 +132,14 @@ def remap_domains(raw: pd.Series, order: Sequence[Any] | None = None) -> tuple[n
     return raw.map(index).to_numpy(dtype=np.int64), [str(v) for v in values]
 
 
+def check_split_ratios(split_ratios: Sequence[float]) -> list[float]:
+    """Validates ``--split_ratios`` (three non-negative fractions summing to 1); returns floats."""
+    ratios = [float(x) for x in split_ratios]
+    if len(ratios) != 3 or abs(sum(ratios) - 1.0) > 1e-6 or min(ratios) < 0:
+        raise DataError(f"--split_ratios={ratios}: expected three non-negative fractions summing to 1")
+    return ratios
+
+
 def random_split(n: int, ratios: Sequence[float], seed: int) -> np.ndarray:
     """Seeded random split; returns an int8 array with 0=train, 1=valid, 2=test."""
     if len(ratios) != 3 or abs(sum(ratios) - 1.0) > 1e-6 or min(ratios) < 0:

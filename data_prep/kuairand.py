@@ -51,7 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags
 
-from data_prep.common import (DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
+from data_prep.common import (check_split_ratios, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
                               WorkDir, existing_output, finish_streamed_dataset, fingerprint, iter_line_blocks, log,
                               parse_int_spans, split_delimited, split_uniform, write_vocab_file)
 
@@ -212,9 +212,7 @@ def prepare(
         raise DataError(f"--split_mode={split_mode!r}: expected random or contiguous")
     if fit_on not in ("all", "train"):
         raise DataError(f"--fit_on={fit_on!r}: expected all or train")
-    ratios = [float(r) for r in split_ratios]
-    if len(ratios) != 3 or abs(sum(ratios) - 1) > 1e-6 or min(ratios) < 0:
-        raise DataError(f"--split_ratios={ratios}: expected three non-negative fractions summing to 1")
+    ratios = check_split_ratios(split_ratios)
     unknown = [v for v in video_features if v not in VIDEO_COLUMNS]
     if unknown:
         raise DataError(f"--video_features: unknown {unknown}; expected a subset of {list(VIDEO_COLUMNS)}")

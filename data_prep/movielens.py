@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from data_prep.common import (DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
+from data_prep.common import (check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
                               random_split, remap_domains, sha256_of_bytes, sha256_of_file, stratified_split,
                               write_dataset)
 from data_prep.sources import DEFAULT_CACHE, RawSource, fetch_recbole_wheel, parse_lines
@@ -423,9 +423,7 @@ def prepare(
         raise DataError(f"--split_mode={split_mode!r}: expected random or stratified")
     if vocab_from not in ("all", "train"):
         raise DataError(f"--vocab_from={vocab_from!r}: expected all or train")
-    split_ratios = [float(x) for x in split_ratios]
-    if len(split_ratios) != 3 or abs(sum(split_ratios) - 1.0) > 1e-6 or min(split_ratios) < 0:
-        raise DataError(f"--split_ratios={split_ratios}: expected three non-negative fractions summing to 1")
+    split_ratios = check_split_ratios(split_ratios)
     if source not in SOURCES:
         raise DataError(f"--source={source!r}: expected one of {SOURCES}")
     if source == "tfds":

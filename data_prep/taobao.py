@@ -41,7 +41,7 @@ import pandas as pd
 from absl import app, flags
 
 from data_prep.amazon import add_negatives, draw_ratios
-from data_prep.common import (AtomicDir, DataError, FeatureDef, encode_categorical, existing_output, fingerprint,
+from data_prep.common import (check_split_ratios, AtomicDir, DataError, FeatureDef, encode_categorical, existing_output, fingerprint,
                               log, random_split, sha256_of_file, stratified_split, write_dataset)
 
 CLICK_FILE = "theme_click_log.csv"
@@ -251,9 +251,7 @@ def prepare(
     """
     if split_mode not in SPLIT_MODES:
         raise DataError(f"--split_mode={split_mode!r}: expected one of {list(SPLIT_MODES)}")
-    split_ratios = [float(x) for x in split_ratios]
-    if len(split_ratios) != 3 or abs(sum(split_ratios) - 1) > 1e-6 or min(split_ratios) < 0:
-        raise DataError(f"--split_ratios={split_ratios}: expected three non-negative fractions summing to 1")
+    split_ratios = check_split_ratios(split_ratios)
     if theme_num < 1:
         raise DataError(f"--theme_num={theme_num}: expected >= 1")
     files = {n: _path(raw_path, n) for n in (CLICK_FILE, USER_EMB_FILE, ITEM_EMB_FILE)}
