@@ -51,7 +51,13 @@ def bench_pipeline(schema, batch_size: int, repeats: int) -> dict[str, float]:
 
 def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_per_execution: int,
                 jit: Any, sources: Sequence[str]) -> dict[str, float]:
-    """Training samples/s for one model from memory (numpy, Keras shuffling) and from TFRecords."""
+    """Training samples/s for one model from memory (numpy, Keras shuffling) and from TFRecords.
+
+    Sources: "memory" (Keras numpy fit), "tfrecord_in_memory" / "tfrecord_stream" (our
+    pipeline, Keras' ``steps_per_execution``), "tfrecord_fused" (our pipeline, K =
+    ``steps_per_execution`` steps in one XLA program, ``mdr_tf.fused`` — what
+    ``mdr_tf.training.fit`` uses by default).
+    """
     import keras
     import numpy as np
 
@@ -62,31 +68,60 @@ def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_pe
     x, y = load_arrays(schema, "train")
     y = y.reshape(-1, 1)
     n = len(y)
-    res = {}
+    epochs: dict[str, Callable[[], int]] = {}
+    keras.backend.clear_session()
     for source in sources:
-        keras.backend.clear_session()
         keras.utils.set_random_seed(0)
         model = registry.get(model_name).build(schema)
         model.build()
-        compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=steps_per_execution,
+        fused = source == "tfrecord_fused"
+        compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1 if fused else steps_per_execution,
                                          jit_compile=jit))
-        if source == "memory":
-            def epoch():
+        if fused:  # what mdr_tf.training.fit does (TrainConfig.fused)
+            from mdr_tf.data import in_memory_index_batches
+            from mdr_tf.fused import install_fused_train_function
+
+            def index_blocks():
+                return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
+                                               domains=list(range(schema.num_domains)),
+                                               label_key=schema.label_keys[0], drop_remainder=True)
+
+            feats, labels, _ = index_blocks()
+            install_fused_train_function(model, ({k: v[:batch_size] for k, v in feats.items()}, labels[:batch_size]),
+                                         jit_compile=model.jit_compile, columns=(feats, labels))
+            ds = index_blocks()[2].batch(steps_per_execution)
+            n_fit = (n // batch_size) * batch_size
+
+            def epoch(model=model, ds=ds, n_fit=n_fit):
+                model.fit(ds, epochs=1, verbose=0)
+                return n_fit
+        elif source == "memory":
+            def epoch(model=model):
                 model.fit(x, y, batch_size=batch_size, shuffle=True, epochs=1, verbose=0)
                 return n
         else:
             ds = make_dataset(schema, "train", batch_size, seed=0, in_memory=(source == "tfrecord_in_memory"))
 
-            def epoch():
+            def epoch(model=model, ds=ds):
                 model.fit(ds, epochs=1, verbose=0)
                 return n
         epoch()  # compile + warm-up
-        res[f"train_{source}_samples_per_s"] = _median_rate(epoch, repeats)
-    return res
+        epochs[source] = epoch
+    # Interleaved (one epoch of each source per round), so that a slow spell of a shared
+    # machine affects every source alike; medians over the rounds.
+    rates: dict[str, list[float]] = {s: [] for s in sources}
+    for _ in range(repeats):
+        for source, epoch in epochs.items():
+            t = time.perf_counter()
+            rates[source].append(epoch() / (time.perf_counter() - t))
+    return {f"train_{s}_samples_per_s": statistics.median(r) for s, r in rates.items()}
 
 
 def bench_serving(model_name: str, schema, batch_sizes: Sequence[int], repeats: int) -> dict[str, float]:
-    """Exported SavedModel (``serving_default``) inference samples/s per batch size."""
+    """Exported SavedModel (``serving_default``) per-call latency (p50, p99) and samples/s per batch size.
+
+    Each call includes fetching the result to NumPy, as a serving client would.
+    """
     import keras
     import numpy as np
     import tensorflow as tf
@@ -103,17 +138,21 @@ def bench_serving(model_name: str, schema, batch_sizes: Sequence[int], repeats: 
     with tempfile.TemporaryDirectory() as d:
         fn = tf.saved_model.load(export_saved_model(model, d, version=1)).signatures["serving_default"]
         for bs in batch_sizes:
-            reps = max(1, min(200, 20000 // bs))
+            reps = max(5, min(300, 20000 // bs))
             batch = {k: tf.constant(np.resize(v, bs)) for k, v in x.items()}
-            fn(**batch)
-
-            def run():
+            for _ in range(3):
+                fn(**batch)  # warm-up (first calls trace / allocate)
+            times = []
+            for _ in range(repeats):
                 for _ in range(reps):
-                    fn(**batch)
-                return reps * bs
-
-            res[f"serve_batch{bs}_samples_per_s"] = _median_rate(run, repeats)
-            res[f"serve_batch{bs}_ms_per_call"] = bs / res[f"serve_batch{bs}_samples_per_s"] * 1000
+                    t = time.perf_counter()
+                    fn(**batch)["probability"].numpy()
+                    times.append(time.perf_counter() - t)
+            times.sort()
+            p50 = times[len(times) // 2]
+            res[f"serve_batch{bs}_samples_per_s"] = bs / p50
+            res[f"serve_batch{bs}_ms_per_call"] = p50 * 1000
+            res[f"serve_batch{bs}_p99_ms"] = times[min(len(times) - 1, int(0.99 * len(times)))] * 1000
     return res
 
 
@@ -126,9 +165,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("repeats", 5, "Runs per figure (median reported).")
     flags.DEFINE_integer("steps_per_execution", 16, "Train steps per compiled call.")
     flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")
-    flags.DEFINE_list("sources", ["memory", "tfrecord_in_memory", "tfrecord_stream"], "Training input sources.")
+    flags.DEFINE_list("sources", ["tfrecord_fused", "tfrecord_in_memory", "memory", "tfrecord_stream"],
+                      "Training input sources (the first one's figure is compared with the DNN).")
     flags.DEFINE_list("serve_batch_sizes", ["1", "512", "4096"], "SavedModel inference batch sizes.")
     flags.DEFINE_boolean("serving", True, "Benchmark SavedModel inference.")
+    flags.DEFINE_boolean("train", True, "Benchmark training (off: serving figures only).")
     flags.DEFINE_string("output", None, "Write the figures as JSON here.")
 
 
@@ -154,19 +195,19 @@ def main(argv: Sequence[str]) -> None:
     per_model = {}
     for name in models:
         r = bench_train(name, schema, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps_per_execution, jit,
-                        FLAGS.sources)
+                        FLAGS.sources) if FLAGS.train else {}
         if FLAGS.serving:
             r.update(bench_serving(name, schema, [int(b) for b in FLAGS.serve_batch_sizes], FLAGS.repeats))
         per_model[name] = r
-        main_src = FLAGS.sources[0]
-        rel = r[f"train_{main_src}_samples_per_s"] / per_model["dnn"][f"train_{main_src}_samples_per_s"]
-        line = ", ".join(f"{k.replace('_samples_per_s', '')} {v:,.0f}/s" for k, v in r.items()
-                         if k.startswith("train_"))
-        print(f"{name:>14}: {line}; {rel:.2f}× dnn", flush=True)
+        if FLAGS.train:
+            key = f"train_{FLAGS.sources[0]}_samples_per_s"
+            line = ", ".join(f"{k.replace('_samples_per_s', '')} {v:,.0f}/s" for k, v in r.items()
+                             if k.startswith("train_"))
+            print(f"{name:>14}: {line}; {r[key] / per_model['dnn'][key]:.2f}× dnn", flush=True)
         if FLAGS.serving:
-            print(" " * 16 + ", ".join(f"serve b{b}: {r[f'serve_batch{b}_samples_per_s']:,.0f}/s "
-                                       f"({r[f'serve_batch{b}_ms_per_call']:.2f} ms)"
-                                       for b in FLAGS.serve_batch_sizes), flush=True)
+            print(f"{name:>14}  " + ", ".join(
+                f"serve b{b}: {r[f'serve_batch{b}_samples_per_s']:,.0f}/s (p50 {r[f'serve_batch{b}_ms_per_call']:.2f} ms, "
+                f"p99 {r[f'serve_batch{b}_p99_ms']:.2f} ms)" for b in FLAGS.serve_batch_sizes), flush=True)
     results["models"] = per_model
     if FLAGS.output:
         tmp = FLAGS.output + ".tmp"

@@ -161,17 +161,19 @@ def _cached_arrays(schema: Schema, split: str, label_key: str, domains: list[int
     return _ARRAY_CACHE[key]
 
 
-def _in_memory_dataset(schema, split, batch_size, *, shuffle, seed, mode, domains, label_key, drop_remainder,
-                       shard=(0, 1)):
+def in_memory_index_batches(schema: Schema, split: str, batch_size: int, *, shuffle: bool, seed: int, mode: str,
+                            domains: list[int], label_key: str, drop_remainder: bool, shard=(0, 1)):
+    """The in-memory input path as columns plus a dataset of row-index batches.
+
+    Returns ``(columns, labels, index_ds)``: ``columns`` maps feature names to [N] arrays,
+    ``labels`` is [N, 1], and ``index_ds`` yields int64 index batches [B] in the order
+    ``make_dataset(..., in_memory=True)`` serves them (it gathers these rows). The fused
+    trainer (``mdr_tf.fused``) gathers the rows inside its compiled loop instead.
+    """
     feats, labels = _cached_arrays(schema, split, label_key, domains)
     if shard[1] > 1:
         feats = {k: v[shard[0]::shard[1]] for k, v in feats.items()}
         labels = labels[shard[0]::shard[1]]
-    cols = {k: tf.constant(v) for k, v in feats.items()}
-    lab = tf.constant(labels.reshape(-1, 1))
-
-    def take(idx):
-        return {k: tf.gather(v, idx) for k, v in cols.items()}, tf.gather(lab, idx)
 
     def index_batches(idx: np.ndarray, s: int) -> tf.data.Dataset:
         # One permutation op per epoch (not a per-element shuffle buffer): the epoch's
@@ -185,7 +187,10 @@ def _in_memory_dataset(schema, split, batch_size, *, shuffle, seed, mode, domain
             perm = (tf.random.experimental.stateless_shuffle(idx_t, seed=tf.stack([tf.constant(s, tf.int64),
                                                                                    epoch_seed]))
                     if shuffle else idx_t)
-            return tf.data.Dataset.range(nb).map(lambda i: perm[i * batch_size:(i + 1) * batch_size])
+            ds = tf.data.Dataset.range(nb).map(lambda i: perm[i * batch_size:(i + 1) * batch_size])
+            if drop_remainder:  # a static batch size, as ``batch(..., drop_remainder=True)`` gives
+                ds = ds.map(lambda b: tf.ensure_shape(b, [batch_size]))
+            return ds
 
         return (tf.data.Dataset.random(seed=s, rerandomize_each_iteration=True).take(1)
                 .flat_map(batches))
@@ -203,6 +208,17 @@ def _in_memory_dataset(schema, split, batch_size, *, shuffle, seed, mode, domain
             ds = per[0]
             for other in per[1:]:
                 ds = ds.concatenate(other)
+    return feats, labels.reshape(-1, 1), ds
+
+
+def _in_memory_dataset(schema, split, batch_size, **kwargs):
+    feats, labels, ds = in_memory_index_batches(schema, split, batch_size, **kwargs)
+    cols = {k: tf.constant(v) for k, v in feats.items()}
+    lab = tf.constant(labels)
+
+    def take(idx):
+        return {k: tf.gather(v, idx) for k, v in cols.items()}, tf.gather(lab, idx)
+
     return ds.map(take, num_parallel_calls=tf.data.AUTOTUNE)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from mdr_tf import metrics as M
-from mdr_tf.data import _cached_arrays, make_dataset
+from mdr_tf.data import IN_MEMORY_MAX_VALUES, _cached_arrays, in_memory_index_batches, make_dataset
 from mdr_tf.schema import Schema
 
 
@@ -31,7 +31,13 @@ class TrainConfig:
       min_delta: improvement must exceed this (MLoRA: strict ``>``, i.e. 0).
       seed: trial seed (weights init, input order, dropout).
       mode: "mixed" or "single_domain" batches.
-      steps_per_execution: train steps per compiled call (amortises per-step overhead).
+      steps_per_execution: train steps per compiled call (amortises per-step overhead);
+        1 under a ``tf.distribute`` strategy (see ``compile_model``).
+      fused: in ``fit``, run those ``steps_per_execution`` steps as one XLA program that
+        gathers its batches from the in-memory columns itself (``mdr_tf.fused``), when
+        the run allows it: one device, XLA on, the in-memory input path, full batches.
+        Same batches, updates and results as Keras' loop; ~1.2-1.5x faster for the small
+        models here (docs/benchmarks.md). Otherwise Keras' ``steps_per_execution`` loop.
       jit_compile: XLA-compile the train step ("auto" = on unless the model says no).
       eval_batch_size: batch size for validation / test prediction.
       verbose: Keras fit verbosity.
@@ -55,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     mode: str = "mixed"
     steps_per_execution: int = 16
+    fused: bool = True
     jit_compile: Any = "auto"
     eval_batch_size: int = 4096
     verbose: int = 0
@@ -113,15 +120,17 @@ def predict_arrays(model: keras.Model, feats: dict[str, np.ndarray], batch_size:
 
 
 def predict_split(model: keras.Model, schema: Schema, split: str, batch_size: int = 4096,
-                  label_key: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Predictions of a whole split: (labels, probabilities, domains)."""
+                  label_key: str | None = None,
+                  domains: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predictions of a whole split (of ``domains`` only, if given): (labels, probabilities, domains)."""
     feats, labels = _cached_arrays(schema, split, label_key or schema.label_keys[0],
-                                   list(range(schema.num_domains)))
+                                   list(range(schema.num_domains)) if domains is None else list(domains))
     return labels, predict_arrays(model, feats, batch_size), feats[schema.domain_key]
 
 
-def evaluate_split(model: keras.Model, schema: Schema, split: str, batch_size: int = 4096) -> dict[str, float]:
-    y, p, d = predict_split(model, schema, split, batch_size)
+def evaluate_split(model: keras.Model, schema: Schema, split: str, batch_size: int = 4096,
+                   domains: list[int] | None = None) -> dict[str, float]:
+    y, p, d = predict_split(model, schema, split, batch_size, domains=domains)
     return M.evaluate(y, p, d, schema.num_domains)
 
 
@@ -130,13 +139,15 @@ class ExactEarlyStopping(keras.callbacks.Callback):
 
     Logs ``val_auc_exact`` / ``val_mean_auc_exact`` / ``val_logloss_exact`` into the
     epoch logs. (Keras' ``EarlyStopping`` keeps the last weights when training ends
-    without triggering; here the best-validation weights are always restored.)
+    without triggering; here the best-validation weights are always restored.) With
+    ``domains``, only those domains' validation data is evaluated.
     """
 
     def __init__(self, schema: Schema, monitor: str = "auc", patience: int = 2, min_delta: float = 0.0,
                  batch_size: int = 4096, log: Callable[[str], None] | None = None,
-                 restore_on_train_end: bool = True):
+                 restore_on_train_end: bool = True, domains: list[int] | None = None):
         super().__init__()
+        self.domains = None if domains is None else list(domains)
         self.restore_on_train_end = restore_on_train_end
         self.stopped = False
         if monitor not in ("auc", "mean_auc", "wauc"):
@@ -150,7 +161,7 @@ class ExactEarlyStopping(keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        res = evaluate_split(self.model, self.schema, "valid", self.batch_size)
+        res = evaluate_split(self.model, self.schema, "valid", self.batch_size, domains=self.domains)
         value = res[self.monitor]
         row = {"epoch": epoch + 1, "val_auc": res["auc"], "val_mean_auc": res["mean_auc"],
                "val_logloss": res["logloss"], "loss": float((logs or {}).get("loss", float("nan")))}
@@ -194,9 +205,14 @@ def compile_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     if jit == "auto":
         # XLA is off under tf.distribute (as Keras' own "auto" does).
         jit = getattr(model, "supports_jit", True) and not _is_distributed()
+    # Under a strategy one step per call: Keras 3.15's multi-step loop (a tf.cond inside a
+    # tf.while_loop around the replicated step) fails with two or more replicas, in one
+    # process or several ("You must feed a value for placeholder tensor
+    # 'while/cond/Placeholder_...'"; looks like keras-team/keras#19246).
+    spe = 1 if _is_distributed() else cfg.steps_per_execution
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, epsilon=cfg.adam_epsilon),
                   loss=keras.losses.BinaryCrossentropy(), jit_compile=bool(jit),
-                  steps_per_execution=cfg.steps_per_execution)
+                  steps_per_execution=spe)
     return model
 
 
@@ -217,6 +233,115 @@ def _checkpoint_dir_for_this_worker(directory: str) -> str:
                                             and "chief" not in tf_config.get("cluster", {}))):
         return os.path.join(directory, f"worker-{task.get('index', 0)}")
     return directory
+
+
+def _fully_built(model: keras.Model) -> bool:
+    """Whether the model's layers, compiled loss / metrics and optimizer all have their state."""
+    return (all(layer.built for layer in model._flatten_layers())
+            and (model._compile_loss is None or model._compile_loss.built)
+            and (model._compile_metrics is None or model._compile_metrics.built)
+            and (model.optimizer is None or model.optimizer.built))
+
+
+def _distributed_steps_per_epoch(schema: Schema, cfg: TrainConfig) -> int | None:
+    """Steps of one distributed epoch: the global batches the train split holds.
+
+    "mixed": ``train examples // global batch`` (with the in-memory every-n-th-example
+    shards that is exactly each pipeline's number of full per-replica batches);
+    "single_domain": the sum of that over domains. ``None`` without dataset counts.
+    """
+    if not schema.raw:
+        return None
+    counts = schema.counts("train")
+    if cfg.mode == "single_domain":
+        return max(1, sum(c // cfg.batch_size for c in counts))
+    return max(1, sum(counts) // cfg.batch_size)
+
+
+def _prepare_distributed_fit(model: keras.Model, schema: Schema, strategy: tf.distribute.Strategy) -> None:
+    """Makes ``model.fit`` work on a multi-worker distributed dataset (Keras 3.15 workaround).
+
+    A model created under a strategy scope runs ``_maybe_symbolic_build(iterator=...)``
+    at the start of every ``fit``: it takes the first batch of the *distributed* dataset
+    and, to learn the input shapes, calls ``strategy.reduce("MEAN", batch)`` on the whole
+    structure of ``PerReplica`` features. With one worker that reduce returns its input
+    unchanged; with two or more MultiWorkerMirroredStrategy workers it becomes a
+    cross-worker all-reduce of a dict, which fails ("Attempt to convert a value
+    ({...: PerReplica...}) ... to a Tensor"; keras-team/keras#20585). The build needs only
+    shapes, so this builds every piece of state (layers, compiled loss and metrics,
+    optimizer) from one ordinary local batch, under the strategy's scope, and makes the
+    model's ``_maybe_symbolic_build`` skip the shape probe while everything is built (it
+    still falls back to Keras' own when something is not, e.g. after a recompile).
+
+    A second multi-worker defect follows in the compiled step: Keras reduces the step's
+    logs (the scalar loss-tracker result) across workers with
+    ``strategy.reduce("MEAN", v, axis=0)``, which rejects a scalar ("Invalid reduction
+    dimension 0 for input with 0 dimensions"). Under multi-worker collectives the model's
+    ``train_step`` therefore returns every scalar log as a 1-element vector; the
+    ``axis=0`` mean over replicas turns it back into the same scalar Keras logs with one
+    worker. Training itself (loss scaling by ``1 / replicas``, gradient all-reduce) is
+    Keras' unchanged.
+    """
+    if not _fully_built(model):
+        with strategy.scope():
+            model._symbolic_build(data_batch=next(iter(make_dataset(schema, "train", 8, shuffle=False,
+                                                                     in_memory=False))))
+    if "_maybe_symbolic_build" not in vars(model):
+        keras_build = model._maybe_symbolic_build
+
+        def maybe_symbolic_build(iterator=None, data_batch=None):
+            if not _fully_built(model):
+                keras_build(iterator=iterator, data_batch=data_batch)
+
+        model._maybe_symbolic_build = maybe_symbolic_build
+    if _in_multi_worker_mode(strategy) and "train_step" not in vars(model):
+        keras_step = model.train_step
+
+        def train_step(data):
+            logs = keras_step(data)
+            return keras.tree.map_structure(
+                lambda v: tf.reshape(v, [1]) if isinstance(v, tf.Tensor) and v.shape.rank == 0 else v, logs)
+
+        model.train_step = train_step
+
+
+def _in_multi_worker_mode(strategy: tf.distribute.Strategy | None = None) -> bool:
+    strategy = strategy or tf.distribute.get_strategy()
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
+def _saved_epochs(directory: str) -> int:
+    """Finished epochs recorded in a checkpoint folder (as ``_load_state`` would restore)."""
+    import json
+    import os
+
+    for final in (os.path.join(directory, "state"), os.path.join(directory, "state.old")):
+        if os.path.exists(os.path.join(final, "state.json")):
+            with open(os.path.join(final, "state.json")) as f:
+                return int(json.load(f)["epochs_done"])
+    return 0
+
+
+def _check_workers_resume_together(start: int) -> None:
+    """Raises unless every multi-worker worker resumes after the same epoch.
+
+    Each worker restores its own checkpoint folder; a crash between two workers' saves
+    can leave them an epoch apart, and workers that resume differently run different
+    collective ops (restoring builds the optimizer's variables, a broadcast) and would
+    fail obscurely or train different step counts. Called before anything is restored;
+    one all-reduce compares them: the sum equals ``replicas * start`` on every worker
+    only when all agree.
+    """
+    strategy = tf.distribute.get_strategy()
+    if not _in_multi_worker_mode(strategy):
+        return
+    total = strategy.reduce("SUM", strategy.run(lambda: tf.constant(float(start))), axis=None)
+    n = strategy.num_replicas_in_sync
+    if abs(float(total) - n * start) > 0.5:
+        raise RuntimeError(f"multi-worker resume: this worker's checkpoint is after epoch {start}, but the "
+                           f"replicas' epochs sum to {float(total):g} over {n} replicas; delete the newer "
+                           "checkpoint folders so that all workers restart from the same epoch")
 
 
 def reseed_layers(model: keras.Model, seed: int) -> None:
@@ -286,9 +411,29 @@ def _load_state(model: keras.Model, stopper: ExactEarlyStopping, directory: str)
     return int(state["epochs_done"])
 
 
+def _fused_input(schema: Schema, cfg: TrainConfig, domains: list[int] | None):
+    """The in-memory ``(features, labels)`` of the train split when ``fit`` can fuse steps, else None.
+
+    Fusing needs one device, the in-memory input path and full batches in every domain
+    (the ``drop_remainder`` condition of ``fit``); XLA is checked after compiling.
+    """
+    if not cfg.fused or cfg.steps_per_execution <= 1 or _is_distributed() or not schema.raw:
+        return None
+    doms = list(range(schema.num_domains)) if domains is None else list(domains)
+    counts = [schema.counts("train")[d] for d in doms]
+    if min([c for c in counts if c] or [0]) < 2 * cfg.batch_size:
+        return None
+    if sum(counts) * (len(schema.features) + 2) > IN_MEMORY_MAX_VALUES:
+        return None
+    feats, labels, _ = in_memory_index_batches(schema, "train", cfg.batch_size, shuffle=False, seed=0,
+                                               mode=cfg.mode, domains=doms, label_key=schema.label_keys[0],
+                                               drop_remainder=True)
+    return feats, labels
+
+
 def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | None = None,
         log: Callable[[str], None] | None = None, compile: bool = True,
-        stopper: ExactEarlyStopping | None = None) -> ExactEarlyStopping:
+        stopper: ExactEarlyStopping | None = None, domains: list[int] | None = None) -> ExactEarlyStopping:
     """Fits ``model`` on the train split, epoch by epoch, with exact early stopping.
 
     Each epoch reads the training data in an order fixed by ``epoch_seed(cfg.seed, epoch)``
@@ -305,15 +450,31 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
       compile: compile the model first (with ``compile_model``).
       stopper: an ``ExactEarlyStopping`` to use (e.g. seeded with a previous stage's best
         value); by default a new one from ``cfg``.
+      domains: train on these domains' data only (default: all; not under a
+        ``tf.distribute`` strategy); a default stopper then evaluates only these domains.
     """
+    if domains is not None and _is_distributed():
+        raise ValueError("fit(domains=...) is not supported under a tf.distribute strategy")
+    fused = _fused_input(schema, cfg, domains)
     if compile:
-        compile_model(model, cfg)
+        compile_model(model, dataclasses.replace(cfg, steps_per_execution=1) if fused else cfg)
+    if fused is not None and not (model.jit_compile and model.steps_per_execution == 1):
+        fused = None  # XLA off, or compiled by the caller for Keras' multi-step loop
+    if fused is not None:
+        from mdr_tf.fused import install_fused_train_function
+
+        feats, labels = fused
+        install_fused_train_function(model, ({k: v[:cfg.batch_size] for k, v in feats.items()},
+                                             labels[:cfg.batch_size]), columns=fused)
     if stopper is None:
-        stopper = ExactEarlyStopping(schema, cfg.monitor, cfg.patience, cfg.min_delta, cfg.eval_batch_size, log)
+        stopper = ExactEarlyStopping(schema, cfg.monitor, cfg.patience, cfg.min_delta, cfg.eval_batch_size, log,
+                                     domains=domains)
     stopper.restore_on_train_end = False
     cbs = [stopper] + list(callbacks or [])
     if cfg.tensorboard_dir:
         cbs.append(keras.callbacks.TensorBoard(log_dir=cfg.tensorboard_dir, write_graph=False))
+    if cfg.checkpoint_dir:
+        _check_workers_resume_together(_saved_epochs(_checkpoint_dir_for_this_worker(cfg.checkpoint_dir)))
     start = _load_state(model, stopper, _checkpoint_dir_for_this_worker(cfg.checkpoint_dir)) \
         if cfg.checkpoint_dir else 0
     if start and log:
@@ -325,22 +486,36 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
         keras.utils.set_random_seed(s)
         reseed_layers(model, s)
         if _is_distributed():
-            # Keras 3.15 builds the compiled loss from the first batch with
-            # ``_symbolic_build``, which cannot read a multi-worker ``PerReplica`` batch;
-            # building it from one ordinary batch first avoids that path.
-            model._symbolic_build(data_batch=next(iter(make_dataset(schema, "train", 8, shuffle=False))))
             strategy = tf.distribute.get_strategy()
+            _prepare_distributed_fit(model, schema, strategy)
+            # Every input pipeline repeats its shard and every worker runs the same number of
+            # steps: with finite per-worker datasets a worker whose shard ends first would be
+            # fed empty batches (tf.distribute's multi-worker partial-batch handling).
+            steps = _distributed_steps_per_epoch(schema, cfg)
             train = strategy.distribute_datasets_from_function(
                 lambda ctx, s=s: make_dataset(schema, "train", ctx.get_per_replica_batch_size(cfg.batch_size), seed=s,
-                                              mode=cfg.mode, drop_remainder=True, input_context=ctx))
+                                              mode=cfg.mode, drop_remainder=True, repeat=steps is not None,
+                                              input_context=ctx))
+            model.fit(train, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps, callbacks=cbs,
+                      verbose=cfg.verbose)
         else:
             # drop_remainder: a final partial batch would make XLA compile the step a second
             # time; the dropped examples (< batch_size) differ every epoch.
-            drop = bool(schema.raw) and min(c for c in schema.counts("train") if c) >= 2 * cfg.batch_size
-            train = make_dataset(schema, "train", cfg.batch_size, seed=s, mode=cfg.mode, drop_remainder=drop)
-        model.fit(train, initial_epoch=epoch, epochs=epoch + 1, callbacks=cbs, verbose=cfg.verbose)
+            counts = [c for k, c in enumerate(schema.counts("train")) if domains is None or k in domains] \
+                if schema.raw else []
+            drop = bool(schema.raw) and min([c for c in counts if c] or [0]) >= 2 * cfg.batch_size
+            if fused is not None:  # row-index blocks [K, B]; the compiled loop gathers the rows
+                train = in_memory_index_batches(
+                    schema, "train", cfg.batch_size, shuffle=True, seed=s, mode=cfg.mode,
+                    domains=list(range(schema.num_domains)) if domains is None else list(domains),
+                    label_key=schema.label_keys[0], drop_remainder=True)[2].batch(cfg.steps_per_execution)
+            else:
+                train = make_dataset(schema, "train", cfg.batch_size, seed=s, mode=cfg.mode, domains=domains,
+                                     drop_remainder=drop)
+            model.fit(train, initial_epoch=epoch, epochs=epoch + 1, callbacks=cbs, verbose=cfg.verbose)
         if cfg.checkpoint_dir:
             _save_state(model, stopper, epoch, _checkpoint_dir_for_this_worker(cfg.checkpoint_dir))
+    stopper.set_model(model)  # unset when a resumed run had no epoch left to fit
     stopper.restore_best()
     return stopper
 
