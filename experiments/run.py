@@ -144,13 +144,13 @@ class TrialLog:
     processes or machines and copied together), appends to its own file only.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, pattern: str = "trials*.jsonl"):
         import glob
 
         self.path = path
         self.rows: list[dict[str, Any]] = []
         seen = set()
-        for p in sorted(glob.glob(os.path.join(os.path.dirname(path) or ".", "trials*.jsonl"))):
+        for p in sorted(glob.glob(os.path.join(os.path.dirname(path) or ".", pattern))):
             self._read(p, seen)
 
     def _read(self, path: str, seen: set) -> None:
@@ -177,8 +177,14 @@ class TrialLog:
         return None
 
     def append(self, row: dict[str, Any]) -> None:
+        """Appends one line; first ends a line cut by a kill, so the new row stays readable."""
+        cut = False
+        if os.path.exists(self.path) and os.path.getsize(self.path):
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(("\n" if cut else "") + json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.rows.append(row)

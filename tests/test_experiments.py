@@ -111,3 +111,15 @@ def test_changed_registry_default_reruns_trials(tmp_path, synth_dir, monkeypatch
     monkeypatch.setattr(training, "run_trial", lambda *a, **k: calls.append(a) or real(*a, **k))
     _run(tmp_path, synth_dir, trials=1)
     assert len(calls) == 1
+
+
+def test_trial_log_appends_after_a_line_cut_by_a_kill(tmp_path):
+    from experiments.run import TrialLog
+
+    path = tmp_path / "trials.jsonl"
+    path.write_text('{"key": "a", "auc": 0.7}\n{"key": "b", "au')  # killed mid-write
+    log = TrialLog(str(path))
+    assert [r["key"] for r in log.rows] == ["a"]
+    log.append({"key": "c", "auc": 0.8})
+    again = TrialLog(str(path))
+    assert [r["key"] for r in again.rows] == ["a", "c"]  # "c" is not glued onto the cut line
