@@ -138,7 +138,7 @@ def test_bad_arguments(base_schema):
         add_domain(ple)
 
 
-@pytest.mark.parametrize("name,jit", [("mlora_bn", True), ("star", False)])  # XLA: fit's fused K-step path
+@pytest.mark.parametrize("name,jit", [("mlora_bn", True), ("star", False)])  # XLA-compiled train step or not
 def test_onboarding_trains_only_the_new_domain(name, jit, base_schema, synth_schema, test_rows, tmp_path):
     base = _base(name, base_schema)
     old_rows, new_rows = test_rows
