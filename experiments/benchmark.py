@@ -79,7 +79,7 @@ def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_pe
                                          jit_compile=jit))
         if fused:  # what mdr_tf.training.fit does (TrainConfig.fused)
             from mdr_tf.data import in_memory_index_batches
-            from mdr_tf.fused import install_fused_train_function
+            from mdr_tf.fused import install_on_columns
 
             def index_blocks():
                 return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
@@ -87,8 +87,7 @@ def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_pe
                                                label_key=schema.label_keys[0], drop_remainder=True)
 
             feats, labels, _ = index_blocks()
-            install_fused_train_function(model, ({k: v[:batch_size] for k, v in feats.items()}, labels[:batch_size]),
-                                         jit_compile=model.jit_compile, columns=(feats, labels))
+            install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
             ds = index_blocks()[2].batch(steps_per_execution)
             n_fit = (n // batch_size) * batch_size
 

@@ -99,3 +99,13 @@ def install_fused_train_function(model: keras.Model, example_batch: Any, jit_com
         return compiled(next(iterator))
 
     model.train_function = train_function
+
+
+def install_on_columns(model: keras.Model, features: dict[str, Any], labels: Any, batch_size: int,
+                       jit_compile: bool = True) -> None:
+    """``install_fused_train_function`` for index-block datasets over in-memory columns.
+
+    The example batch is the first ``batch_size`` rows of the columns.
+    """
+    example = ({k: v[:batch_size] for k, v in features.items()}, labels[:batch_size])
+    install_fused_train_function(model, example, jit_compile=jit_compile, columns=(features, labels))

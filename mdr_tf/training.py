@@ -461,11 +461,9 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
     if fused is not None and not (model.jit_compile and model.steps_per_execution == 1):
         fused = None  # XLA off, or compiled by the caller for Keras' multi-step loop
     if fused is not None:
-        from mdr_tf.fused import install_fused_train_function
+        from mdr_tf.fused import install_on_columns
 
-        feats, labels = fused
-        install_fused_train_function(model, ({k: v[:cfg.batch_size] for k, v in feats.items()},
-                                             labels[:cfg.batch_size]), columns=fused)
+        install_on_columns(model, *fused, cfg.batch_size)
     if stopper is None:
         stopper = ExactEarlyStopping(schema, cfg.monitor, cfg.patience, cfg.min_delta, cfg.eval_batch_size, log,
                                      domains=domains)
