@@ -21,7 +21,8 @@ time (the CPU figure is the steadier one on a shared machine).
 Usage: ``python -m experiments.bench_routing [--batch 512] [--domains 3 10] [--iters 100] [--threads 1]``
 
 ``--models dnn star ... --data_dir DIR`` instead times whole models' training (samples/s,
-ratios to the first model).
+ratios to the first model). ``--mlora_inference`` instead times one ``MLoRADense`` at
+inference with the fused and the per-domain (D-invariant) matmuls.
 """
 
 from __future__ import annotations
@@ -202,6 +203,33 @@ def model_throughput(names: list[str], data_dir: str, batch: int = 512, steps: i
     return rows
 
 
+def mlora_inference(shapes: list[tuple[int, int, int, int, int]], iters: int, emit=None) -> list[tuple]:
+    """Forward time of one ``MLoRADense`` at inference, per-domain matmuls (default,
+    D-invariant) vs the fused ``[n, D·r]`` matmul (``per_domain_inference=False``).
+
+    ``shapes``: (B, n, u, r, D). Returns (shape, fused wall, fused cpu, per-domain wall,
+    per-domain cpu) rows, ms per call.
+    """
+    from mdr_tf.layers.mechanisms.mlora import MLoRADense
+
+    rows = []
+    for batch, n, u, r, d in shapes:
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.normal(size=(batch, n)).astype("float32"))
+        dom = tf.constant(rng.integers(0, d, batch).astype("int32"))
+        times = []
+        for per_domain in (False, True):
+            layer = MLoRADense(u, num_domains=d, rank=r, per_domain_inference=per_domain)
+            layer.build((None, n))
+            layer.lora_b.assign(rng.normal(size=(d, r, u)).astype("float32"))
+            fn = tf.function(lambda x, dom, layer=layer: layer(x, {"domain": dom}, training=False))
+            times += list(_time(fn, (x, dom), iters))
+        rows.append(((batch, n, u, r, d), *times))
+        if emit:
+            emit(rows[-1])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=512)
@@ -211,7 +239,20 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=None,
                    help="instead: training samples/s of these registered models (TF default threads)")
     p.add_argument("--data_dir", default="data/ml100k", help="prepared dataset whose schema --models uses")
+    p.add_argument("--mlora_inference", action="store_true",
+                   help="instead: MLoRADense inference, fused vs per-domain matmuls (TF default threads)")
     a = p.parse_args()
+    if a.mlora_inference:
+        print("MLoRADense forward at inference incl. the shared matmul, ms per call (min of 5 blocks)")
+        print(f"{'B, n -> u, r, D':<24}{'fused wall':>11}{'cpu':>8}{'per-domain wall':>17}{'cpu':>8}")
+
+        def emit_mlora(row):
+            (b, n, u, r, d), fw, fc, pw, pc = row
+            print(f"{f'{b}, {n} -> {u}, {r}, {d}':<24}{fw:>11.3f}{fc:>8.3f}{pw:>17.3f}{pc:>8.3f}", flush=True)
+
+        mlora_inference([(4096, 80, 128, 8, 3), (4096, 128, 64, 4, 3), (1, 80, 128, 8, 3), (512, 80, 128, 8, 3),
+                         (4096, 80, 128, 8, 10)], a.iters, emit=emit_mlora)
+        return
     if a.models:
         print(f"training samples/s, batch {a.batch}, XLA, 16 steps/execution, cached random inputs "
               f"({a.data_dir} schema); best of 3")

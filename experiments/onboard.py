@@ -44,8 +44,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("holdout", None, "Domain id to hold out (default: the domain with the fewest training "
                          "examples).")
     flags.DEFINE_string("init_from", "mean", "New domain's slices: 'mean', 'init' or an existing domain id.")
-    flags.DEFINE_boolean("exact", True, "Build models with their per-sample routing where one exists (MLoRA: "
-                         "routing='gather'), so that old domains' predictions stay bit-identical.")
     flags.DEFINE_boolean("unseen_ids", True, "Also onboard with the embedding rows of ids only the held-out domain "
                          "has trainable.")
     flags.DEFINE_integer("trials", 2, "Trials (seeds).")
@@ -112,16 +110,8 @@ def holdout_dataset(schema, holdout: int, output_dir: str):
     return Schema.load(output_dir), order
 
 
-def _model_kwargs(name: str, exact: bool, embedding_dim: int, extra: dict[str, Any]) -> dict[str, Any]:
-    from mdr_tf import registry
-
-    spec = registry.get(name)
-    kwargs: dict[str, Any] = {"embedding_dim": embedding_dim}
-    if exact and spec.builder.endswith("mlora:mlora_model"):
-        # One [n, D·r] matmul over all domains' LoRA blocks rounds differently with D + 1
-        # domains; the per-sample gather computes each row the same way for any D.
-        kwargs["block_config"] = {**spec.defaults.get("block_config", {}), "routing": "gather"}
-    return {**kwargs, **extra}
+def _model_kwargs(embedding_dim: int, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"embedding_dim": embedding_dim, **extra}
 
 
 def _domain_aucs(res: dict[str, float], order: list[int]) -> dict[int, float]:
@@ -269,7 +259,7 @@ def _atomic_write(path: str, text: str) -> None:
 
 def run(*, dataset: str = "ml100k", raw_path: str | None = None, data_dir: str = "data",
         dataset_options: dict[str, Any] | None = None, model: str = "mlora", holdout: int | None = None,
-        init_from: int | str = "mean", exact: bool = True, unseen: bool = True, trials: int = 2,
+        init_from: int | str = "mean", unseen: bool = True, trials: int = 2,
         seed_base: int = 0, train_kwargs: dict[str, Any] | None = None, onboard_epochs: int | None = None,
         embedding_dim: int = 16, model_args: dict[str, Any] | None = None, output: str | None = None,
         log=print) -> dict[str, Any]:
@@ -289,7 +279,7 @@ def run(*, dataset: str = "ml100k", raw_path: str | None = None, data_dir: str =
     log(f"{dataset}: {schema.num_domains} domains {list(schema.domain_names)}; held out: {holdout} "
         f"({schema.domain_names[holdout]}); data {perm.directory} ({time.time() - t0:.1f}s)")
     train_kwargs = dict(train_kwargs or {})
-    kwargs = _model_kwargs(model, exact, embedding_dim, dict(model_args or {}))
+    kwargs = _model_kwargs(embedding_dim, dict(model_args or {}))
     rows = []
     for t in range(trials):
         seed = seed_base + t
@@ -324,7 +314,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         run(dataset=FLAGS.dataset, raw_path=FLAGS.raw_path, data_dir=FLAGS.data_dir,
             dataset_options=_parse_options(FLAGS.dataset_options), model=FLAGS.model, holdout=FLAGS.holdout,
-            init_from=init_from, exact=FLAGS.exact, unseen=FLAGS.unseen_ids, trials=FLAGS.trials,
+            init_from=init_from, unseen=FLAGS.unseen_ids, trials=FLAGS.trials,
             seed_base=FLAGS.seed_base, train_kwargs=train_kwargs, onboard_epochs=FLAGS.onboard_epochs,
             embedding_dim=FLAGS.embedding_dim, model_args=model_args, output=FLAGS.output)
     except ValueError as e:

@@ -19,14 +19,13 @@
 Guarantee. Shared variables and the old domains' slices are bit-identical by
 construction. An old domain's *prediction* is bit-identical when, in addition, the
 model computes an old-domain row with the same floating-point operations whatever the
-number of domains: true for models whose domains enter through gathers / per-domain
-tiles (DNN & backbones, MLoRA with ``routing="gather"``, STAR, Shared-Bottom, MMoE, PLE,
-PEPNet, M2M, MI-DPG, AdaSparse, APG); not for computations whose matmul shapes grow with
-D (MLoRA's default ``routing="matmul"``: one ``[n, D·r]`` matmul; HAMUR-MLP's adapter on
-``[B, D, m]``; HierRec's Dense over the ``[D, d]`` scenario table; SAR-Net's
-``[n, D·P·u]`` experts): CPU matmul kernels then round a few entries differently (about
-1e-7). ``add_domain`` checks this on a probe batch at several batch sizes and raises
-(or warns) when old-domain predictions differ.
+number of domains. Every registry model does: domains enter through gathers, per-domain
+tiles, or per-domain matmuls whose shapes do not depend on D (MLoRA's ``"matmul"``
+routing at inference, HAMUR-MLP's adapter tower by tower, HierRec's scenario
+conditions row by row, SAR-Net's experts and gate block by block). One matmul over all
+domains' blocks would not: CPU matmul kernels round a few entries differently (about
+1e-7) when its shape grows. ``add_domain`` checks this on a probe batch at several batch
+sizes and raises (or warns) when old-domain predictions differ.
 
 Where a variable's domain slices lie (its ``DomainLayout``) is found structurally: the
 model's config is instantiated with D and D + 1 domains (vocabularies shrunk so that the
@@ -319,8 +318,9 @@ def add_domain(model: keras.Model, name: str | None = None, init_from: int | str
         if not same:
             msg = (f"{cls}: with {d + 1} domains the old domains' predictions differ on a probe batch "
                    f"(max |Δ| = {diff:.3g}): the model's computation for an old domain changes with the number "
-                   "of domains (e.g. one matmul over all domains' blocks, as MLoRA's routing='matmul'; use a "
-                   "per-sample routing such as MLoRA's 'gather'), or a variable was grown wrongly")
+                   "of domains (e.g. one matmul over all domains' blocks, as MLoRA with "
+                   "per_domain_inference=False; compute per domain or per sample), or a variable was grown "
+                   "wrongly")
             if verify == "warn":
                 warnings.warn(msg, stacklevel=2)
             else:

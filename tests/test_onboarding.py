@@ -15,15 +15,18 @@ import tensorflow as tf
 from mdr_tf import registry
 from mdr_tf.data import load_arrays
 from mdr_tf.export import export_saved_model
-from mdr_tf.onboarding import (MaskedAdam, add_domain, count_private_params, domain_layouts, onboard_domain,
-                               private_masks)
+from mdr_tf.onboarding import (MaskedAdam, add_domain, check_old_domains_unchanged, count_private_params,
+                               domain_layouts, onboard_domain, private_masks)
 from mdr_tf.training import TrainConfig, predict_arrays
 
-# Tiny models; MLoRA with its per-sample "gather" routing (its default "matmul" routing is
-# one [n, D·r] matmul whose rounding changes with D, see mdr_tf/onboarding.py).
+# Tiny models; MLoRA with both routings (the default "matmul" computes per-domain
+# matmuls at inference, so its predictions too are independent of D).
 MODELS = {
     "dnn": {"hidden_units": [16, 8]},
     "mlora": {"hidden_units": [16, 8], "block_config": {"alpha": 4, "routing": "gather"}},
+    "mlora_matmul": {"hidden_units": [16, 8], "block_config": {"alpha": 4}},
+    "mlora_dcn": {"hidden_units": [16, 8], "block_config": {"alpha": 4}},
+    "hierrec": {"global_units": 16, "condition_dim": 8, "som_units": [8, 8], "num_heads": 2},
     "mlora_bn": {"hidden_units": [16, 8], "block_config": {"alpha": 4, "routing": "gather"}, "batch_norm": True},
     "star": {"hidden_units": [16, 8], "aux_units": [4]},
     "ple": {"expert_units": [8], "tower_units": [4]},
@@ -34,7 +37,7 @@ MODELS = {
 
 
 def _registry_name(name: str) -> str:
-    return "mlora" if name == "mlora_bn" else name
+    return "mlora" if name in ("mlora_bn", "mlora_matmul") else name
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,8 @@ def _base(name: str, schema_cfg: dict, seed: int = 0, **overrides) -> keras.Mode
     return model
 
 
-@pytest.mark.parametrize("name", ["dnn", "mlora", "star", "ple", "pepnet"])
+@pytest.mark.parametrize("name", ["dnn", "mlora", "mlora_matmul", "mlora_dcn", "star", "ple", "pepnet", "hamur",
+                                  "hierrec", "sarnet"])
 def test_add_domain_keeps_old_predictions_bit_identical(name, base_schema, test_rows):
     base = _base(name, base_schema)
     new = add_domain(base, name="d2", init_from=0)
@@ -85,13 +89,24 @@ def test_add_domain_keeps_old_predictions_bit_identical(name, base_schema, test_
     np.testing.assert_array_equal(predict_arrays(new, as_new), predict_arrays(base, rows0))
 
 
+@pytest.mark.parametrize("name", registry.names())
+def test_every_registry_model_keeps_old_predictions(name, base_schema):
+    """Every model of the registry, with its registry defaults, computes an old domain's
+    row the same way with D + 1 domains (add_domain's own probe check, 4 batch sizes)."""
+    keras.utils.set_random_seed(0)
+    model = registry.get(name).build(base_schema, embedding_dim=8)
+    model.build()
+    _perturb(model, 1)
+    new = add_domain(model, name="d2", init_from="mean", verify=False)
+    same, diff = check_old_domains_unchanged(model, new)
+    assert same, f"{name}: old-domain predictions differ by up to {diff:.3g}"
+
+
 @pytest.mark.parametrize("name", ["mlora", "star", "hamur", "sarnet"])
 def test_grown_variables(name, base_schema, test_rows):
     base = _base(name, base_schema)
     layouts = domain_layouts(base)
-    # HAMUR-MLP's adapter (and SAR-Net's concatenated experts) compute on shapes that grow
-    # with D, so their predictions may differ by rounding: checked with a tolerance below.
-    new = add_domain(base, name="d2", init_from="mean", verify=False)
+    new = add_domain(base, name="d2", init_from="mean")
     assert len(new.weights) == len(base.weights)
     grown = 0
     for v, nv, lay in zip(base.weights, new.weights, layouts):
@@ -119,7 +134,7 @@ def test_grown_variables(name, base_schema, test_rows):
     if name == "sarnet":  # domain blocks on the last axis of [n, D·P·u]
         assert any(lay is not None and lay.axis == 1 for lay in layouts)
     old_rows, _ = test_rows
-    np.testing.assert_allclose(predict_arrays(new, old_rows), predict_arrays(base, old_rows), atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(predict_arrays(new, old_rows), predict_arrays(base, old_rows))
 
 
 def test_bad_arguments(base_schema):

@@ -27,6 +27,20 @@ def gather_domain_params(table, domain):
     return ops.take(table, ops.cast(domain, "int32"), axis=0)
 
 
+def per_row(fn, table):
+    """``concat_i fn(table[i:i+1])``: ``fn`` on each row of a small static table ([N, ...]).
+
+    Used where a per-domain table (``N = D``) passes through a matmul: the result of an
+    old domain's row then does not depend on how many rows the table has (one matmul
+    over all rows may round a row differently when the table grows, see
+    ``mdr_tf.onboarding``). Cheap for the small D of multi-domain models.
+    """
+    n = table.shape[0]
+    if n is None:
+        raise ValueError("per_row needs a table with a static number of rows")
+    return ops.concatenate([fn(table[i:i + 1]) for i in range(int(n))], axis=0)
+
+
 ROUTINGS = ("bucket", "stacked", "masked", "gather", "partition")
 BUCKET_SIZE = 32  # rows per tile of the "bucket" routing (measured: 32 is a good size on CPU)
 

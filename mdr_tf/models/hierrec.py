@@ -20,6 +20,7 @@ import keras
 from keras import ops
 
 from mdr_tf.layers.mechanisms.som import ScenarioOrientedModule
+from mdr_tf.layers.routing import per_row
 from mdr_tf.models.base import MultiDomainModel
 
 
@@ -109,7 +110,8 @@ class HierRec(MultiDomainModel):
         return ops.cast(self.embedding.table[start:end], self.compute_dtype)
 
     def _explicit_condition(self):
-        return self.sc_explicit(self.scenario_table())                       # [D, c]
+        # One scenario at a time: a scenario's condition does not depend on D (onboarding).
+        return per_row(self.sc_explicit, self.scenario_table())             # [D, c]
 
     def field_weights_from_ctx(self, ctx):
         """Field re-weighting ``w = softmax_F(reshape(FC(e_s), [G, F]))`` → [B, G, F]."""

@@ -308,13 +308,18 @@ class HyperAdapter(DomainHook):
 
     @staticmethod
     def _core_product(t, core):
-        # t: [B, k] or [B, D, k]; core: [B, k, k] → t H_b per sample.
-        if len(t.shape) == 2:
-            return ops.einsum("bk,bkj->bj", t, core)
-        return ops.einsum("bdk,bkj->bdj", t, core)
+        # t: [B, k]; core: [B, k, k] → t H_b per sample.
+        return ops.einsum("bk,bkj->bj", t, core)
 
     def adapter_output(self, h, core):
-        """``o = σ(((h U1) H) V1 + c1) U2 H V2 + c2`` (before the domain norm)."""
+        """``o = σ(((h U1) H) V1 + c1) U2 H V2 + c2`` (before the domain norm).
+
+        Stacked towers [B, D, m] are computed tower by tower: a tower's output then does
+        not depend on D, so adding a domain leaves the others' predictions bit-identical
+        (``mdr_tf.onboarding``); one op over [B, D, m] rounds differently as D grows.
+        """
+        if len(h.shape) == 3:
+            return ops.stack([self.adapter_output(h[:, d], core) for d in range(h.shape[1])], axis=1)
         dt = h.dtype
         core = ops.cast(core, dt)
         t = self._core_product(ops.matmul(h, ops.cast(self.u1, dt)), core)

@@ -37,9 +37,15 @@ class MLoRADense(DenseBlock):
     Routing of mixed-domain batches (``routing``):
 
     - ``"matmul"`` (default, faster on CPU in our measurement, see docs/models/mlora.md):
-      ``z = x [A_0 | … | A_{D-1}]`` as one ``[B, n] × [n, D·r]`` matmul, the columns of
-      other domains zeroed with a one-hot mask, then ``z [B_0; …; B_{D-1}]`` as one
-      ``[B, D·r] × [D·r, u]`` matmul. Exact: the masked terms contribute 0.
+      in training, ``z = x [A_0 | … | A_{D-1}]`` as one ``[B, n] × [n, D·r]`` matmul, the
+      columns of other domains zeroed with a one-hot mask, then ``z [B_0; …; B_{D-1}]``
+      as one ``[B, D·r] × [D·r, u]`` matmul. Exact: the masked terms contribute 0. At
+      inference, ``Σ_d (m_d ⊙ x A_d) B_d`` with one ``[B, n] × [n, r]`` matmul per domain
+      (``m_d`` the one-hot column): the same value up to float rounding, computed with
+      shapes that do not depend on D, so a domain's predictions stay bit-identical when
+      a domain is added (``mdr_tf.onboarding.add_domain``). This costs inference time
+      (measured in docs/models/mlora.md); ``per_domain_inference=False`` uses the
+      training path at inference too.
     - ``"gather"``: per-sample gather ``A_{s_b}`` ([B, n, r]) and ``B_{s_b}`` ([B, r, u])
       and two batched contractions.
 
@@ -62,6 +68,9 @@ class MLoRADense(DenseBlock):
         LoRA frozen at zero); see ``set_lora_trainable``.
       routing: "matmul" or "gather" (mixed batches).
       single_domain_batches: use the R2 path (domain of row 0) in training.
+      per_domain_inference: ``"matmul"`` routing at inference with one matmul per
+        domain (default; D-invariant predictions, needed by ``add_domain``) or, if
+        False, the fused all-domain matmuls of training.
     """
 
     def __init__(
@@ -79,6 +88,7 @@ class MLoRADense(DenseBlock):
         lora_trainable: bool = True,
         routing: str = "matmul",
         single_domain_batches: bool = False,
+        per_domain_inference: bool = True,
         **kwargs,
     ):
         super().__init__(units, num_domains, context_dims, use_bias, kernel_initializer, kernel_regularizer,
@@ -95,6 +105,7 @@ class MLoRADense(DenseBlock):
         self.lora_trainable = bool(lora_trainable)
         self.routing = routing
         self.single_domain_batches = bool(single_domain_batches)
+        self.per_domain_inference = bool(per_domain_inference)
         self.drop = keras.layers.Dropout(self.dropout, name="shared_dropout") if self.dropout > 0 else None
 
     def build(self, input_shape):
@@ -129,7 +140,7 @@ class MLoRADense(DenseBlock):
         self.lora_b.assign(ops.zeros(self.lora_b.shape, self.lora_b.dtype))
         self.lora_c.assign(ops.zeros(self.lora_c.shape, self.lora_c.dtype))
 
-    def lora_delta(self, x, domain):
+    def lora_delta(self, x, domain, training: bool | None = None):
         """The LoRA term ``(x A_d) B_d + c_d`` with mixed-batch routing ([B, u])."""
         d, n, r, u = self.num_domains, self.input_dim, self.r, self.units
         a = ops.cast(self.lora_a, x.dtype)
@@ -141,6 +152,11 @@ class MLoRADense(DenseBlock):
             b_b = ops.take(b, domain, axis=0)  # [B, r, u]
             z = ops.einsum("bn,bnr->br", x, a_b)
             return ops.einsum("br,bru->bu", z, b_b) + c
+        if not training and self.per_domain_inference:  # per-domain shapes: an old domain's output is unchanged when D grows
+            out = c
+            for k in range(d):  # other domains' terms are exact zeros
+                out = out + ops.matmul(ops.matmul(x, a[k]) * onehot[:, k:k + 1], b[k])
+            return out
         a_all = ops.reshape(ops.transpose(a, (1, 0, 2)), (n, d * r))  # [n, D·r], block d = A_d
         z = ops.matmul(x, a_all)  # [B, D·r]
         z = z * ops.repeat(onehot, r, axis=1)  # keep only the sample's own domain block
@@ -165,7 +181,7 @@ class MLoRADense(DenseBlock):
             shared = self.drop(shared, training=training)
         if self.single_domain_batches and training:
             return shared + self.single_domain_delta(x, domain)
-        return shared + self.lora_delta(x, domain)
+        return shared + self.lora_delta(x, domain, training=training)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -177,5 +193,6 @@ class MLoRADense(DenseBlock):
             "lora_trainable": self.lora_trainable,
             "routing": self.routing,
             "single_domain_batches": self.single_domain_batches,
+            "per_domain_inference": self.per_domain_inference,
         })
         return config

@@ -8,8 +8,9 @@ Recommendations", CIKM 2024 (arXiv 2309.02061, eqs. 1-2)::
 
 The module holds ``H`` independent generators ("heads", HierRec's G implicit SOMs run
 as one batched op). The condition is either per instance ``[B, H, c]`` or per scenario
-``[D, H, c]`` plus an ``index`` [B]: then the weights are generated D times and
-gathered (HierRec's explicit SOM, whose condition depends on the scenario only).
+``[D, H, c]`` plus an ``index`` [B]: then the weights are generated D times (one
+scenario at a time, so a scenario's weights do not depend on D) and gathered
+(HierRec's explicit SOM, whose condition depends on the scenario only).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, Sequence
 
 import keras
 from keras import ops
+
+from mdr_tf.layers.routing import per_row
 
 
 @keras.saving.register_keras_serializable(package="mdr_tf")
@@ -102,7 +105,11 @@ class ScenarioOrientedModule(keras.layers.Layer):
         out = []
         fan_in = self.input_dim
         for i, units in enumerate(self.units):
-            p = ops.einsum("nhc,hcx->nhx", cond, ops.cast(self.gen_kernels[i], cond.dtype))
+            kernel = ops.cast(self.gen_kernels[i], cond.dtype)
+            if index is None:
+                p = ops.einsum("nhc,hcx->nhx", cond, kernel)
+            else:  # per-scenario rows one by one: a scenario's weights do not depend on N (onboarding)
+                p = per_row(lambda row, kernel=kernel: ops.einsum("nhc,hcx->nhx", row, kernel), cond)
             p = p + ops.cast(self.gen_biases[i], cond.dtype)
             if index is not None:
                 p = ops.take(p, ops.cast(index, "int32"), axis=0)
