@@ -59,9 +59,9 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from data_prep.common import (DataError, FeatureDef, ShardSetWriter, StreamingWriter, StreamSource, UnitRunner,
+from data_prep.common import (run_prepare_cli, DataError, FeatureDef, ShardSetWriter, StreamingWriter, StreamSource, UnitRunner,
                               ValueCounts, Vocab, WorkDir, _empty_counts, byte_ranges, count_newlines,
                               existing_output, finish_streamed_dataset, fingerprint, gather_spans, iter_line_blocks,
                               line_spans, log, merge_counts, parse_float_spans, parse_int_spans, span_matrix,
@@ -924,25 +924,18 @@ def define_flags() -> None:
                       "preprocessed ali_ccp_{train,val,test}.csv (ids and dense values kept as they are).")
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    if not FLAGS.output_dir or not FLAGS.raw_path:
-        raise app.UsageError("--raw_path and --output_dir are required")
-    try:
-        prepare(FLAGS.output_dir, raw_path=FLAGS.raw_path, input_format=FLAGS.input_format, task=FLAGS.task,
-                min_freq=FLAGS.min_freq,
-                drop_click0_buy1=FLAGS.drop_click0_buy1, domain_as_feature=FLAGS.domain_as_feature,
-                dense=FLAGS.dense, dense_fit=FLAGS.dense_fit, valid_frac=FLAGS.valid_frac, seed=FLAGS.seed,
-                num_shards=FLAGS.num_shards, workers=FLAGS.workers, block_mb=FLAGS.block_mb,
-                check_num_features=FLAGS.check_num_features, skip_bad_rows=FLAGS.skip_bad_rows,
-                keep_work=FLAGS.keep_work)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+def _prepare_from_flags(f: flags.FlagValues) -> None:
+    prepare(f.output_dir, raw_path=f.raw_path, input_format=f.input_format, task=f.task,
+            min_freq=f.min_freq,
+            drop_click0_buy1=f.drop_click0_buy1, domain_as_feature=f.domain_as_feature,
+            dense=f.dense, dense_fit=f.dense_fit, valid_frac=f.valid_frac, seed=f.seed,
+            num_shards=f.num_shards, workers=f.workers, block_mb=f.block_mb,
+            check_num_features=f.check_num_features, skip_bad_rows=f.skip_bad_rows,
+            keep_work=f.keep_work)
 
 
 def cli() -> None:
-    define_flags()
-    app.run(main)
+    run_prepare_cli(define_flags, _prepare_from_flags)
 
 
 if __name__ == "__main__":

@@ -46,9 +46,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from absl import app, flags
+from absl import flags
 
-from data_prep.common import (check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
+from data_prep.common import (run_prepare_cli, check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
                               random_split, sha256_of_file, stratified_split, write_dataset)
 
 MLORA6 = ("Musical Instruments", "Office Products", "Patio Lawn and Garden", "Prime Pantry", "Toys and Games",
@@ -531,26 +531,19 @@ def define_flags() -> None:
     flags.DEFINE_boolean("skip_bad_rows", False, "Skip and count malformed lines instead of failing.")
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    if not FLAGS.output_dir or not FLAGS.raw_path:
-        raise app.UsageError("--raw_path and --output_dir are required")
+def _prepare_from_flags(f: flags.FlagValues) -> None:
     floats = lambda v: None if v is None else [float(x) for x in v]  # noqa: E731
-    try:
-        prepare(FLAGS.output_dir, raw_path=FLAGS.raw_path, recipe=FLAGS.recipe, release=FLAGS.release,
-                categories=FLAGS.categories, domain_source=FLAGS.domain_source, label_rule=FLAGS.label_rule,
-                dedupe=FLAGS.dedupe, neg_ratio_range=floats(FLAGS.neg_ratio_range),
-                neg_ratio_seed=FLAGS.neg_ratio_seed, neg_ratios=floats(FLAGS.neg_ratios),
-                category_map=FLAGS.category_map, category_level=FLAGS.category_level, meta_path=FLAGS.meta_path,
-                split_mode=FLAGS.split_mode, split_ratios=floats(FLAGS.split_ratios), seed=FLAGS.seed,
-                num_shards=FLAGS.num_shards, skip_bad_rows=FLAGS.skip_bad_rows)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    prepare(f.output_dir, raw_path=f.raw_path, recipe=f.recipe, release=f.release,
+            categories=f.categories, domain_source=f.domain_source, label_rule=f.label_rule,
+            dedupe=f.dedupe, neg_ratio_range=floats(f.neg_ratio_range),
+            neg_ratio_seed=f.neg_ratio_seed, neg_ratios=floats(f.neg_ratios),
+            category_map=f.category_map, category_level=f.category_level, meta_path=f.meta_path,
+            split_mode=f.split_mode, split_ratios=floats(f.split_ratios), seed=f.seed,
+            num_shards=f.num_shards, skip_bad_rows=f.skip_bad_rows)
 
 
 def cli() -> None:
-    define_flags()
-    app.run(main)
+    run_prepare_cli(define_flags, _prepare_from_flags)
 
 
 if __name__ == "__main__":

@@ -1230,3 +1230,26 @@ def split_delimited(buf: np.ndarray, sep: int, ncols: int):
     p = pos.reshape(n, ncols - 1)
     cols = [(rs, p[:, 0])] + [(p[:, i - 1] + 1, p[:, i]) for i in range(1, ncols - 1)] + [(p[:, -1] + 1, re_)]
     return rows, cols, bad
+
+
+def run_prepare_cli(define_flags: Callable[[], None], prepare_from_flags: Callable[[Any], Any],
+                    required: Sequence[str] = ("raw_path", "output_dir")) -> None:
+    """Shared absl entry point of the preprocessors: defines the flags, checks the
+    required ones, runs ``prepare_from_flags(FLAGS)`` and turns a ``DataError`` (bad input:
+    the message names the file, line or feature) into ``error: ...`` and exit status 1."""
+    from absl import app, flags
+
+    define_flags()
+
+    def main(argv: Sequence[str]) -> None:
+        del argv
+        missing = [name for name in required if not getattr(flags.FLAGS, name)]
+        if missing:
+            raise app.UsageError(" and ".join(f"--{name}" for name in required) + " are required"
+                                 if len(required) > 1 else f"--{required[0]} is required")
+        try:
+            prepare_from_flags(flags.FLAGS)
+        except DataError as e:
+            raise SystemExit(f"error: {e}")
+
+    app.run(main)

@@ -45,9 +45,9 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from data_prep.common import (SPLITS, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
+from data_prep.common import (run_prepare_cli, SPLITS, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
                               WorkDir, existing_output, finish_streamed_dataset, fingerprint, gather_spans,
                               iter_line_blocks, log, parse_float_spans, parse_int_spans, split_delimited,
                               write_vocab_file)
@@ -513,25 +513,18 @@ def define_flags() -> None:
     flags.DEFINE_boolean("keep_work", False, "Keep the work directory after success.")
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    if not FLAGS.output_dir or not FLAGS.raw_path:
-        raise app.UsageError("--raw_path and --output_dir are required")
-    try:
-        prepare(FLAGS.output_dir, raw_path=FLAGS.raw_path, round_id=FLAGS.round, train_files=FLAGS.train_files,
-                domain_field=FLAGS.domain_field, top_k_domains=FLAGS.top_k_domains, list_mode=FLAGS.list_mode,
-                max_list_items=FLAGS.max_list_items, features=FLAGS.features, dense=FLAGS.dense,
-                missing_as_oov=FLAGS.missing_as_oov, domain_as_feature=FLAGS.domain_as_feature,
-                valid_days=FLAGS.valid_days, test_days=FLAGS.test_days, tz_offset_hours=FLAGS.tz_offset_hours,
-                min_freq=FLAGS.min_freq, dedup=FLAGS.dedup, num_shards=FLAGS.num_shards, block_mb=FLAGS.block_mb,
-                skip_bad_rows=FLAGS.skip_bad_rows, keep_work=FLAGS.keep_work)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+def _prepare_from_flags(f: flags.FlagValues) -> None:
+    prepare(f.output_dir, raw_path=f.raw_path, round_id=f.round, train_files=f.train_files,
+            domain_field=f.domain_field, top_k_domains=f.top_k_domains, list_mode=f.list_mode,
+            max_list_items=f.max_list_items, features=f.features, dense=f.dense,
+            missing_as_oov=f.missing_as_oov, domain_as_feature=f.domain_as_feature,
+            valid_days=f.valid_days, test_days=f.test_days, tz_offset_hours=f.tz_offset_hours,
+            min_freq=f.min_freq, dedup=f.dedup, num_shards=f.num_shards, block_mb=f.block_mb,
+            skip_bad_rows=f.skip_bad_rows, keep_work=f.keep_work)
 
 
 def cli() -> None:
-    define_flags()
-    app.run(main)
+    run_prepare_cli(define_flags, _prepare_from_flags)
 
 
 if __name__ == "__main__":

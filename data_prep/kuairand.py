@@ -49,9 +49,9 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from data_prep.common import (check_split_ratios, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
+from data_prep.common import (run_prepare_cli, check_split_ratios, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
                               WorkDir, existing_output, finish_streamed_dataset, fingerprint, iter_line_blocks, log,
                               parse_int_spans, split_delimited, split_uniform, write_vocab_file)
 
@@ -485,24 +485,17 @@ def define_flags() -> None:
     flags.DEFINE_boolean("keep_work", False, "Keep the work directory after success.")
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    if not FLAGS.output_dir or not FLAGS.raw_path:
-        raise app.UsageError("--raw_path and --output_dir are required")
-    try:
-        prepare(FLAGS.output_dir, raw_path=FLAGS.raw_path, variant=FLAGS.variant, log_files=FLAGS.log_files,
-                tabs=[int(t) for t in FLAGS.tabs], tab_ids=FLAGS.tab_ids, video_features=FLAGS.video_features,
-                dense=FLAGS.dense, domain_as_feature=FLAGS.domain_as_feature, split_mode=FLAGS.split_mode,
-                split_ratios=[float(x) for x in FLAGS.split_ratios], seed=FLAGS.seed, fit_on=FLAGS.fit_on,
-                min_freq=FLAGS.min_freq, num_shards=FLAGS.num_shards, block_mb=FLAGS.block_mb,
-                skip_bad_rows=FLAGS.skip_bad_rows, keep_work=FLAGS.keep_work)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+def _prepare_from_flags(f: flags.FlagValues) -> None:
+    prepare(f.output_dir, raw_path=f.raw_path, variant=f.variant, log_files=f.log_files,
+            tabs=[int(t) for t in f.tabs], tab_ids=f.tab_ids, video_features=f.video_features,
+            dense=f.dense, domain_as_feature=f.domain_as_feature, split_mode=f.split_mode,
+            split_ratios=[float(x) for x in f.split_ratios], seed=f.seed, fit_on=f.fit_on,
+            min_freq=f.min_freq, num_shards=f.num_shards, block_mb=f.block_mb,
+            skip_bad_rows=f.skip_bad_rows, keep_work=f.keep_work)
 
 
 def cli() -> None:
-    define_flags()
-    app.run(main)
+    run_prepare_cli(define_flags, _prepare_from_flags)
 
 
 if __name__ == "__main__":

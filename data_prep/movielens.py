@@ -39,9 +39,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from absl import app, flags
+from absl import flags
 
-from data_prep.common import (check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
+from data_prep.common import (run_prepare_cli, check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
                               random_split, remap_domains, sha256_of_bytes, sha256_of_file, stratified_split,
                               write_dataset)
 from data_prep.sources import DEFAULT_CACHE, RawSource, fetch_recbole_wheel, parse_lines
@@ -517,24 +517,17 @@ def define_flags() -> None:
     flags.DEFINE_string("tfds_data_dir", None, "tfds data_dir for --source=tfds (default <cache_dir>/tfds).")
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir is required")
-    try:
-        prepare(FLAGS.output_dir, version=FLAGS.version, raw_path=FLAGS.raw_path, domain_scheme=FLAGS.domain_scheme,
-                label_rule=FLAGS.label_rule, features=FLAGS.features, split_mode=FLAGS.split_mode,
-                split_ratios=[float(x) for x in FLAGS.split_ratios], seed=FLAGS.seed, vocab_from=FLAGS.vocab_from,
-                num_shards=FLAGS.num_shards, verify=FLAGS.verify_counts, skip_bad_rows=FLAGS.skip_bad_rows,
-                cache_dir=FLAGS.cache_dir, source=FLAGS.source, tfds_data_dir=FLAGS.tfds_data_dir)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+def _prepare_from_flags(f: flags.FlagValues) -> None:
+    prepare(f.output_dir, version=f.version, raw_path=f.raw_path, domain_scheme=f.domain_scheme,
+            label_rule=f.label_rule, features=f.features, split_mode=f.split_mode,
+            split_ratios=[float(x) for x in f.split_ratios], seed=f.seed, vocab_from=f.vocab_from,
+            num_shards=f.num_shards, verify=f.verify_counts, skip_bad_rows=f.skip_bad_rows,
+            cache_dir=f.cache_dir, source=f.source, tfds_data_dir=f.tfds_data_dir)
 
 
 def cli() -> None:
     """Console entry point ``mdr-prep-movielens``."""
-    define_flags()
-    app.run(main)
+    run_prepare_cli(define_flags, _prepare_from_flags, required=("output_dir",))
 
 
 if __name__ == "__main__":

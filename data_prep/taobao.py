@@ -38,10 +38,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from absl import app, flags
+from absl import flags
 
 from data_prep.amazon import add_negatives, draw_ratios
-from data_prep.common import (check_split_ratios, AtomicDir, DataError, FeatureDef, encode_categorical, existing_output, fingerprint,
+from data_prep.common import (run_prepare_cli, check_split_ratios, AtomicDir, DataError, FeatureDef, encode_categorical, existing_output, fingerprint,
                               log, random_split, sha256_of_file, stratified_split, write_dataset)
 
 CLICK_FILE = "theme_click_log.csv"
@@ -358,24 +358,17 @@ def define_flags() -> None:
     flags.DEFINE_boolean("skip_bad_rows", False, "Skip and count malformed lines instead of failing.")
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    if not FLAGS.output_dir or not FLAGS.raw_path:
-        raise app.UsageError("--raw_path and --output_dir are required")
-    try:
-        prepare(FLAGS.output_dir, raw_path=FLAGS.raw_path, theme_num=FLAGS.theme_num,
-                require_embeddings=FLAGS.require_embeddings,
-                neg_ratio_range=[float(x) for x in FLAGS.neg_ratio_range], neg_ratio_seed=FLAGS.neg_ratio_seed,
-                neg_ratios=None if FLAGS.neg_ratios is None else [float(x) for x in FLAGS.neg_ratios],
-                split_mode=FLAGS.split_mode, split_ratios=[float(x) for x in FLAGS.split_ratios], seed=FLAGS.seed,
-                num_shards=FLAGS.num_shards, skip_bad_rows=FLAGS.skip_bad_rows)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+def _prepare_from_flags(f: flags.FlagValues) -> None:
+    prepare(f.output_dir, raw_path=f.raw_path, theme_num=f.theme_num,
+            require_embeddings=f.require_embeddings,
+            neg_ratio_range=[float(x) for x in f.neg_ratio_range], neg_ratio_seed=f.neg_ratio_seed,
+            neg_ratios=None if f.neg_ratios is None else [float(x) for x in f.neg_ratios],
+            split_mode=f.split_mode, split_ratios=[float(x) for x in f.split_ratios], seed=f.seed,
+            num_shards=f.num_shards, skip_bad_rows=f.skip_bad_rows)
 
 
 def cli() -> None:
-    define_flags()
-    app.run(main)
+    run_prepare_cli(define_flags, _prepare_from_flags)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_pe
     ``mdr_tf.training.fit`` uses by default).
     """
     import keras
-    import numpy as np
 
     from mdr_tf import registry
     from mdr_tf.data import load_arrays, make_dataset

@@ -269,7 +269,7 @@ def test_malformed_line_names_file_and_line(raw, tmp_path, bad, needle):
     _corrupt(root, "sample_skeleton_train.csv", 20, bad)
     with pytest.raises(DataError) as e:
         aliccp.prepare(str(tmp_path / "out"), raw_path=root, min_freq=3, num_shards=3, workers=1)
-    assert f"sample_skeleton_train.csv:20:" in str(e.value) and needle in str(e.value)
+    assert "sample_skeleton_train.csv:20:" in str(e.value) and needle in str(e.value)
     assert not os.path.exists(tmp_path / "out")
     schema = aliccp.prepare(str(tmp_path / "out"), raw_path=root, min_freq=3, num_shards=3, workers=1,
                             skip_bad_rows=True)
