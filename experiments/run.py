@@ -104,23 +104,39 @@ def prepare_dataset(name: str, data_dir: str, raw_path: str | None, options: dic
 
 
 def _model_kwargs(name: str, common: dict[str, Any], per_model: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Common overrides the model's constructor accepts, then the model's own arguments."""
+    """Common overrides the model's constructor accepts, then the model's own arguments.
+
+    A builder function that forwards ``**kwargs`` to a model class (``mlora_model``,
+    ``build_hierrec``, ...) accepts what that class accepts: the class is its return
+    annotation.
+    """
+    import importlib
     import inspect
+    import typing
 
     from mdr_tf import registry
 
     spec = registry.get(name)
     module, _, attr = spec.builder.partition(":")
-    import importlib
-
     builder = getattr(importlib.import_module(module), attr)
+    targets = [builder]
+    if not isinstance(builder, type):
+        params = inspect.signature(builder).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            returned = typing.get_type_hints(builder).get("return")
+            if not isinstance(returned, type):
+                raise TypeError(f"builder {spec.builder} takes **kwargs but has no model class as its return "
+                                "annotation; cannot tell which common arguments it accepts")
+            targets.append(returned)
     accepted = set()
-    for klass in (builder.__mro__ if isinstance(builder, type) else [builder]):
-        init = getattr(klass, "__init__", klass)
-        try:
-            accepted |= set(inspect.signature(init).parameters)
-        except (TypeError, ValueError):
-            pass
+    for target in targets:
+        for klass in (target.__mro__ if isinstance(target, type) else [target]):
+            init = getattr(klass, "__init__", klass)
+            try:
+                accepted |= {p.name for p in inspect.signature(init).parameters.values()
+                             if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+            except (TypeError, ValueError):
+                pass
     kept = {k: v for k, v in common.items() if k in accepted}
     return {**kept, **per_model.get(name, {})}
 

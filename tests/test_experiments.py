@@ -6,7 +6,7 @@ import os
 import pytest
 
 from experiments import run as runner
-from mdr_tf import training
+from mdr_tf import registry, training
 
 
 def _run(tmp_path, synth_dir, **kw):
@@ -123,3 +123,24 @@ def test_trial_log_appends_after_a_line_cut_by_a_kill(tmp_path):
     log.append({"key": "c", "auc": 0.8})
     again = TrialLog(str(path))
     assert [r["key"] for r in again.rows] == ["a", "c"]  # "c" is not glued onto the cut line
+
+
+def test_common_model_kwargs_reach_models_built_by_forwarding_builders(synth_schema):
+    # mlora_model / build_hierrec take **kwargs: what they accept is their model class's
+    # constructor. A config's hidden_units must reach MLoRA (it used to be dropped, so
+    # "with and without MLoRA" compared different backbone sizes) but not HierRec.
+    from experiments.run import _model_kwargs
+    from mdr_tf.models.mlora import lora_variables
+
+    common = {"hidden_units": [16, 8], "embedding_dim": 4, "not_an_argument": 1}
+    assert _model_kwargs("mlora", common, {}) == {"hidden_units": [16, 8], "embedding_dim": 4}
+    assert _model_kwargs("hamur_wdl", common, {}) == {"hidden_units": [16, 8], "embedding_dim": 4}
+    assert _model_kwargs("hierrec", common, {}) == {"embedding_dim": 4}
+    assert _model_kwargs("mlora", common, {"mlora": {"hidden_units": [4]}})["hidden_units"] == [4]
+    built = registry.get("mlora").build(synth_schema, **_model_kwargs("mlora", common, {}))
+    built.build()
+    plain = registry.get("dnn").build(synth_schema, **_model_kwargs("dnn", common, {}))
+    plain.build()
+    lora = {id(v) for v in lora_variables(built)}
+    shared = [tuple(v.shape) for v in built.weights if id(v) not in lora]
+    assert shared == [tuple(v.shape) for v in plain.weights]  # the same 16-8 backbone
