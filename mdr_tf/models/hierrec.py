@@ -109,9 +109,11 @@ class HierRec(MultiDomainModel):
         start, end = self.embedding.table_rows(self.schema.domain_key)
         return ops.cast(self.embedding.table[start:end], self.compute_dtype)
 
-    def _explicit_condition(self):
-        # One scenario at a time: a scenario's condition does not depend on D (onboarding).
-        return per_row(self.sc_explicit, self.scenario_table())             # [D, c]
+    def _explicit_condition(self, row_by_row: bool = True):
+        # At inference one scenario at a time: a scenario's condition then does not depend
+        # on D (new-domain onboarding); in training one op (faster).
+        table = self.scenario_table()
+        return per_row(self.sc_explicit, table) if row_by_row else self.sc_explicit(table)  # [D, c]
 
     def field_weights_from_ctx(self, ctx):
         """Field re-weighting ``w = softmax_F(reshape(FC(e_s), [G, F]))`` → [B, G, F]."""
@@ -127,7 +129,8 @@ class HierRec(MultiDomainModel):
 
     def compute_logit(self, inputs, ctx, training=None):
         o_global = self.global_fc(ctx["all"])                                # [B, h0]
-        o_exp = self.explicit_som(o_global, self._explicit_condition(), index=ctx["domain"])[:, 0]
+        o_exp = self.explicit_som(o_global, self._explicit_condition(row_by_row=not training), index=ctx["domain"],
+                                  training=training)[:, 0]
         o_imp = self.implicit_som(o_exp, self._implicit_condition(ctx))     # [B, G, h]
         return self.head(ops.reshape(o_imp, [-1, self.num_heads * self.implicit_som.output_dim]))
 

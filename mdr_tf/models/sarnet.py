@@ -70,12 +70,13 @@ class ScenarioExperts(keras.layers.Layer):
     S shared experts and d's P specific experts, and
     ``h = Σ_i softmax(x G_d)_i E_i(x)`` over those S + P experts.
 
-    The shared experts are one matmul; the specific experts and the gate are one matmul
-    per scenario over that scenario's column block of the ``[n, D·P·u]`` / ``[n, D·(S+P)]``
-    kernels (every scenario's are computed and the sample's own are selected; cheap for
-    the small D of these datasets). Per-scenario matmuls keep a scenario's output
-    independent of D, so adding a scenario leaves the others' predictions bit-identical
-    (``mdr_tf.onboarding``); one ``[n, D·P·u]`` matmul would round differently as D grows. The input BatchNorm ("debias" normalisation) is
+    Every scenario's specific experts are computed and the sample's own are selected
+    (cheap for the small D of these datasets). In training the shared experts, the
+    specific experts and the gate are one matmul each (``[n, D·P·u]``, ``[n, D·(S+P)]``).
+    At inference the specific experts and the gate are one matmul per scenario over its
+    column block: a scenario's output then does not depend on D, so adding a scenario
+    leaves the others' predictions bit-identical (``mdr_tf.onboarding``); the one wide
+    matmul rounds differently as D grows. The input BatchNorm ("debias" normalisation) is
     shared by the experts: per-expert BNs on the same input would have identical
     statistics and their affine parts fold into ``K_i``.
 
@@ -121,14 +122,18 @@ class ScenarioExperts(keras.layers.Layer):
             mark_per_domain(v)
         self.built = True
 
-    def _per_domain_dense(self, x, kernel, bias, width: int):
-        """``[x K_d + c_d for each domain d]`` over column blocks of ``width`` → [B, D, width]."""
+    def _per_domain_dense(self, x, kernel, bias, width: int, fused: bool = False):
+        """``[x K_d + c_d for each domain d]`` over column blocks of ``width`` → [B, D, width]
+        (one matmul per block, or one wide matmul if ``fused``)."""
+        if fused:
+            return ops.reshape(ops.matmul(x, kernel) + bias, [-1, self.num_domains, width])
         return ops.stack([ops.matmul(x, kernel[:, d * width:(d + 1) * width]) + bias[d * width:(d + 1) * width]
                           for d in range(self.num_domains)], axis=1)
 
-    def gate_weights(self, x, domain):
+    def gate_weights(self, x, domain, training: bool | None = None):
         """Softmax weights over [shared..., own specific...] experts, [B, S + P]."""
-        logits = self._per_domain_dense(x, self.gate_kernel, self.gate_bias, self.num_shared + self.num_specific)
+        logits = self._per_domain_dense(x, self.gate_kernel, self.gate_bias, self.num_shared + self.num_specific,
+                                        fused=bool(training))
         logits = ops.take_along_axis(logits, ops.reshape(domain, [-1, 1, 1]), axis=1)[:, 0, :]
         return ops.softmax(logits, axis=-1)
 
@@ -136,10 +141,11 @@ class ScenarioExperts(keras.layers.Layer):
         S, P, u = self.num_shared, self.num_specific, self.units
         xn = self.norm(x, training=training) if self.norm is not None else x
         shared = ops.reshape(self.act(ops.matmul(xn, self.shared_kernel) + self.shared_bias), [-1, S, u])
-        spec = self.act(self._per_domain_dense(xn, self.specific_kernel, self.specific_bias, P * u))  # [B, D, P·u]
+        spec = self.act(self._per_domain_dense(xn, self.specific_kernel, self.specific_bias, P * u,
+                                               fused=bool(training)))  # [B, D, P·u]
         spec = ops.reshape(ops.take_along_axis(spec, ops.reshape(domain, [-1, 1, 1]), axis=1), [-1, P, u])
         experts = ops.concatenate([shared, spec], axis=1)  # [B, S + P, u]
-        g = self.gate_weights(x, domain)
+        g = self.gate_weights(x, domain, training=training)
         return ops.sum(experts * ops.expand_dims(g, -1), axis=1)
 
     def compute_output_shape(self, input_shape):

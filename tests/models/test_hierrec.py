@@ -53,8 +53,9 @@ def test_field_softmax_per_head(synth_schema):
     assert np.all(w > 0)
 
 
-@pytest.mark.parametrize("static_weight", [False, True])
-def test_som_matches_numpy(static_weight):
+@pytest.mark.parametrize("static_weight,training", [(False, False), (True, False), (False, True)])
+def test_som_matches_numpy(static_weight, training):
+    # Per-scenario weights: generated row by row at inference, in one op in training.
     keras.utils.set_random_seed(0)
     som = ScenarioOrientedModule([3, 2], condition_dim=4, heads=2, static_weight=static_weight)
     som.build((None, 5))
@@ -62,7 +63,7 @@ def test_som_matches_numpy(static_weight):
     x = rng.normal(size=(6, 5)).astype("float32")
     cond = rng.normal(size=(3, 2, 4)).astype("float32")  # per "scenario" (D = 3)
     index = np.array([0, 2, 1, 1, 0, 2])
-    y = np.asarray(som(x, cond, index=index))
+    y = np.asarray(som(x, cond, index=index, training=training))
     h = np.repeat(x[:, None], 2, axis=1)
     fan_in = 5
     for i, out in enumerate([3, 2]):

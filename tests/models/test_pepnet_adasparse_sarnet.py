@@ -86,6 +86,13 @@ def test_sarnet_transform_and_domain_routing(synth_schema):
     g = keras.ops.convert_to_numpy(m.experts.gate_weights(ctx["all"], ctx["domain"]))
     assert g.shape == (12, 4)
     np.testing.assert_allclose(g.sum(axis=1), 1.0, rtol=1e-5)
+    # Training computes the experts and gate as wide matmuls, inference per scenario: same values.
+    e_t = m.experts(ctx["all"], ctx["domain"], training=True)
+    e_i = m.experts(ctx["all"], ctx["domain"], training=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(e_t), keras.ops.convert_to_numpy(e_i), rtol=1e-5,
+                               atol=1e-6)
+    g_t = keras.ops.convert_to_numpy(m.experts.gate_weights(ctx["all"], ctx["domain"], training=True))
+    np.testing.assert_allclose(g_t, g, rtol=1e-5, atol=1e-6)
     # Changing domain 1's specific experts changes only the predictions of domain-1 samples.
     p0 = m.predict(x, verbose=0).ravel()
     k = m.experts.specific_kernel.numpy()  # columns: [domain, expert, unit]

@@ -8,8 +8,8 @@ Recommendations", CIKM 2024 (arXiv 2309.02061, eqs. 1-2)::
 
 The module holds ``H`` independent generators ("heads", HierRec's G implicit SOMs run
 as one batched op). The condition is either per instance ``[B, H, c]`` or per scenario
-``[D, H, c]`` plus an ``index`` [B]: then the weights are generated D times (one
-scenario at a time, so a scenario's weights do not depend on D) and gathered
+``[D, H, c]`` plus an ``index`` [B]: then the weights are generated D times (at
+inference one scenario at a time, so a scenario's weights do not depend on D) and gathered
 (HierRec's explicit SOM, whose condition depends on the scenario only).
 """
 
@@ -93,11 +93,13 @@ class ScenarioOrientedModule(keras.layers.Layer):
     def output_dim(self) -> int:
         return self.units[-1]
 
-    def generate(self, cond, index=None) -> list[tuple[Any, Any]]:
+    def generate(self, cond, index=None, row_by_row: bool = True) -> list[tuple[Any, Any]]:
         """Generated ``(W [N, H, in, out], b [N, H, out])`` per layer.
 
         ``cond``: [N, H, c] (or [N, c] when H = 1); ``index`` (optional, [B]): rows of
-        ``cond`` to use per sample — weights are generated N times, then gathered.
+        ``cond`` to use per sample — weights are generated N times, then gathered; one
+        row at a time if ``row_by_row`` (a row's weights then do not depend on N), else
+        in one op (faster in training).
         """
         cond = ops.cast(cond, self.compute_dtype)
         if len(cond.shape) == 2:
@@ -106,7 +108,7 @@ class ScenarioOrientedModule(keras.layers.Layer):
         fan_in = self.input_dim
         for i, units in enumerate(self.units):
             kernel = ops.cast(self.gen_kernels[i], cond.dtype)
-            if index is None:
+            if index is None or not row_by_row:
                 p = ops.einsum("nhc,hcx->nhx", cond, kernel)
             else:  # per-scenario rows one by one: a scenario's weights do not depend on N (onboarding)
                 p = per_row(lambda row, kernel=kernel: ops.einsum("nhc,hcx->nhx", row, kernel), cond)
@@ -121,13 +123,18 @@ class ScenarioOrientedModule(keras.layers.Layer):
             fan_in = units
         return out
 
-    def call(self, x, cond, index=None):
-        """``x``: [B, in] (shared by all heads) or [B, H, in] → [B, H, units[-1]]."""
+    def call(self, x, cond, index=None, training: bool | None = None):
+        """``x``: [B, in] (shared by all heads) or [B, H, in] → [B, H, units[-1]].
+
+        With ``index``, inference generates the per-scenario weights row by row (so a
+        scenario's output does not change when scenarios are added, see
+        ``mdr_tf.onboarding``), training in one op.
+        """
         x = ops.cast(x, self.compute_dtype)
         if len(x.shape) == 2:
             x = ops.repeat(ops.expand_dims(x, 1), self.heads, axis=1) if self.heads > 1 else \
                 ops.expand_dims(x, 1)
-        for w, b in self.generate(cond, index):
+        for w, b in self.generate(cond, index, row_by_row=not training):
             x = self.act(ops.einsum("bhi,bhio->bho", x, w) + b)
         return x
 
