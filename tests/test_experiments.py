@@ -144,3 +144,22 @@ def test_common_model_kwargs_reach_models_built_by_forwarding_builders(synth_sch
     lora = {id(v) for v in lora_variables(built)}
     shared = [tuple(v.shape) for v in built.weights if id(v) not in lora]
     assert shared == [tuple(v.shape) for v in plain.weights]  # the same 16-8 backbone
+
+
+def test_mlora_configs_follow_the_official_settings(synth_schema):
+    # models.md §4.3: MovieLens trains MLoRA in one stage; α = 32 for DeepFM; dropout 0.5
+    # on the shared branch (inside the MLoRA blocks, not again after the activation).
+    from experiments.paper_configs import CONFIGS
+    from experiments.run import _model_kwargs
+    from mdr_tf.models.mlora import mlora_layers
+
+    c = CONFIGS["mlora_ml1m_gender"]
+    assert "mlora" in c.models and "mlora_2stage" not in c.models
+    assert "mlora_2stage" in CONFIGS["mlora_amazon6"].models and "mlora_2stage" in CONFIGS["mlora_taobao10"].models
+    m = registry.get("mlora_deepfm").build(synth_schema, **_model_kwargs("mlora_deepfm", c.model_kwargs,
+                                                                          c.per_model_args))
+    m.build()
+    assert sorted((b.units, b.r, b.dropout) for b in mlora_layers(m)) == [(64, 2, 0.5), (128, 4, 0.5), (256, 8, 0.5)]
+    assert m.dropout == 0.0 and m.embedding_dim == 8
+    plain = registry.get("deepfm").build(synth_schema, **_model_kwargs("deepfm", c.model_kwargs, c.per_model_args))
+    assert plain.dropout == 0.5 and plain.hidden_units == [256, 128, 64]
