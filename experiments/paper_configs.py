@@ -57,7 +57,23 @@ def _not_found(models: tuple[str, ...]) -> dict[str, dict[str, None]]:
     return {m: {"AUC": None, "LogLoss": None} for m in models}
 
 
-_HAMUR_MODELS = ("dnn", "hamur", "wdl", "hamur_wdl", "dcn", "hamur_dcn", "shared_bottom", "mmoe", "ple", "star")
+_HAMUR_MODELS = ("dnn", "hamur_official", "wdl", "hamur_wdl", "dcn", "hamur_dcn", "shared_bottom", "mmoe", "ple",
+                 "star")
+
+
+def _hamur_setup(mlp: list[int], deep: list[int], k_mlp: int, k_wdl: int, k_dcn: int, hyper_mlp: list[int],
+                 hyper_deep: list[int], cross_layers: int, adapter_positions: list[int]) -> dict[str, Any]:
+    """``per_model_args`` of a HAMUR config (official example scripts, models.md §2.3): each
+    backbone with and without HAMUR has the same MLP (Linear-BN-ReLU, W&D's deep part with
+    dropout 0.2)."""
+    wdl = {"hidden_units": deep, "batch_norm": True, "dropout": 0.2}
+    dcn = {"hidden_units": deep, "batch_norm": True, "cross_layers": cross_layers}
+    return {"per_model_args": {
+        "dnn": {"hidden_units": mlp, "batch_norm": True},
+        "hamur_official": {"hidden_units": mlp, "k": k_mlp, "hyper_dims": hyper_mlp,
+                           "adapter_positions": adapter_positions},
+        "wdl": wdl, "hamur_wdl": {**wdl, "k": k_wdl, "hyper_dims": hyper_deep},
+        "dcn": dcn, "hamur_dcn": {**dcn, "k": k_dcn, "hyper_dims": hyper_deep}}}
 # MLoRA's official configs (models.md §4.3, from config/{Amazon_6,Movielens,Taobao_10}/*.json):
 # MLP 256-128-64, dropout 0.5 on the shared branch (baselines: the same dropout), embeddings
 # 8 (Taobao 128), lora_reduce α per backbone; the MLP's MLoRA is two-stage on Amazon_6 and
@@ -91,11 +107,16 @@ CONFIGS: dict[str, PaperConfig] = {
     "hamur_ml1m": PaperConfig(
         "HAMUR, MovieLens-1M (3 age domains, rating > 3)", "ml1m", _HAMUR_MODELS,
         train=PAPER_SETUP,
+        **_hamur_setup(mlp=[256, 128], deep=[256, 128], k_mlp=35, k_wdl=45, k_dcn=30, hyper_mlp=[64],
+                       hyper_deep=[128], cross_layers=2, adapter_positions=[-1]),
         paper={"source": "HAMUR Tables 2-4", "note": "not found in the texts we hold (shared/seeds has the "
                "abstract only); transcribe from arXiv 2309.06217v2.", "metric_columns": ["AUC", "LogLoss"],
                "rows": _not_found(_HAMUR_MODELS)}),
     "hamur_aliccp": PaperConfig(
         "HAMUR, Ali-CCP (3 domains by field 301, CTR)", "aliccp", _HAMUR_MODELS, train=PAPER_SETUP,
+        **_hamur_setup(mlp=[1024, 512, 512, 256, 256, 64, 64], deep=[512, 512, 256, 256, 64, 64], k_mlp=65,
+                       k_wdl=25, k_dcn=25, hyper_mlp=[64], hyper_deep=[64], cross_layers=7,
+                       adapter_positions=[-2, -1]),
         paper={"source": "HAMUR Tables 2-4", "note": "not found in the texts we hold.",
                "metric_columns": ["AUC", "LogLoss"], "rows": _not_found(_HAMUR_MODELS)}),
     "mlora_amazon6": PaperConfig(

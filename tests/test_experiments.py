@@ -163,3 +163,21 @@ def test_mlora_configs_follow_the_official_settings(synth_schema):
     assert m.dropout == 0.0 and m.embedding_dim == 8
     plain = registry.get("deepfm").build(synth_schema, **_model_kwargs("deepfm", c.model_kwargs, c.per_model_args))
     assert plain.dropout == 0.5 and plain.hidden_units == [256, 128, 64]
+
+
+@pytest.mark.parametrize("config", ["hamur_ml1m", "hamur_aliccp"])
+def test_hamur_configs_pair_each_backbone_with_the_same_mlp(config):
+    # "With and without HAMUR" must differ only by the adapter (official example scripts).
+    from experiments.paper_configs import CONFIGS
+    from experiments.run import _model_kwargs
+
+    c = CONFIGS[config]
+    args = {m: _model_kwargs(m, c.model_kwargs, c.per_model_args) for m in c.models}
+    for plain, hamur in (("dnn", "hamur_official"), ("wdl", "hamur_wdl"), ("dcn", "hamur_dcn")):
+        assert args[plain]["hidden_units"] == args[hamur]["hidden_units"]
+        merged = {**registry.get(hamur).defaults, **args[hamur]}
+        for key in ("batch_norm", "dropout", "cross_layers"):
+            if key == "batch_norm" and hamur == "hamur_official":
+                continue  # HamurMLP's towers always have BatchNorm
+            if key in args[plain]:
+                assert merged.get(key) == args[plain][key], (hamur, key)
