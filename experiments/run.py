@@ -271,6 +271,7 @@ def run(
     per_model_args = dict(per_model_args or {})
     total = len(models) * trials
     t_start = time.time()
+    commit = _git_commit()  # the code this process imported (the checkout may move while it runs)
     finished_now = 0
     log(f"dataset {dataset}: {schema.raw['num_examples']:,} examples, {schema.num_domains} domains "
         f"{list(schema.domain_names)} (data in {data_path})")
@@ -326,7 +327,7 @@ def run(
              f"* = AUC better than the best other non-seed model (Welch's t-test over trials, p < 0.05).\n\n")
     _atomic_write(os.path.join(output_dir, "table.md"), title + md)
     _atomic_write(os.path.join(output_dir, "table.csv"), report.csv_table(summary, schema.num_domains))
-    meta = {"git_commit": _git_commit(), "versions": _versions(), "flags": flags_record or {},
+    meta = {"git_commit": commit, "versions": _versions(), "flags": flags_record or {},
             "dataset": dataset, "data_dir": os.path.abspath(data_path),
             "data_fingerprint": schema.raw["fingerprint"], "data_checksums": schema.raw.get("checksums"),
             "models": models, "trials": trials, "seed_base": seed_base, "train": train_kwargs,
