@@ -61,11 +61,11 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags
 
-from data_prep.common import (run_prepare_cli, DataError, FeatureDef, ShardSetWriter, StreamingWriter, StreamSource, UnitRunner,
+from data_prep.common import (DataError, FeatureDef, ShardSetWriter, StreamingWriter, StreamSource, UnitRunner,
                               ValueCounts, Vocab, WorkDir, _empty_counts, byte_ranges, count_newlines,
                               existing_output, finish_streamed_dataset, fingerprint, gather_spans, iter_line_blocks,
                               line_spans, log, merge_counts, parse_float_spans, parse_int_spans, span_matrix,
-                              split_delimited, split_uniform, write_vocab_file)
+                              split_delimited, split_uniform, write_vocab_file, run_cli)
 
 FORMAT_VERSION = 1
 SPARSE_FIELDS = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
@@ -935,7 +935,7 @@ def _prepare_from_flags(f: flags.FlagValues) -> None:
 
 
 def cli() -> None:
-    run_prepare_cli(define_flags, _prepare_from_flags)
+    run_cli(define_flags, _prepare_from_flags, required=("raw_path", "output_dir"))
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ import numpy as np
 import pandas as pd
 from absl import flags
 
-from data_prep.common import (run_prepare_cli, check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
-                              random_split, sha256_of_file, stratified_split, write_dataset)
+from data_prep.common import (check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
+                              random_split, sha256_of_file, stratified_split, write_dataset, run_cli)
 
 MLORA6 = ("Musical Instruments", "Office Products", "Patio Lawn and Garden", "Prime Pantry", "Toys and Games",
           "Video Games")
@@ -543,7 +543,7 @@ def _prepare_from_flags(f: flags.FlagValues) -> None:
 
 
 def cli() -> None:
-    run_prepare_cli(define_flags, _prepare_from_flags)
+    run_cli(define_flags, _prepare_from_flags, required=("raw_path", "output_dir"))
 
 
 if __name__ == "__main__":

@@ -1232,11 +1232,12 @@ def split_delimited(buf: np.ndarray, sep: int, ncols: int):
     return rows, cols, bad
 
 
-def run_prepare_cli(define_flags: Callable[[], None], prepare_from_flags: Callable[[Any], Any],
-                    required: Sequence[str] = ("raw_path", "output_dir")) -> None:
-    """Shared absl entry point of the preprocessors: defines the flags, checks the
-    required ones, runs ``prepare_from_flags(FLAGS)`` and turns a ``DataError`` (bad input:
-    the message names the file, line or feature) into ``error: ...`` and exit status 1."""
+def run_cli(define_flags: Callable[[], None], body: Callable[[Any], Any], required: Sequence[str] = (),
+            errors: tuple[type[BaseException], ...] = (DataError,)) -> None:
+    """Shared absl entry point of the preprocessors and experiment scripts: defines the
+    flags, checks the ``required`` ones, runs ``body(FLAGS)`` and turns an expected error
+    (default ``DataError``: bad input, the message names the file, line or feature) into
+    ``error: ...`` on stderr and exit status 1."""
     from absl import app, flags
 
     define_flags()
@@ -1245,11 +1246,11 @@ def run_prepare_cli(define_flags: Callable[[], None], prepare_from_flags: Callab
         del argv
         missing = [name for name in required if not getattr(flags.FLAGS, name)]
         if missing:
-            raise app.UsageError(" and ".join(f"--{name}" for name in required) + " are required"
-                                 if len(required) > 1 else f"--{required[0]} is required")
+            raise app.UsageError(" and ".join(f"--{name}" for name in required)
+                                 + (" are required" if len(required) > 1 else " is required"))
         try:
-            prepare_from_flags(flags.FLAGS)
-        except DataError as e:
+            body(flags.FLAGS)
+        except errors as e:
             raise SystemExit(f"error: {e}")
 
     app.run(main)

@@ -47,10 +47,10 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags
 
-from data_prep.common import (run_prepare_cli, SPLITS, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
+from data_prep.common import (SPLITS, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
                               WorkDir, existing_output, finish_streamed_dataset, fingerprint, gather_spans,
                               iter_line_blocks, log, parse_float_spans, parse_int_spans, split_delimited,
-                              write_vocab_file)
+                              write_vocab_file, run_cli)
 
 FORMAT_VERSION = 1
 TRAIN_FILES = {"1": ("round1_ijcai_18_train_20180301.txt",), "2": ("round2_train.txt",)}
@@ -524,7 +524,7 @@ def _prepare_from_flags(f: flags.FlagValues) -> None:
 
 
 def cli() -> None:
-    run_prepare_cli(define_flags, _prepare_from_flags)
+    run_cli(define_flags, _prepare_from_flags, required=("raw_path", "output_dir"))
 
 
 if __name__ == "__main__":

@@ -51,9 +51,9 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags
 
-from data_prep.common import (run_prepare_cli, check_split_ratios, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
+from data_prep.common import (check_split_ratios, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
                               WorkDir, existing_output, finish_streamed_dataset, fingerprint, iter_line_blocks, log,
-                              parse_int_spans, split_delimited, split_uniform, write_vocab_file)
+                              parse_int_spans, split_delimited, split_uniform, write_vocab_file, run_cli)
 
 FORMAT_VERSION = 1
 VARIANTS = {"1k": "1k", "pure": "pure"}
@@ -495,7 +495,7 @@ def _prepare_from_flags(f: flags.FlagValues) -> None:
 
 
 def cli() -> None:
-    run_prepare_cli(define_flags, _prepare_from_flags)
+    run_cli(define_flags, _prepare_from_flags, required=("raw_path", "output_dir"))
 
 
 if __name__ == "__main__":

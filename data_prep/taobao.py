@@ -41,8 +41,8 @@ import pandas as pd
 from absl import flags
 
 from data_prep.amazon import add_negatives, draw_ratios
-from data_prep.common import (run_prepare_cli, check_split_ratios, AtomicDir, DataError, FeatureDef, encode_categorical, existing_output, fingerprint,
-                              log, random_split, sha256_of_file, stratified_split, write_dataset)
+from data_prep.common import (check_split_ratios, AtomicDir, DataError, FeatureDef, encode_categorical, existing_output, fingerprint,
+                              log, random_split, sha256_of_file, stratified_split, write_dataset, run_cli)
 
 CLICK_FILE = "theme_click_log.csv"
 USER_EMB_FILE = "user_embedding.csv"
@@ -368,7 +368,7 @@ def _prepare_from_flags(f: flags.FlagValues) -> None:
 
 
 def cli() -> None:
-    run_prepare_cli(define_flags, _prepare_from_flags)
+    run_cli(define_flags, _prepare_from_flags, required=("raw_path", "output_dir"))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import dataclasses
 import itertools
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -40,12 +41,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
+from data_prep.common import run_cli  # noqa: E402
 from experiments.run import (  # noqa: E402
-    TrialLog, _atomic_write, _parse_options, _parse_shard, _trial_key, prepare_dataset)
-
-FLAGS = flags.FLAGS
+    TrialLog, _atomic_write, _parse_options, _parse_shard, _trial_key, define_data_flags, define_training_flags,
+    prepare_dataset, train_kwargs_from_flags)
 
 DWM_VARIANTS = ("non", "rc", "r", "c")
 DEFAULT_SIZES = ("2x2x1", "4x4x2", "8x8x4", "16x16x8")
@@ -53,10 +54,9 @@ Size = tuple[int, int, int]
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("dataset", "ml100k", "Dataset name (see data_prep/registry.py).")
-    flags.DEFINE_string("raw_path", None, "Raw data (zip or folder); ML-100k defaults to the recbole wheel copy.")
-    flags.DEFINE_string("data_dir", "data", "Root folder of prepared datasets.")
-    flags.DEFINE_list("dataset_options", [], "Extra prepare options as key=value.")
+    define_data_flags()
+    define_training_flags(epochs=3)
+    flags.adopt_module_key_flags(sys.modules[define_data_flags.__module__])  # list them in this script's --help
     flags.DEFINE_string("output_dir", "results/midpg_figures", "Results folder.")
     flags.DEFINE_list("parts", ["sweep", "tsne"], "What to run: sweep (Fig. 2 a/c/e), tsne (t-SNE + heatmap).")
     # sweep
@@ -71,13 +71,7 @@ def define_flags() -> None:
     flags.DEFINE_string("shard", "0/1", "i/n: run only sweep points p with p % n == i (t-SNE runs on shard 0).")
     flags.DEFINE_boolean("aggregate_only", False, "Train nothing; redraw from sweep*.jsonl and matrices-*.npz.")
     # training
-    flags.DEFINE_integer("epochs", 3, "Maximum epochs per training.")
-    flags.DEFINE_integer("patience", 2, "Early-stopping patience (epochs).")
-    flags.DEFINE_integer("batch_size", 512, "Training batch size (paper: 512).")
-    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (paper: 1e-3).")
-    flags.DEFINE_integer("embedding_dim", 16, "Embedding size.")
     flags.DEFINE_list("hidden_units", ["128", "64", "32"], "Backbone widths (paper: 128,64,32).")
-    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step.")
     # t-SNE / heatmap
     flags.DEFINE_enum("tsne_variant", "r", ["non", "rc", "r", "c"], "DWM variant of the t-SNE models.")
     flags.DEFINE_string("tsne_size", "8x8x4", "a x b x k of the t-SNE models.")
@@ -844,29 +838,21 @@ def run(
     return result
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
-    train_kwargs = dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-                        patience=FLAGS.patience, jit_compile=jit)
-    common = {"embedding_dim": FLAGS.embedding_dim, "hidden_units": [int(u) for u in FLAGS.hidden_units]}
-    try:
-        tsne_size = parse_sizes([FLAGS.tsne_size])[0]
-        run(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, raw_path=FLAGS.raw_path,
-            dataset_options=_parse_options(FLAGS.dataset_options), output_dir=FLAGS.output_dir, parts=FLAGS.parts,
-            variants=FLAGS.variants, sizes=parse_sizes(FLAGS.sizes), apg=FLAGS.apg, apg_match=FLAGS.apg_match,
-            sweep_mir_weight=FLAGS.sweep_mir_weight, trials=FLAGS.trials, seed_base=FLAGS.seed_base,
-            metric=FLAGS.metric, shard=_parse_shard(FLAGS.shard), aggregate_only=FLAGS.aggregate_only,
-            train_kwargs=train_kwargs, common=common, tsne_variant=FLAGS.tsne_variant, tsne_size=tsne_size,
-            mir_weight=FLAGS.mir_weight, tsne_layer=FLAGS.tsne_layer, tsne_per_scenario=FLAGS.tsne_per_scenario,
-            perplexity=FLAGS.perplexity, tsne_iters=FLAGS.tsne_iters, tsne_seed=FLAGS.tsne_seed)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+def _main(f: flags.FlagValues) -> None:
+    common = {"embedding_dim": f.embedding_dim, "hidden_units": [int(u) for u in f.hidden_units]}
+    run(dataset=f.dataset, data_dir=f.data_dir, raw_path=f.raw_path,
+        dataset_options=_parse_options(f.dataset_options), output_dir=f.output_dir, parts=f.parts,
+        variants=f.variants, sizes=parse_sizes(f.sizes), apg=f.apg, apg_match=f.apg_match,
+        sweep_mir_weight=f.sweep_mir_weight, trials=f.trials, seed_base=f.seed_base,
+        metric=f.metric, shard=_parse_shard(f.shard), aggregate_only=f.aggregate_only,
+        train_kwargs=train_kwargs_from_flags(f), common=common, tsne_variant=f.tsne_variant,
+        tsne_size=parse_sizes([f.tsne_size])[0], mir_weight=f.mir_weight, tsne_layer=f.tsne_layer,
+        tsne_per_scenario=f.tsne_per_scenario, perplexity=f.perplexity, tsne_iters=f.tsne_iters,
+        tsne_seed=f.tsne_seed)
 
 
 def cli() -> None:
-    define_flags()
-    app.run(main)
+    run_cli(define_flags, _main, errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -24,21 +24,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
-
-FLAGS = flags.FLAGS
+from absl import flags
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("dataset", "ml100k", "Dataset name (see data_prep/registry.py).")
-    flags.DEFINE_string("raw_path", None, "Raw data (zip or folder); ML-100k defaults to the recbole wheel copy.")
-    flags.DEFINE_string("data_dir", "data", "Root folder of prepared datasets.")
-    flags.DEFINE_list("dataset_options", [], "Extra prepare options as key=value.")
+    from experiments import run as runner
+
+    runner.define_data_flags()
+    runner.define_training_flags(epochs=4)
+    flags.adopt_module_key_flags(runner)  # list them in this script's --help
     flags.DEFINE_string("model", "mlora", "Registered model (standard training procedure), e.g. mlora, dnn, star, "
                         "hamur.")
     flags.DEFINE_integer("holdout", None, "Domain id to hold out (default: the domain with the fewest training "
@@ -48,17 +46,9 @@ def define_flags() -> None:
                          "has trainable.")
     flags.DEFINE_integer("trials", 2, "Trials (seeds).")
     flags.DEFINE_integer("seed_base", 0, "Trial t uses seed seed_base + t.")
-    flags.DEFINE_integer("epochs", 4, "Maximum epochs of base training and retraining.")
     flags.DEFINE_integer("onboard_epochs", None, "Maximum epochs of onboarding (default: --epochs).")
-    flags.DEFINE_integer("patience", 2, "Early-stopping patience (epochs).")
-    flags.DEFINE_integer("batch_size", 512, "Training batch size.")
-    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (base, onboarding, retraining).")
-    flags.DEFINE_integer("embedding_dim", 16, "Embedding size.")
-    flags.DEFINE_integer("steps_per_execution", 16, "Train steps per compiled call.")
-    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step.")
     flags.DEFINE_string("model_args", "{}", "JSON: extra constructor arguments of the model.")
     flags.DEFINE_string("output", None, "If set, write trials and summary as JSON here (atomically).")
-    flags.DEFINE_integer("verbose", 0, "Keras fit verbosity (0 = one line per epoch).")
 
 
 def holdout_dataset(schema, holdout: int, output_dir: str):
@@ -298,33 +288,21 @@ def run(*, dataset: str = "ml100k", raw_path: str | None = None, data_dir: str =
     return result
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    from experiments.run import _parse_options
+def _main(f: flags.FlagValues) -> None:
+    from experiments.run import _parse_options, parse_model_args, train_kwargs_from_flags
 
-    try:
-        model_args = json.loads(FLAGS.model_args)
-    except json.JSONDecodeError as e:
-        raise app.UsageError(f"--model_args is not valid JSON: {e}")
-    init_from: int | str = int(FLAGS.init_from) if FLAGS.init_from.lstrip("-").isdigit() else FLAGS.init_from
-    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
-    train_kwargs = dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-                        patience=FLAGS.patience, steps_per_execution=FLAGS.steps_per_execution, jit_compile=jit,
-                        verbose=FLAGS.verbose)
-    try:
-        run(dataset=FLAGS.dataset, raw_path=FLAGS.raw_path, data_dir=FLAGS.data_dir,
-            dataset_options=_parse_options(FLAGS.dataset_options), model=FLAGS.model, holdout=FLAGS.holdout,
-            init_from=init_from, unseen=FLAGS.unseen_ids, trials=FLAGS.trials,
-            seed_base=FLAGS.seed_base, train_kwargs=train_kwargs, onboard_epochs=FLAGS.onboard_epochs,
-            embedding_dim=FLAGS.embedding_dim, model_args=model_args, output=FLAGS.output)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1)
+    init_from: int | str = int(f.init_from) if f.init_from.lstrip("-").isdigit() else f.init_from
+    run(dataset=f.dataset, raw_path=f.raw_path, data_dir=f.data_dir,
+        dataset_options=_parse_options(f.dataset_options), model=f.model, holdout=f.holdout,
+        init_from=init_from, unseen=f.unseen_ids, trials=f.trials, seed_base=f.seed_base,
+        train_kwargs=train_kwargs_from_flags(f), onboard_epochs=f.onboard_epochs, embedding_dim=f.embedding_dim,
+        model_args=parse_model_args(f.model_args), output=f.output)
 
 
 def cli() -> None:
-    define_flags()
-    app.run(main)
+    from data_prep.common import run_cli
+
+    run_cli(define_flags, _main, errors=(ValueError,))
 
 
 if __name__ == "__main__":

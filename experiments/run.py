@@ -23,31 +23,55 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
+def define_data_flags() -> None:
+    """``--dataset``, ``--raw_path``, ``--data_dir``, ``--dataset_options`` (shared by the scripts)."""
     flags.DEFINE_string("dataset", "ml100k", "Dataset name (see data_prep/registry.py).")
     flags.DEFINE_string("raw_path", None, "Raw data (zip or folder); ML-100k defaults to the recbole wheel copy.")
     flags.DEFINE_string("data_dir", "data", "Root folder of prepared datasets.")
     flags.DEFINE_list("dataset_options", [], "Extra prepare options as key=value (e.g. domain_scheme=gender).")
-    flags.DEFINE_list("models", None, "Models to run (default: the registry's main table).")
-    flags.DEFINE_integer("trials", 2, "Trials per model (the papers use 10).")
-    flags.DEFINE_integer("seed_base", 0, "Trial t uses seed seed_base + t.")
-    flags.DEFINE_integer("epochs", 4, "Maximum epochs per trial (main job default keeps it under 15 min).")
+
+
+def define_training_flags(epochs: int) -> None:
+    """The training flags the scripts share; ``train_kwargs_from_flags`` reads them."""
+    flags.DEFINE_integer("epochs", epochs, "Maximum epochs per training (early stopping decides).")
     flags.DEFINE_integer("patience", 2, "Early-stopping patience (epochs).")
-    flags.DEFINE_enum("monitor", "auc", ["auc", "mean_auc", "wauc"], "Validation metric for early stopping.")
     flags.DEFINE_integer("batch_size", 512, "Training batch size (papers: 512).")
     flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (papers: 1e-3).")
     flags.DEFINE_integer("embedding_dim", 16, "Embedding size.")
-    flags.DEFINE_list("hidden_units", None, "Override the models' hidden widths (default per model: 128,64,32).")
-    flags.DEFINE_enum("mode", "mixed", ["mixed", "single_domain"], "Batch composition.")
     flags.DEFINE_integer("steps_per_execution", 16, "Train steps per compiled call.")
     flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step.")
+    flags.DEFINE_integer("verbose", 0, "Keras fit verbosity (0 = one line per epoch from mdr_tf).")
+
+
+def train_kwargs_from_flags(f: flags.FlagValues, **extra: Any) -> dict[str, Any]:
+    """``TrainConfig`` arguments from the flags of ``define_training_flags`` (plus ``extra``)."""
+    jit = {"auto": "auto", "true": True, "false": False}[f.jit_compile]
+    return dict(epochs=f.epochs, batch_size=f.batch_size, learning_rate=f.learning_rate, patience=f.patience,
+                steps_per_execution=f.steps_per_execution, jit_compile=jit, verbose=f.verbose, **extra)
+
+
+def parse_model_args(text: str) -> dict[str, Any]:
+    """``--model_args`` JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise app.UsageError(f"--model_args is not valid JSON: {e}")
+
+
+def define_flags() -> None:
+    define_data_flags()
+    define_training_flags(epochs=4)  # the main job's default keeps it under 15 min
+    flags.DEFINE_list("models", None, "Models to run (default: the registry's main table).")
+    flags.DEFINE_integer("trials", 2, "Trials per model (the papers use 10).")
+    flags.DEFINE_integer("seed_base", 0, "Trial t uses seed seed_base + t.")
+    flags.DEFINE_enum("monitor", "auc", ["auc", "mean_auc", "wauc"], "Validation metric for early stopping.")
+    flags.DEFINE_list("hidden_units", None, "Override the models' hidden widths (default per model: 128,64,32).")
+    flags.DEFINE_enum("mode", "mixed", ["mixed", "single_domain"], "Batch composition.")
     flags.DEFINE_string("model_args", "{}", 'JSON: {"model": {"arg": value}} extra constructor arguments.')
     flags.DEFINE_string("output_dir", None, "Results folder (default: results/<dataset>).")
     flags.DEFINE_string("export_dir", None, "If set, export each model's first trial as a SavedModel here.")
-    flags.DEFINE_integer("verbose", 0, "Keras fit verbosity (0 = one line per epoch from mdr_tf).")
     flags.DEFINE_string("trial_shard", "0/1", "i/n: run only trials t with t % n == i (split sweeps).")
     flags.DEFINE_boolean("aggregate_only", False, "Rebuild tables from trials*.jsonl without training.")
     flags.DEFINE_boolean("tensorboard", False, "Log every trial to <output_dir>/tensorboard/.")
@@ -348,35 +372,24 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    try:
-        per_model = json.loads(FLAGS.model_args)
-    except json.JSONDecodeError as e:
-        raise app.UsageError(f"--model_args is not valid JSON: {e}")
-    model_kwargs: dict[str, Any] = {"embedding_dim": FLAGS.embedding_dim}
-    if FLAGS.hidden_units:
-        model_kwargs["hidden_units"] = [int(u) for u in FLAGS.hidden_units]
-    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
-    train_kwargs = dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-                        patience=FLAGS.patience, monitor=FLAGS.monitor, mode=FLAGS.mode,
-                        steps_per_execution=FLAGS.steps_per_execution, jit_compile=jit, verbose=FLAGS.verbose,
-                        strategy=FLAGS.strategy)
-    flags_record = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
-    try:
-        run(dataset=FLAGS.dataset, raw_path=FLAGS.raw_path, data_dir=FLAGS.data_dir,
-            dataset_options=_parse_options(FLAGS.dataset_options), models=FLAGS.models, trials=FLAGS.trials,
-            seed_base=FLAGS.seed_base, train_kwargs=train_kwargs, model_kwargs=model_kwargs,
-            per_model_args=per_model, output_dir=FLAGS.output_dir, export_dir=FLAGS.export_dir,
-            flags_record=flags_record, trial_shard=_parse_shard(FLAGS.trial_shard),
-            aggregate_only=FLAGS.aggregate_only, tensorboard=FLAGS.tensorboard, checkpoint=FLAGS.checkpoint)
-    except ValueError as e:  # DataError, unknown model/dataset names, bad options
-        raise SystemExit(f"error: {e}")
+def _main(f: flags.FlagValues) -> None:
+    model_kwargs: dict[str, Any] = {"embedding_dim": f.embedding_dim}
+    if f.hidden_units:
+        model_kwargs["hidden_units"] = [int(u) for u in f.hidden_units]
+    train_kwargs = train_kwargs_from_flags(f, monitor=f.monitor, mode=f.mode, strategy=f.strategy)
+    flags_record = {flag.name: flag.value for flag in f.get_flags_for_module(sys.modules[__name__])}
+    run(dataset=f.dataset, raw_path=f.raw_path, data_dir=f.data_dir,
+        dataset_options=_parse_options(f.dataset_options), models=f.models, trials=f.trials,
+        seed_base=f.seed_base, train_kwargs=train_kwargs, model_kwargs=model_kwargs,
+        per_model_args=parse_model_args(f.model_args), output_dir=f.output_dir, export_dir=f.export_dir,
+        flags_record=flags_record, trial_shard=_parse_shard(f.trial_shard),
+        aggregate_only=f.aggregate_only, tensorboard=f.tensorboard, checkpoint=f.checkpoint)
 
 
 def cli() -> None:
-    define_flags()
-    app.run(main)
+    from data_prep.common import run_cli
+
+    run_cli(define_flags, _main, errors=(ValueError,))  # DataError, unknown model/dataset names, bad options
 
 
 if __name__ == "__main__":
