@@ -34,6 +34,8 @@ DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
     "amazon_swr3": ("data_prep.amazon:prepare", {"recipe": "swr3"}),
     "amazon_midpg10": ("data_prep.amazon:prepare", {"recipe": "midpg10"}),
     "taobao_mlora10": ("data_prep.taobao:prepare", {"theme_num": 10}),
+    # --- top-N multi-behaviour (issue 16; experiments.topn, not experiments.run) ---
+    "ml100k_multibehavior": ("data_prep.multibehavior:prepare", {"version": "100k", "domain_scheme": "age3"}),
 }
 
 

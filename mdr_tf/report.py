@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,25 +39,31 @@ def aggregate(rows: Sequence[dict[str, Any]], models: Sequence[str], num_domains
 
 
 def add_significance(summary: list[dict[str, Any]], rows: Sequence[dict[str, Any]], base_model: str,
-                     metric: str = "test_auc", alpha: float = 0.05) -> None:
+                     metric: str = "test_auc", alpha: float = 0.05,
+                     family_of: Callable[[str], str | None] | None = None) -> None:
     """Adds ``relaimpr`` (vs ``base_model``) and a Welch's t-test against the best other model.
 
     For every model, the comparison model is the best (highest mean ``metric``) of the
     *other* models whose registry family is not "seed" (the baselines the papers compare
     against); a ``*`` marks a higher mean with two-sided Welch p < ``alpha``.
+    ``family_of(name)`` gives a model's family (default: ``mdr_tf.registry``; the top-N
+    models pass ``mdr_tf.topn``'s).
     """
     from scipy import stats
 
     from mdr_tf import registry
 
+    if family_of is None:
+        def family_of(name: str) -> str | None:
+            spec = registry.REGISTRY.get(name)
+            return spec.family if spec is not None else None
     values = {s["model"]: [float(r[metric]) for r in rows if r["model"] == s["model"]] for s in summary}
     means = {m: float(np.mean(v)) for m, v in values.items() if v}
     base_mean = means.get(base_model)
     for s in summary:
         m = s["model"]
         s["relaimpr"] = relaimpr(means[m], base_mean) if base_mean is not None else float("nan")
-        others = [o for o in means if o != m and (registry.REGISTRY.get(o) is None
-                                                  or registry.REGISTRY[o].family != "seed")]
+        others = [o for o in means if o != m and family_of(o) != "seed"]
         s["compared_to"], s["p_value"], s["significant"] = None, float("nan"), False
         if not others:
             continue

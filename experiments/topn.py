@@ -1,0 +1,274 @@
+"""Top-N job: multi-behaviour leave-one-out ranking (CIGF, LightGCN, MF-BPR, trivial scorers).
+
+Same conventions as ``experiments.run``: absl flags, every finished trial appended to
+``<output_dir>/trials.jsonl`` (a rerun skips finished trials), mean ± std tables
+(Markdown + CSV) with Welch marks, ``run_meta.json``, progress with an ETA.
+
+Metrics: HR@10 and NDCG@10 of each test user's held-out target item among 99 sampled
+negatives, overall and per user domain (age group). See docs/models/cigf.md.
+
+Examples:
+  python -m experiments.topn                                   # every top-N model, 5 trials
+  python -m experiments.topn --models=cigf,lightgcn --trials=2 --epochs=40
+  python -m experiments.topn --models=cigf --export_dir=exports/topn
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app, flags
+
+from experiments.run import (TrialLog, _atomic_write, _git_commit, _parse_options, _parse_shard, _versions,
+                             define_data_flags, parse_model_args, prepare_dataset)
+
+DEFAULT_MODELS = ("cigf", "cigf_no_mesi", "cigf_no_mixing", "lightgcn", "mf_bpr", "popularity", "random")
+METRICS = (("test_hr10", "HR@10"), ("test_ndcg10", "NDCG@10"))
+
+
+def define_flags() -> None:
+    define_data_flags()
+    flags.FLAGS.set_default("dataset", "ml100k_multibehavior")
+    flags.DEFINE_list("models", list(DEFAULT_MODELS), "Top-N models (mdr_tf.topn.TOPN_REGISTRY).")
+    flags.DEFINE_integer("trials", 5, "Trials per model.")
+    flags.DEFINE_integer("seed_base", 0, "Trial t uses seed seed_base + t.")
+    flags.DEFINE_integer("epochs", 120, "Training epochs (an epoch = every user once, CIGF's sampler).")
+    flags.DEFINE_integer("batch_users", 256, "Users per step (CIGF: 256).")
+    flags.DEFINE_integer("samples_per_user", 40, "Positive samples per user and behaviour (CIGF: 40).")
+    flags.DEFINE_integer("users_per_epoch", 10000, "Users drawn per epoch, at most all (CIGF: 10000).")
+    flags.DEFINE_float("learning_rate", None, "Adam learning rate for every model (default: per model, "
+                       "CIGF 1e-3 as the code, baselines 5e-3).")
+    flags.DEFINE_float("lr_decay", 0.96, "Staircase decay factor (CIGF: 0.96).")
+    flags.DEFINE_integer("decay_steps", 0, "Steps per decay (0: users_per_epoch // batch_users, CIGF's rule).")
+    flags.DEFINE_integer("embedding_dim", 16, "Embedding size d (CIGF: latdim/2 = 16).")
+    flags.DEFINE_string("model_args", "{}", 'JSON: {"model": {"arg": value}} extra constructor arguments.')
+    flags.DEFINE_string("output_dir", None, "Results folder (default: results/<dataset>).")
+    flags.DEFINE_string("export_dir", None, "If set, export each trained model's first trial here "
+                        "(embeddings.npz + a SavedModel scoring (user, item)).")
+    flags.DEFINE_string("trial_shard", "0/1", "i/n: run only trials t with t % n == i.")
+    flags.DEFINE_boolean("aggregate_only", False, "Rebuild tables from trials*.jsonl without training.")
+
+
+def _trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
+    import dataclasses
+
+    from data_prep.common import fingerprint
+
+    from mdr_tf import topn
+
+    spec = topn.get(name)
+    return fingerprint({"task": "topn", "model": name, "train": dataclasses.asdict(cfg),
+                        "model_kwargs": {**spec.defaults, **kwargs}, "builder": spec.builder, "data": data_fp})
+
+
+def aggregate(rows: Sequence[dict[str, Any]], models: Sequence[str], num_domains: int) -> list[dict[str, Any]]:
+    """Mean/std per model of the metrics, per-domain metrics and timings."""
+    from mdr_tf.metrics import mean_std
+
+    keys = [k for k, _ in METRICS] + ["epoch_seconds", "train_seconds"]
+    keys += [f"{k}_d{d}" for d in range(num_domains) for k, _ in METRICS]
+    out = []
+    for m in models:
+        mrows = [r for r in rows if r["model"] == m]
+        if not mrows:
+            continue
+        s: dict[str, Any] = {"model": m, "trials": len(mrows), "params_total": mrows[0].get("params_total", 0)}
+        for key in keys:
+            s[key] = mean_std([float(r.get(key, float("nan"))) for r in mrows])
+        out.append(s)
+    return out
+
+
+def add_marks(summary: list[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> None:
+    """Welch's t-test of each metric against the best other non-seed model (report.add_significance)."""
+    from mdr_tf import report, topn
+
+    def family_of(name: str) -> str | None:
+        spec = topn.TOPN_REGISTRY.get(name)
+        return spec.family if spec else None
+
+    import warnings
+
+    for key, _ in METRICS:
+        with warnings.catch_warnings():  # deterministic scorers (popularity) have zero variance
+            warnings.simplefilter("ignore", RuntimeWarning)
+            report.add_significance(summary, rows, base_model=summary[0]["model"], metric=key,
+                                    family_of=family_of)
+        for s in summary:
+            s[f"{key}_p"], s[f"{key}_vs"], s[f"{key}_sig"] = s["p_value"], s["compared_to"], s["significant"]
+    for s in summary:
+        for k in ("relaimpr", "p_value", "compared_to", "significant"):
+            s.pop(k, None)
+
+
+def markdown_table(summary: Sequence[dict[str, Any]], domain_names: Sequence[str]) -> str:
+    from mdr_tf.report import _fmt
+
+    head = ["model", "trials"] + [n for _, n in METRICS] + [f"p {n} (vs)" for _, n in METRICS]
+    head += [f"{n} d{d} ({name})" for d, name in enumerate(domain_names) for _, n in METRICS]
+    head += ["params", "s/epoch", "s/trial"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        cells = [s["model"], str(s["trials"])]
+        cells += [_fmt(*s[k]) + ("*" if s.get(f"{k}_sig") else "") for k, _ in METRICS]
+        for k, _ in METRICS:
+            p = s.get(f"{k}_p", float("nan"))
+            cells.append("–" if math.isnan(p) else f"{p:.3f} ({s.get(f'{k}_vs')})")
+        cells += [_fmt(*s[f"{k}_d{d}"]) for d in range(len(domain_names)) for k, _ in METRICS]
+        cells += [f"{s['params_total']:,}", f"{s['epoch_seconds'][0]:.3f}", f"{s['train_seconds'][0]:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(summary: Sequence[dict[str, Any]], num_domains: int) -> str:
+    import csv
+    import io
+
+    cols = [k for k, _ in METRICS] + [f"{k}_d{d}" for d in range(num_domains) for k, _ in METRICS]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "trials"] + [f"{c}_{x}" for c in cols for x in ("mean", "std")]
+               + [f"{k}_{x}" for k, _ in METRICS for x in ("p", "vs", "significant")]
+               + ["params_total", "epoch_seconds_mean", "train_seconds_mean"])
+    for s in summary:
+        w.writerow([s["model"], s["trials"]] + [f"{v:.6f}" for c in cols for v in s[c]]
+                   + [x for k, _ in METRICS for x in (f"{s.get(f'{k}_p', float('nan')):.6f}", s.get(f"{k}_vs") or "",
+                                                     int(bool(s.get(f"{k}_sig"))))]
+                   + [s["params_total"], f"{s['epoch_seconds'][0]:.4f}", f"{s['train_seconds'][0]:.2f}"])
+    return buf.getvalue()
+
+
+def run(
+    *,
+    dataset: str = "ml100k_multibehavior",
+    raw_path: str | None = None,
+    data_dir: str = "data",
+    dataset_options: dict[str, Any] | None = None,
+    models: Sequence[str] = DEFAULT_MODELS,
+    trials: int = 5,
+    seed_base: int = 0,
+    train_kwargs: dict[str, Any] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    per_model_args: dict[str, dict[str, Any]] | None = None,
+    output_dir: str | None = None,
+    export_dir: str | None = None,
+    flags_record: dict[str, Any] | None = None,
+    trial_shard: tuple[int, int] = (0, 1),
+    aggregate_only: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Runs the trials and writes the tables; returns {"summary", "table_md", "output_dir", "rows"}.
+
+    Args:
+      train_kwargs: ``TopNConfig`` fields for every model (they override the registry's
+        per-model ``train`` values; ``seed`` is set per trial).
+      model_kwargs: constructor arguments for every trainable model (e.g. embedding_dim).
+      per_model_args: {model: {arg: value}} constructor arguments.
+    """
+    import mdr_tf  # noqa: F401  (sets the Keras backend)
+    from data_prep import multibehavior
+    from mdr_tf import topn
+
+    models = list(models)
+    for m in models:
+        topn.get(m)  # fail fast on unknown names
+    data_path = prepare_dataset(dataset, data_dir, raw_path, dict(dataset_options or {}))
+    data = multibehavior.load(data_path)
+    output_dir = output_dir or os.path.join("results", dataset)
+    os.makedirs(output_dir, exist_ok=True)
+    shard_i, shard_n = trial_shard
+    if not 0 <= shard_i < shard_n:
+        raise ValueError(f"trial shard {shard_i}/{shard_n}: expected 0 <= i < n")
+    trial_log = TrialLog(os.path.join(output_dir, "trials.jsonl" if shard_n == 1 else
+                                      f"trials-shard-{shard_i}-of-{shard_n}.jsonl"))
+    train_kwargs = dict(train_kwargs or {})
+    model_kwargs = dict(model_kwargs or {})
+    per_model_args = dict(per_model_args or {})
+    total = len(models) * trials
+    t_start, finished_now = time.time(), 0
+    commit = _git_commit()
+    fp = data.meta["fingerprint"]
+    log(f"dataset {dataset}: {data.num_users} users, {data.num_items} items, behaviours "
+        f"{dict(zip(data.behaviors, (len(u) for u in data.train_users)))}, {len(data.test_users)} test users, "
+        f"domains {list(data.domain_names)} (data in {data_path})")
+    log(f"{len(models)} models × {trials} trials; results → {os.path.abspath(output_dir)}")
+    keys = {}
+    for mi, name in enumerate(models):
+        spec = topn.get(name)
+        kwargs = {} if spec.builder is None else {**model_kwargs, **per_model_args.get(name, {})}
+        for t in range(trials):
+            seed = seed_base + t
+            cfg = topn.TopNConfig(**{**spec.train, **train_kwargs, "seed": seed})
+            key = _trial_key(name, cfg, kwargs, fp)
+            keys[key] = name
+            idx = mi * trials + t + 1
+            if aggregate_only or t % shard_n != shard_i:
+                continue
+            if trial_log.done(key):
+                log(f"[{idx}/{total}] {name} trial {t} (seed {seed}): already done, skipped")
+                continue
+            log(f"[{idx}/{total}] {name} trial {t} (seed {seed}) ...")
+            t0 = time.time()
+            row, model = topn.run_trial(name, data, cfg, kwargs, log=log, return_model=True)
+            row.update({"key": key, "trial": t, "dataset": dataset, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            if export_dir and t == 0 and model is not None:
+                row["export_path"] = topn.export_topn(model, os.path.join(export_dir, name))
+            trial_log.append(row)
+            finished_now += 1
+            eta = (time.time() - t_start) / finished_now * (total - idx)
+            log(f"[{idx}/{total}] {name} trial {t}: HR@10 {row['test_hr10']:.4f} NDCG@10 {row['test_ndcg10']:.4f} "
+                f"({row['epoch_seconds']:.3f} s/epoch, {time.time() - t0:.1f}s; ETA {eta / 60:.1f} min)")
+            del model
+    rows = [r for r in trial_log.rows if r.get("key") in keys]
+    summary = aggregate(rows, models, data.num_domains)
+    if not summary:
+        raise ValueError(f"no finished trials for {models} in {output_dir}")
+    add_marks(summary, rows)
+    md = markdown_table(summary, data.domain_names)
+    title = (f"# {dataset}: leave-one-out top-N, mean ± std over trials\n\n"
+             f"Target behaviour `{data.behaviors[-1]}`; each of {len(data.test_users)} test users' held-out item "
+             f"ranked among {data.negatives.shape[1]} sampled negatives. Domains (user age): "
+             f"{', '.join(f'd{k} = {n}' for k, n in enumerate(data.domain_names))}. "
+             "* = better than the best other non-CIGF model (Welch's t-test over trials, p < 0.05).\n\n")
+    _atomic_write(os.path.join(output_dir, "table.md"), title + md)
+    _atomic_write(os.path.join(output_dir, "table.csv"), csv_table(summary, data.num_domains))
+    meta = {"git_commit": commit, "versions": _versions(), "flags": flags_record or {}, "dataset": dataset,
+            "data_dir": os.path.abspath(data_path), "data_fingerprint": fp, "data_checksums": data.meta["checksums"],
+            "models": models, "trials": trials, "seed_base": seed_base, "train": train_kwargs,
+            "per_model_train": {m: topn.get(m).train for m in models}, "model_kwargs": model_kwargs,
+            "per_model_args": per_model_args, "wall_seconds": round(time.time() - t_start, 1)}
+    _atomic_write(os.path.join(output_dir, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
+    log("\n" + title + md)
+    log(f"results: {os.path.abspath(output_dir)}/table.md, table.csv, trials.jsonl, run_meta.json "
+        f"({time.time() - t_start:.0f}s)")
+    return {"summary": summary, "table_md": md, "output_dir": output_dir, "rows": rows, "data_dir": data_path}
+
+
+def _main(f: flags.FlagValues) -> None:
+    train_kwargs: dict[str, Any] = dict(epochs=f.epochs, batch_users=f.batch_users,
+                                        samples_per_user=f.samples_per_user, users_per_epoch=f.users_per_epoch,
+                                        lr_decay=f.lr_decay, decay_steps=f.decay_steps or None)
+    if f.learning_rate is not None:
+        train_kwargs["learning_rate"] = f.learning_rate
+    flags_record = {flag.name: flag.value for flag in f.get_flags_for_module(sys.modules[__name__])}
+    flags_record.update({n: getattr(f, n) for n in ("dataset", "raw_path", "data_dir", "dataset_options")})
+    run(dataset=f.dataset, raw_path=f.raw_path, data_dir=f.data_dir,
+        dataset_options=_parse_options(f.dataset_options), models=f.models, trials=f.trials,
+        seed_base=f.seed_base, train_kwargs=train_kwargs, model_kwargs={"embedding_dim": f.embedding_dim},
+        per_model_args=parse_model_args(f.model_args), output_dir=f.output_dir, export_dir=f.export_dir,
+        flags_record=flags_record, trial_shard=_parse_shard(f.trial_shard), aggregate_only=f.aggregate_only)
+
+
+def cli() -> None:
+    from data_prep.common import run_cli
+
+    run_cli(define_flags, _main, errors=(ValueError,))
+
+
+if __name__ == "__main__":
+    cli()
