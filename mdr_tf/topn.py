@@ -73,11 +73,8 @@ TOPN_REGISTRY: dict[str, TopNSpec] = {s.name: s for s in [
              "CIGF ablation: task k scores with its own expert only, s^k = 300·<Z^k_u, Z^k_i>"),
     TopNSpec("cigf_no_mixing", _G + "CIGF", {"mixing": False}, "seed",
              "CIGF ablation: every hop follows behaviour k's own graph (no multi-behaviour mixing)"),
-    # Baselines: lr 5e-3 (ours): with the official decay (x0.96 every 39 steps) lr 1e-3 leaves
-    # them under-trained on ML-100k (docs/models/cigf.md).
-    TopNSpec("lightgcn", _G + "LightGCN", {}, "baseline", "LightGCN (L = 2, symmetric norm) on the target graph",
-             {"learning_rate": 5e-3}),
-    TopNSpec("mf_bpr", _G + "MFBPR", {}, "baseline", "MF-BPR on the target behaviour", {"learning_rate": 5e-3}),
+    TopNSpec("lightgcn", _G + "LightGCN", {}, "baseline", "LightGCN (L = 2, symmetric norm) on the target graph"),
+    TopNSpec("mf_bpr", _G + "MFBPR", {}, "baseline", "MF-BPR on the target behaviour"),
     TopNSpec("popularity", None, {"behavior": -1}, "trivial", "items ranked by train target-behaviour degree"),
     TopNSpec("random", None, {}, "trivial", "uniform random scores"),
 ]}
