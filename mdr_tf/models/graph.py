@@ -56,6 +56,10 @@ class TopNModel(keras.Model):
                                               initializer=self.embedding_initializer)
         self._graph: list | None = None
 
+    def build(self, input_shape=None):
+        """All weights are created in ``__init__`` (their shapes come from the graph sizes)."""
+        self.built = True
+
     @property
     def behaviors(self) -> tuple[int, ...]:
         """Data behaviours used as graphs and tasks (default: the target only)."""
