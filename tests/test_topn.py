@@ -178,3 +178,15 @@ def test_real_data_cigf_uses_the_auxiliary_behaviours(ml100k_mb):
     assert cigf["test_hr10"] > pop["test_hr10"] + 0.05 and cigf["test_ndcg10"] > pop["test_ndcg10"] + 0.03
     assert cigf["test_hr10"] > neutral["test_hr10"] + 0.05
     assert lg["test_hr10"] > rnd["test_hr10"] + 0.2
+    assert abs(rnd["test_hr10"] - 0.10) < 0.04 and rnd["test_ndcg10"] <= rnd["test_hr10"]
+
+
+def test_real_data_graphs_nested_and_without_test_pairs(ml100k_mb):
+    from mdr_tf.layers.graph import bipartite_adjacency
+
+    d = ml100k_mb
+    a = [tf.sparse.to_dense(bipartite_adjacency(d.train_users[k], d.train_items[k], d.num_users, d.num_items,
+                                                "none")).numpy() for k in range(3)]
+    assert (a[2] <= a[1]).all() and (a[1] <= a[0]).all()  # loved <= liked <= rated, elementwise
+    for k in range(3):
+        assert not a[k][d.test_users, d.num_users + d.test_items].any()  # the test pair is in no train graph
