@@ -27,7 +27,8 @@ from absl import app, flags
 from experiments.run import (TrialLog, _atomic_write, _git_commit, _parse_options, _parse_shard, _versions,
                              define_data_flags, parse_model_args, prepare_dataset)
 
-DEFAULT_MODELS = ("cigf", "cigf_no_mesi", "cigf_no_mixing", "lightgcn", "mf_bpr", "popularity", "random")
+DEFAULT_MODELS = ("cigf", "cigf_no_mesi", "cigf_no_mixing", "cigf_target_only", "lightgcn", "mf_bpr",
+                  "popularity", "random")
 METRICS = (("test_hr10", "HR@10"), ("test_ndcg10", "NDCG@10"))
 
 

@@ -73,6 +73,8 @@ TOPN_REGISTRY: dict[str, TopNSpec] = {s.name: s for s in [
              "CIGF ablation: task k scores with its own expert only, s^k = 300·<Z^k_u, Z^k_i>"),
     TopNSpec("cigf_no_mixing", _G + "CIGF", {"mixing": False}, "seed",
              "CIGF ablation: every hop follows behaviour k's own graph (no multi-behaviour mixing)"),
+    TopNSpec("cigf_target_only", _G + "CIGF", {"target_only": True}, "seed",
+             "CIGF ablation: the target behaviour only (one graph, one task): no multi-behaviour data"),
     TopNSpec("lightgcn", _G + "LightGCN", {}, "baseline", "LightGCN (L = 2, symmetric norm) on the target graph"),
     TopNSpec("mf_bpr", _G + "MFBPR", {}, "baseline", "MF-BPR on the target behaviour"),
     TopNSpec("popularity", None, {"behavior": -1}, "trivial", "items ranked by train target-behaviour degree"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -84,7 +83,7 @@ def test_models_keras_roundtrip(tmp_path):
     d = _toy_data()
     keras.utils.set_random_seed(0)
     x = {"user": tf.constant([3, 4, 5], tf.int64), "item": tf.constant([0, 1, 2], tf.int64)}
-    for cls, kw in ((CIGF, {"num_layers": 3}), (LightGCN, {}), (MFBPR, {})):
+    for cls, kw in ((CIGF, {"num_layers": 3}), (CIGF, {"target_only": True}), (LightGCN, {}), (MFBPR, {})):
         model = cls(d.num_users, d.num_items, 3, embedding_dim=4, **kw)
         model.set_graph(topn.graph_inputs(model, d))
         ref = model(x).numpy()
@@ -165,13 +164,12 @@ def ml100k_mb(tmp_path_factory):
 
 
 def test_real_data_cigf_uses_the_auxiliary_behaviours(ml100k_mb):
-    """CIGF beats popularity and random; neutralising the auxiliary behaviours (every graph
-    = the target graph) removes most of its gain: the control of the multi-behaviour mechanism."""
+    """CIGF beats popularity; without the auxiliary behaviours (``cigf_target_only``) most of
+    its gain is gone: the control of the multi-behaviour mechanism. LightGCN beats random."""
     d = ml100k_mb
     cfg = topn.TopNConfig(epochs=20, learning_rate=5e-3, seed=0)  # 20 epochs: HR 0.645 / 0.537 / 0.498
     cigf = topn.run_trial("cigf", d, cfg)
-    target_only = dataclasses.replace(d, train_users=(d.train_users[2],) * 3, train_items=(d.train_items[2],) * 3)
-    neutral = topn.run_trial("cigf", target_only, cfg)
+    neutral = topn.run_trial("cigf_target_only", d, cfg)
     pop = topn.evaluate_scorer(topn.trivial_scorer("popularity", d), d)
     rnd = topn.evaluate_scorer(topn.trivial_scorer("random", d), d)
     lg = topn.run_trial("lightgcn", d, cfg)

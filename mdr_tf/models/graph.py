@@ -171,6 +171,8 @@ class CIGF(TopNModel):
       use_gate: MESI's gate over experts (False: ablation "without MESI").
       scale: score multiplier (code ``mult``).
       reg: L2 weight on the full ego tables, mixing and gate kernels (biases excluded).
+      target_only: use only the target behaviour (one graph, one task; ablation "without
+        multi-behaviour data": MESI's single gate is 1, the score 300·<Z_u, Z_i>).
     """
 
     adjacency_norm = "left"
@@ -178,7 +180,7 @@ class CIGF(TopNModel):
     def __init__(self, num_users: int, num_items: int, num_behaviors: int = 3, embedding_dim: int = 16,
                  embedding_initializer: Any = "glorot_uniform", num_layers: int = 2, mixing: bool = True,
                  use_gate: bool = True, scale: float = 300.0, reg: float = 0.01, negative_slope: float = 0.1,
-                 **kwargs):
+                 target_only: bool = False, **kwargs):
         super().__init__(num_users, num_items, num_behaviors, embedding_dim, embedding_initializer, **kwargs)
         self.num_layers = int(num_layers)
         self.mixing = bool(mixing)
@@ -186,17 +188,20 @@ class CIGF(TopNModel):
         self.scale = float(scale)
         self.reg = float(reg)
         self.negative_slope = float(negative_slope)
-        self.cigcn = CIGCN(self.num_behaviors, self.num_layers, mixing=self.mixing,
-                           negative_slope=self.negative_slope, name="cigcn")
-        self.mesi = MESI(self.num_behaviors, scale=self.scale, use_gate=self.use_gate, name="mesi")
+        self.target_only = bool(target_only)
+        k = len(self.behaviors)
+        self.cigcn = CIGCN(k, self.num_layers, mixing=self.mixing, negative_slope=self.negative_slope, name="cigcn")
+        self.mesi = MESI(k, scale=self.scale, use_gate=self.use_gate, name="mesi")
 
     def build(self, input_shape=None):
         self.cigcn.build((self.num_users + self.num_items, self.embedding_dim))
-        self.mesi.build((None, self.num_behaviors, self.embedding_dim))
+        self.mesi.build((None, len(self.behaviors), self.embedding_dim))
         self.built = True
 
     @property
     def behaviors(self) -> tuple[int, ...]:
+        if getattr(self, "target_only", False):
+            return (self.num_behaviors - 1,)
         return tuple(range(self.num_behaviors))
 
     def propagate(self, adjacencies: Sequence):
@@ -223,4 +228,4 @@ class CIGF(TopNModel):
     def get_config(self) -> dict:
         return {**super().get_config(), "num_layers": self.num_layers, "mixing": self.mixing,
                 "use_gate": self.use_gate, "scale": self.scale, "reg": self.reg,
-                "negative_slope": self.negative_slope}
+                "negative_slope": self.negative_slope, "target_only": self.target_only}
