@@ -157,9 +157,11 @@ def test_mesi_gates_and_scores():
     # K = 1: the gate is 1, the score is 300 <Z_u, Z_i>.
     one = MESI(1)
     s1 = one(tf.constant(zu[:, :1]), tf.constant(zi[:, :1]), task=0).numpy()
+    np.testing.assert_array_equal(one.gates(tf.constant(zu[:, :1]), tf.constant(zi[:, :1]), 0).numpy(), 1.0)
     np.testing.assert_allclose(s1, 300 * (zu[:, 0] * zi[:, 0]).sum(-1), rtol=1e-5)
     # Without the gate (ablation): task k's own expert only.
     nog = MESI(3, use_gate=False)
     np.testing.assert_allclose(nog(tf.constant(zu), tf.constant(zi), task=1).numpy(),
                                300 * (zu[:, 1] * zi[:, 1]).sum(-1), rtol=1e-5)
+    np.testing.assert_array_equal(nog.gates(tf.constant(zu), tf.constant(zi), 1).numpy(), [[0, 1, 0]] * 6)
     assert_config_json(mesi)

@@ -131,7 +131,7 @@ class MESI(keras.layers.Layer):
     def build(self, input_shape):
         dim = int(input_shape[-1])
         self.gate_kernel = self.gate_bias = None
-        if self.use_gate:
+        if self.use_gate and self.num_behaviors > 1:  # with one expert the gate is 1
             self.gate_kernel = self.add_weight(name="gate_kernel", shape=(2 * dim, self.num_behaviors),
                                                initializer=self.kernel_initializer)
             self.gate_bias = self.add_weight(name="gate_bias", shape=(self.num_behaviors,), initializer="zeros")
@@ -139,13 +139,15 @@ class MESI(keras.layers.Layer):
 
     def gates(self, zu, zi, task: int):
         """``g^task`` [B, K] from the task's own representations (the "separate input")."""
+        if self.gate_kernel is None:
+            return ops.one_hot(ops.full((ops.shape(zu)[0],), task), self.num_behaviors, dtype=zu.dtype)
         x = ops.concatenate([zu[:, task], zi[:, task]], axis=-1)
         return ops.softmax(ops.matmul(x, self.gate_kernel) + self.gate_bias, axis=-1)
 
     def call(self, zu, zi, task: int):
         """``zu``, ``zi``: [B, K, d] user / item representations of every behaviour; returns [B]."""
         experts = zu * zi  # [B, K, d]
-        if not self.use_gate:
+        if self.gate_kernel is None:
             return self.scale * ops.sum(experts[:, task], axis=-1)
         g = self.gates(zu, zi, task)  # [B, K]
         return self.scale * ops.sum(ops.sum(experts, axis=-1) * g, axis=-1)
