@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from absl import app, flags
+from absl import flags
 
 from experiments.run import (TrialLog, _atomic_write, _git_commit, _parse_options, _parse_shard, _versions,
                              define_data_flags, parse_model_args, prepare_dataset)
@@ -239,7 +239,8 @@ def run(
     _atomic_write(os.path.join(output_dir, "table.md"), title + md)
     _atomic_write(os.path.join(output_dir, "table.csv"), csv_table(summary, data.num_domains))
     meta = {"git_commit": commit, "versions": _versions(), "flags": flags_record or {}, "dataset": dataset,
-            "data_dir": os.path.abspath(data_path), "data_fingerprint": fp, "data_checksums": data.meta.get("checksums"),
+            "data_dir": os.path.abspath(data_path), "data_fingerprint": fp,
+            "data_checksums": data.meta.get("checksums"),
             "models": models, "trials": trials, "seed_base": seed_base, "train": train_kwargs,
             "per_model_train": {m: topn.get(m).train for m in models}, "model_kwargs": model_kwargs,
             "per_model_args": per_model_args, "wall_seconds": round(time.time() - t_start, 1)}

@@ -29,7 +29,7 @@ import dataclasses
 import importlib
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
