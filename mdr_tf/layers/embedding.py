@@ -37,6 +37,9 @@ class FeatureEmbedding(keras.layers.Layer):
       embeddings_initializer: initializer of the tables (HAMUR / Scenario-Wise-Rec use
         N(0, 1e-4); keras default is U(±0.05)).
       embeddings_regularizer: optional regularizer (e.g. torch-style coupled L2).
+      assignment: optional embedding assignment policy for streaming, the keyword
+        arguments of ``mdr_tf.layers.assignment.EmbeddingAssignment`` (e.g.
+        ``{"policy": "autoassign"}``); None or ``{"policy": "full"}``: one row per id.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class FeatureEmbedding(keras.layers.Layer):
         embed_domain: bool = True,
         embeddings_initializer: Any = "random_normal",
         embeddings_regularizer: Any = None,
+        assignment: dict[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -60,11 +64,20 @@ class FeatureEmbedding(keras.layers.Layer):
         sizes = [f.vocab_size for f in self.schema.categorical] + [self.schema.num_domains]
         self.offsets = [int(o) for o in np.cumsum([0] + sizes[:-1])]
         self.total_rows = int(sum(sizes))
+        self.assignment_config = dict(assignment) if assignment else None
+        self.assignment = None
+        if assignment and assignment.get("policy", "autoassign") != "full":
+            from mdr_tf.layers.assignment import EmbeddingAssignment
+
+            self.assignment = EmbeddingAssignment(schema, embedding_dim=self.embedding_dim, name="assignment",
+                                                  **assignment)
 
     def build(self, input_shape=None):
         self.table = self.add_weight(name="table", shape=(self.total_rows, self.embedding_dim),
                                      initializer=self.embeddings_initializer,
                                      regularizer=self.embeddings_regularizer)
+        if self.assignment is not None:
+            self.assignment.build(None)
         self.built = True
 
     def table_rows(self, name: str) -> tuple[int, int]:
@@ -91,7 +104,7 @@ class FeatureEmbedding(keras.layers.Layer):
         return {"all": all_w, "domain_side": side, "agnostic": all_w - side + (0 if self.embed_domain else d),
                 "ids": d * ids if ids else d, "dense": len(s.dense), "fields": self.num_fields}
 
-    def call(self, inputs: dict[str, Any]) -> dict[str, Any]:
+    def call(self, inputs: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
         s = self.schema
         # Out-of-range ids: a feature id outside [0, vocab) reads the OOV row 0; a domain
         # id outside [0, D) is clipped (serving signatures reject it before this point).
@@ -100,8 +113,13 @@ class FeatureEmbedding(keras.layers.Layer):
         rows = ops.stack(ids, axis=1)  # [B, F+1]
         sizes = ops.convert_to_tensor([f.vocab_size for f in s.categorical] + [s.num_domains], dtype="int32")
         rows = ops.where((rows < 0) | (rows >= sizes), 0, rows)
+        local = rows
+        if self.assignment is not None:  # streaming policies: id -> row remap (threshold, hash)
+            rows = self.assignment.remap(rows)
         rows = rows + ops.convert_to_tensor(self.offsets, dtype="int32")
         gathered = ops.take(self.table, rows, axis=0)  # [B, F+1, d]
+        if self.assignment is not None:  # autoassign: shared mixtures for ids not in the kept set
+            gathered = self.assignment.transform(local, gathered, training=training)
         gathered = ops.cast(gathered, self.compute_dtype)
         domain_emb = gathered[:, -1, :]
         embs = {f.name: gathered[:, i, :] for i, f in enumerate(s.categorical)}
@@ -138,4 +156,6 @@ class FeatureEmbedding(keras.layers.Layer):
             "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer)
             if self.embeddings_regularizer else None,
         })
+        if self.assignment_config:
+            config["assignment"] = self.assignment_config
         return config

@@ -27,6 +27,8 @@ class MultiDomainModel(keras.Model):
       embeddings_initializer: embedding initializer (default N(0, 1e-4), HAMUR / SWR).
       embedding_l2: coupled L2 weight on the embedding tables (torch ``weight_decay``
         style, ``0.5 * wd * ||E||²`` per step on the whole table); 0 disables.
+      embedding_assignment: optional streaming embedding-assignment policy
+        (``FeatureEmbedding``'s ``assignment``; docs/models/autoassign.md); None = one row per id.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class MultiDomainModel(keras.Model):
         embed_domain: bool = True,
         embeddings_initializer: Any = None,
         embedding_l2: float = 0.0,
+        embedding_assignment: dict[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -46,11 +49,12 @@ class MultiDomainModel(keras.Model):
         self.embeddings_initializer = embeddings_initializer or {
             "class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 1e-4}}
         self.embedding_l2 = float(embedding_l2)
+        self.embedding_assignment = dict(embedding_assignment) if embedding_assignment else None
         self.embedding = FeatureEmbedding(
             schema, embedding_dim=self.embedding_dim, embed_domain=self.embed_domain,
             embeddings_initializer=keras.initializers.get(self.embeddings_initializer),
             embeddings_regularizer=keras.regularizers.L2(self.embedding_l2 / 2) if self.embedding_l2 else None,
-            name="embedding")
+            assignment=self.embedding_assignment, name="embedding")
         self.context_dims = self.embedding.output_dims
 
     @property
@@ -90,6 +94,7 @@ class MultiDomainModel(keras.Model):
             "embed_domain": self.embed_domain,
             "embeddings_initializer": self.embeddings_initializer,
             "embedding_l2": self.embedding_l2,
+            **({"embedding_assignment": self.embedding_assignment} if self.embedding_assignment else {}),
         }
 
     @classmethod
