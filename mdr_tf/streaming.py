@@ -155,13 +155,19 @@ class AutoAssignAgent:
       epsilon: exploration (probability of admitting an id the keep head would not keep).
       replay_chunks: chunks of (s, a, r) the critic trains on.
       warmup_chunks: first decisions that keep every id.
+      actor_objective: "ddpg" (ascend ``Q(s, ρ(s))``) or "greedy" (fit ρ to ``1[A(s) > 0]`` by
+        cross-entropy: the critic's greedy policy, distilled).
       seed: exploration and sampling seed.
     """
 
     def __init__(self, layer, memory_weight: float = 0.01, critic_units: int = 32, learning_rate: float = 1e-3,
                  critic_steps: int = 200, actor_steps: int = 100, batch_size: int = 256, epsilon: float = 0.02,
                  replay_chunks: int = 4, warmup_chunks: int = 5, actor_learning_rate: float = 3e-4,
-                 seed: int = 0):
+                 actor_objective: str = "ddpg", seed: int = 0):
+        if actor_objective not in ("ddpg", "greedy"):
+            raise ValueError(f"AutoAssignAgent: actor_objective={actor_objective!r}, expected 'ddpg' or 'greedy'")
+        greedy = actor_objective == "greedy"
+        self.actor_objective = actor_objective
         self.layer = layer
         self.warmup_chunks = int(warmup_chunks)
         self.decisions = 0
@@ -221,7 +227,12 @@ class AutoAssignAgent:
                 sb = tf.gather(s, index[i])
                 with tf.GradientTape() as tape:
                     tape.watch(keep_vars)
-                    loss = -tf.reduce_mean(q(sb, layer.keep_probability(sb)))
+                    rho = layer.keep_probability(sb)
+                    if greedy:  # fit ρ to the critic's greedy action 1[A(s) > 0]
+                        target = tf.cast(advantage(sb) > 0, tf.float32)
+                        loss = tf.reduce_mean(keras.losses.binary_crossentropy(target[:, None], rho[:, None]))
+                    else:  # DDPG: ascend Q(s, ρ(s)) = V(s) + ρ(s) A(s)
+                        loss = -tf.reduce_mean(q(sb, rho))
                 self.actor_opt.apply(tape.gradient(loss, keep_vars), layer.keep_variables)
             return loss
 
