@@ -157,13 +157,16 @@ class AutoAssignAgent:
       warmup_chunks: first decisions that keep every id.
       actor_objective: "ddpg" (ascend ``Q(s, ρ(s))``) or "greedy" (fit ρ to ``1[A(s) > 0]`` by
         cross-entropy: the critic's greedy policy, distilled).
+      reward_chunks: H, chunks over which a decision's return is summed (1: the next chunk
+        only, γ = 0). With H > 1 the return is ``−Σ_h (BCE sums + λ·1[row held])`` over chunks
+        t+1..t+H and the advantage target sums what the row earned while it was held.
       seed: exploration and sampling seed.
     """
 
     def __init__(self, layer, memory_weight: float = 0.01, critic_units: int = 32, learning_rate: float = 1e-3,
                  critic_steps: int = 200, actor_steps: int = 100, batch_size: int = 256, epsilon: float = 0.02,
                  replay_chunks: int = 4, warmup_chunks: int = 5, actor_learning_rate: float = 3e-4,
-                 actor_objective: str = "ddpg", seed: int = 0):
+                 actor_objective: str = "ddpg", reward_chunks: int = 1, seed: int = 0):
         if actor_objective not in ("ddpg", "greedy"):
             raise ValueError(f"AutoAssignAgent: actor_objective={actor_objective!r}, expected 'ddpg' or 'greedy'")
         greedy = actor_objective == "greedy"
@@ -188,8 +191,13 @@ class AutoAssignAgent:
                        tf.Variable(np.zeros(2, np.float32))]
         self.critic_opt = keras.optimizers.Adam(learning_rate)
         self.actor_opt = keras.optimizers.Adam(actor_learning_rate)
-        self.buffer: collections.deque = collections.deque(maxlen=int(replay_chunks))
+        self.buffer: collections.deque = collections.deque(maxlen=int(replay_chunks) * len(layer.fields))
+        self.reward_chunks = int(reward_chunks)
+        if self.reward_chunks < 1:
+            raise ValueError(f"AutoAssignAgent: reward_chunks={reward_chunks} must be >= 1")
         self.pending: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # decisions whose reward window is still open: (field, ids, states, actions, sums, chunks seen)
+        self.open: collections.deque = collections.deque()
         self.last_critic_loss = float("nan")
         keep_vars = [v.value if hasattr(v, "value") else v for v in layer.keep_variables]
         self._keep_vars = keep_vars
@@ -248,19 +256,31 @@ class AutoAssignAgent:
         """
         losses = np.asarray(losses, np.float64)
         for k, (ids, states, actions) in self.pending.items():
-            name = self.layer.fields[k]
+            self.open.append([k, ids, states, actions, np.zeros(len(ids)), np.zeros(len(ids)), np.zeros(len(ids)), 0])
+        per_field = {}
+        for k, name in enumerate(self.layer.fields):
             x = np.asarray(local_ids[name], np.int64)
-            per_id = np.bincount(x, weights=losses, minlength=self.layer.vocab[k])[ids]
-            r = -per_id - self.memory_weight * actions
-            d = np.zeros_like(r)
-            paired = np.zeros_like(r)
+            v = self.layer.vocab[k]
+            loss_sum = np.bincount(x, weights=losses, minlength=v)
+            gain = np.zeros(v)
             if shared_losses is not None and name in shared_losses:
-                kept = actions > 0.5
-                cf = np.bincount(x, weights=np.asarray(shared_losses[name], np.float64),
-                                 minlength=self.layer.vocab[k])[ids]
-                d = np.where(kept, cf - per_id - self.memory_weight, 0.0)  # r(keep) − r(shared)
-                paired = kept.astype(np.float64)
-            self.buffer.append(tuple(v.astype(np.float32) for v in (states, actions, r, d, paired)))
+                gain = np.bincount(x, weights=np.asarray(shared_losses[name], np.float64), minlength=v) - loss_sum
+            per_field[k] = (loss_sum, gain, np.asarray(self.layer.kept[k].numpy()) > 0.5)
+        still_open = collections.deque()
+        for entry in self.open:
+            k, ids, states, actions, ret, adv, held, n = entry
+            loss_sum, gain, kept_now = per_field[k]
+            kept = kept_now[ids]
+            ret -= loss_sum[ids] + self.memory_weight * kept  # return: −Σ BCE − λ·(chunks the row was held)
+            adv += np.where(kept, gain[ids] - self.memory_weight, 0.0)  # what the held row earned, net of λ
+            held += kept
+            entry[7] = n + 1
+            if entry[7] < self.reward_chunks:
+                still_open.append(entry)
+                continue
+            paired = (actions > 0.5).astype(np.float64) if shared_losses is not None else np.zeros(len(ids))
+            self.buffer.append(tuple(v.astype(np.float32) for v in (states, actions, ret, adv, paired)))
+        self.open = still_open
         self.pending = {}
 
     def train(self) -> None:

@@ -213,7 +213,8 @@ def test_long_runs_of_unseen_ids_stay_finite():
     m = _model({"policy": "autoassign"})
     res = run_stream(m, feats, y, chunk_index(n, k), batch_size=32,
                      agent_kwargs={"warmup_chunks": 1, "epsilon": 0.3, "memory_weight": 1.0,
-                                   "actor_learning_rate": 1e-3, "critic_steps": 30, "actor_steps": 30})
+                                   "actor_learning_rate": 1e-3, "critic_steps": 30, "actor_steps": 30,
+                                   "reward_chunks": 2})
     assert np.all(np.isfinite(res["prob"]))
     assert np.all(np.isfinite(m.embedding.table.numpy()))
     assert all(np.isfinite(w.numpy()).all() for w in m.embedding.assignment.weights)
