@@ -218,7 +218,7 @@ def test_long_runs_of_unseen_ids_stay_finite():
     assert np.all(np.isfinite(res["prob"]))
     assert np.all(np.isfinite(m.embedding.table.numpy()))
     assert all(np.isfinite(w.numpy()).all() for w in m.embedding.assignment.weights)
-    assert all(np.isfinite(r["critic_mse"]) for r in res["chunks"][1:])
+    assert all(np.isfinite(r["critic_mse"]) for r in res["chunks"][2:])  # first rewards complete at chunk 2
     # memory term: with a large weight the agent frees rows after warm-up
     assert res["chunks"][-1]["rows"] < res["chunks"][-1]["rows_full"]
 
