@@ -83,13 +83,28 @@ _MLORA_MODELS = ("dnn", "mlora_2stage", "wdl", "mlora_wdl", "dcn", "mlora_dcn", 
 _MLORA_MODELS_ML = ("dnn", "mlora", "wdl", "mlora_wdl", "dcn", "mlora_dcn", "deepfm", "mlora_deepfm")
 
 
+# The official DeepCTR variants (model_zoo/DeepCTR/{wdl,dcn,deepfm,mlora}.py, models.md §4.1):
+# every kernel (deep layers, LoRA A, cross vectors, head) glorot_normal, and DeepCTR's
+# l2_reg_embedding = 1e-5, a Keras l2(1e-5) = 1e-5·ΣE² on the embedding tables, which is
+# embedding_l2 = 2e-5 in the package's 0.5·wd·ΣE² convention. The DeepCTR baselines (wdl,
+# dcn, deepfm) are the same DeepCTR models without LoRA, so they get the same defaults.
+DEEPCTR_DEFAULTS = {"kernel_initializer": "glorot_normal", "embedding_l2": 2e-5}
+_DEEPCTR_MODELS = ("wdl", "dcn", "deepfm", "mlora_wdl", "mlora_dcn", "mlora_deepfm")
+
+
 def _mlora_setup(embedding_dim: int, alphas: dict[str, float], dropout: float = 0.5) -> dict[str, Any]:
     """``model_kwargs`` and ``per_model_args`` of an MLoRA config: ``alphas`` maps each LoRA
     model to its ``lora_reduce``; the dropout sits on the shared branch inside the MLoRA
-    blocks (so the backbone's own dropout is off for them)."""
+    blocks (so the backbone's own dropout is off for them). The DeepCTR backbones (with and
+    without LoRA) get ``DEEPCTR_DEFAULTS`` and LoRA ``A`` glorot_normal."""
+    per_model: dict[str, dict[str, Any]] = {m: dict(DEEPCTR_DEFAULTS) for m in _DEEPCTR_MODELS}
+    for m, a in alphas.items():
+        block = {"alpha": float(a), "dropout": dropout}
+        if m in _DEEPCTR_MODELS:
+            block["lora_initializer"] = "glorot_normal"
+        per_model[m] = {**per_model.get(m, {}), "dropout": 0.0, "block_config": block}
     return {"model_kwargs": {"hidden_units": [256, 128, 64], "embedding_dim": embedding_dim, "dropout": dropout},
-            "per_model_args": {m: {"dropout": 0.0, "block_config": {"alpha": float(a), "dropout": dropout}}
-                               for m, a in alphas.items()}}
+            "per_model_args": per_model}
 _HIERREC_MODELS = ("dnn", "shared_bottom", "mmoe", "ple", "star", "adasparse", "hierrec")
 _MLORA_TRAIN = dict(batch_size=1024, learning_rate=1e-3, monitor="mean_auc", patience=3, mode="single_domain")
 
