@@ -92,6 +92,8 @@ class BackboneModel(MultiDomainModel):
         if backbone == "dcn":
             self.cross = CrossNetwork(self.cross_layers, kernel_initializer=kernel_initializer or "glorot_uniform",
                                       name="cross")
+        if backbone == "deepfm":
+            self.fm = FactorizationMachine(name="fm")
 
     def make_head(self) -> keras.layers.Layer:
         """The output layer (a subclass may return a domain-aware block, e.g. MI-DPG's DWM head)."""
@@ -100,8 +102,6 @@ class BackboneModel(MultiDomainModel):
     def apply_head(self, h, ctx, training=None):
         """Runs the output layer on ``h`` (``ctx`` for heads that need it)."""
         return self.head(h)
-        if backbone == "deepfm":
-            self.fm = FactorizationMachine(name="fm")
 
     def compute_logit(self, inputs, ctx, training=None):
         e = ctx["all"]
