@@ -65,15 +65,16 @@ def _hamur_setup(mlp: list[int], deep: list[int], k_mlp: int, k_wdl: int, k_dcn:
                  hyper_deep: list[int], cross_layers: int, adapter_positions: list[int]) -> dict[str, Any]:
     """``per_model_args`` of a HAMUR config (official example scripts, models.md §2.3): each
     backbone with and without HAMUR has the same MLP (Linear-BN-ReLU, W&D's deep part with
-    dropout 0.2)."""
+    dropout 0.2). Every adapter's domain norm uses batch statistics, as the official
+    ``adapter.py`` / ``adapter_wd.py`` / ``adapter_dcn.py`` (``hamur_official``'s registry default)."""
     wdl = {"hidden_units": deep, "batch_norm": True, "dropout": 0.2}
     dcn = {"hidden_units": deep, "batch_norm": True, "cross_layers": cross_layers}
     return {"per_model_args": {
         "dnn": {"hidden_units": mlp, "batch_norm": True},
         "hamur_official": {"hidden_units": mlp, "k": k_mlp, "hyper_dims": hyper_mlp,
                            "adapter_positions": adapter_positions},
-        "wdl": wdl, "hamur_wdl": {**wdl, "k": k_wdl, "hyper_dims": hyper_deep},
-        "dcn": dcn, "hamur_dcn": {**dcn, "k": k_dcn, "hyper_dims": hyper_deep}}}
+        "wdl": wdl, "hamur_wdl": {**wdl, "k": k_wdl, "hyper_dims": hyper_deep, "norm_mode": "batch"},
+        "dcn": dcn, "hamur_dcn": {**dcn, "k": k_dcn, "hyper_dims": hyper_deep, "norm_mode": "batch"}}}
 # MLoRA's official configs (models.md §4.3, from config/{Amazon_6,Movielens,Taobao_10}/*.json):
 # MLP 256-128-64, dropout 0.5 on the shared branch (baselines: the same dropout), embeddings
 # 8 (Taobao 128), lora_reduce α per backbone; the MLP's MLoRA is two-stage on Amazon_6 and
