@@ -333,4 +333,4 @@ def test_midpg_learns_ml100k(ml100k_schema):
     from mdr_tf.training import TrainConfig, run_trial
 
     row = run_trial("midpg", ml100k_schema, TrainConfig(epochs=2, seed=0, jit_compile=False))
-    assert row["test_auc"] > 0.75, row  # observed 0.770 (seed 0, 2 epochs); DNN 0.775
+    assert row["test_auc"] > 0.75, row  # observed 0.773 (seed 0, 2 epochs); DNN 0.775
