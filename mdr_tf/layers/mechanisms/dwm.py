@@ -25,10 +25,11 @@ c        Q (column-wise); P is one global variable  Repeat(σ(P Q), n/a, m/b)
 n/a times on the row axis" fits both; ``repeat`` selects. With ``a | d`` (d the embedding
 width) tile gives coordinate ``i mod a`` of *every* field the same row weight, so on the
 first layer the rows cannot tell fields apart; block gives each run of n/a consecutive
-input coordinates (about one field when n/a ≈ d) its own row. With ``a = 1, b = m`` the DWM gates each output neuron (PEPNet /
-AdaSparse). MIR maximises a Jensen-Shannon MI estimate (Deep InfoMax / f-GAN) between
-the scenario-aware input ``e_s`` and the small a×b matrix ``σ(P Q)``; the loss becomes
-``BCE − λ1·MIR``; λ1 = 0 is DPG.
+input coordinates (about one field when n/a ≈ d) its own row. With ``a = 1, b = m`` the
+DWM gates each output neuron (PEPNet / AdaSparse). MIR maximises a Jensen-Shannon MI
+estimate (Deep InfoMax / f-GAN) between the scenario-aware input ``e_s`` and the small
+a×b matrix ``σ(P Q)``; the model's loss becomes ``BCE − λ1·MIR + λ2·||Θ||²`` with MIR the
+mean over the DWM layers (``mdr_tf.models.midpg.MIDPGModel``); λ1 = 0 is DPG.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ class DWMDense(DenseBlock):
     """Dense layer ``act(x @ (W ⊙ M(e_s, x)) + b)`` with a per-sample weighting matrix (MI-DPG).
 
     Cost. For rc/r/c the n×m matrix is never formed: with ``x`` viewed as
-    ``[B, n/a, a]`` and ``W`` as ``[n/a, a, m]``, ``T_i = x[:, i::a] @ W[i::a]`` (one
-    batched matmul over i, the FLOPs of the plain layer) and
-    ``y[b, c] = Σ_i T_i[b, c] S[b, i, c mod b]`` (``B·a·m``). ``compute="materialize"`` builds ``[B, n, m]`` instead (kept to test
-    and time the identity). ``variant="non"`` always materialises ``[B, n, m]``: the
+    ``[B, n/a, a]`` and ``W`` as ``[n/a, a, m]`` (tile; block: ``[B, a, n/a]``,
+    ``[a, n/a, m]``), ``T_i = x[:, rows_i] @ W[rows_i]`` (one batched matmul over i, the
+    FLOPs of the plain layer) and ``y[b, c] = Σ_i T_i[b, c] S[b, i, col(c)]`` (``B·a·m``).
+    ``compute="materialize"`` builds ``[B, n, m]`` instead (kept to test and time the
+    identity). ``variant="non"`` always materialises ``[B, n, m]``: the
     aux net outputs n·m numbers per sample.
 
     Args:
@@ -309,7 +311,7 @@ class DWMDense(DenseBlock):
             "variant": self.variant, "a": self.a, "b": self.b, "k": self.k, "scale": self.scale,
             "aux_units": self.aux_units, "aux_activation": self.aux_activation,
             "stop_gradient_inputs": self.stop_gradient_inputs, "uneven": self.uneven, "compute": self.compute,
-            "condition": self.condition, "repeat": self.repeat, "mir_weight": self.mir_weight, "mir_units": self.mir_units,
-            "mir_proj_dim": self.mir_proj_dim, "seed": self.seed,
+            "condition": self.condition, "repeat": self.repeat, "mir_weight": self.mir_weight,
+            "mir_units": self.mir_units, "mir_proj_dim": self.mir_proj_dim, "seed": self.seed,
         })
         return config
