@@ -65,15 +65,16 @@ def _hamur_setup(mlp: list[int], deep: list[int], k_mlp: int, k_wdl: int, k_dcn:
                  hyper_deep: list[int], cross_layers: int, adapter_positions: list[int]) -> dict[str, Any]:
     """``per_model_args`` of a HAMUR config (official example scripts, models.md §2.3): each
     backbone with and without HAMUR has the same MLP (Linear-BN-ReLU, W&D's deep part with
-    dropout 0.2)."""
+    dropout 0.2). Every adapter's domain norm uses batch statistics, as the official
+    ``adapter.py`` / ``adapter_wd.py`` / ``adapter_dcn.py`` (``hamur_official``'s registry default)."""
     wdl = {"hidden_units": deep, "batch_norm": True, "dropout": 0.2}
     dcn = {"hidden_units": deep, "batch_norm": True, "cross_layers": cross_layers}
     return {"per_model_args": {
         "dnn": {"hidden_units": mlp, "batch_norm": True},
         "hamur_official": {"hidden_units": mlp, "k": k_mlp, "hyper_dims": hyper_mlp,
                            "adapter_positions": adapter_positions},
-        "wdl": wdl, "hamur_wdl": {**wdl, "k": k_wdl, "hyper_dims": hyper_deep},
-        "dcn": dcn, "hamur_dcn": {**dcn, "k": k_dcn, "hyper_dims": hyper_deep}}}
+        "wdl": wdl, "hamur_wdl": {**wdl, "k": k_wdl, "hyper_dims": hyper_deep, "norm_mode": "batch"},
+        "dcn": dcn, "hamur_dcn": {**dcn, "k": k_dcn, "hyper_dims": hyper_deep, "norm_mode": "batch"}}}
 # MLoRA's official configs (models.md §4.3, from config/{Amazon_6,Movielens,Taobao_10}/*.json):
 # MLP 256-128-64, dropout 0.5 on the shared branch (baselines: the same dropout), embeddings
 # 8 (Taobao 128), lora_reduce α per backbone; the MLP's MLoRA is two-stage on Amazon_6 and
@@ -83,13 +84,28 @@ _MLORA_MODELS = ("dnn", "mlora_2stage", "wdl", "mlora_wdl", "dcn", "mlora_dcn", 
 _MLORA_MODELS_ML = ("dnn", "mlora", "wdl", "mlora_wdl", "dcn", "mlora_dcn", "deepfm", "mlora_deepfm")
 
 
+# The official DeepCTR variants (model_zoo/DeepCTR/{wdl,dcn,deepfm,mlora}.py, models.md §4.1):
+# every kernel (deep layers, LoRA A, cross vectors, head) glorot_normal, and DeepCTR's
+# l2_reg_embedding = 1e-5, a Keras l2(1e-5) = 1e-5·ΣE² on the embedding tables, which is
+# embedding_l2 = 2e-5 in the package's 0.5·wd·ΣE² convention. The DeepCTR baselines (wdl,
+# dcn, deepfm) are the same DeepCTR models without LoRA, so they get the same defaults.
+DEEPCTR_DEFAULTS = {"kernel_initializer": "glorot_normal", "embedding_l2": 2e-5}
+_DEEPCTR_MODELS = ("wdl", "dcn", "deepfm", "mlora_wdl", "mlora_dcn", "mlora_deepfm")
+
+
 def _mlora_setup(embedding_dim: int, alphas: dict[str, float], dropout: float = 0.5) -> dict[str, Any]:
     """``model_kwargs`` and ``per_model_args`` of an MLoRA config: ``alphas`` maps each LoRA
     model to its ``lora_reduce``; the dropout sits on the shared branch inside the MLoRA
-    blocks (so the backbone's own dropout is off for them)."""
+    blocks (so the backbone's own dropout is off for them). The DeepCTR backbones (with and
+    without LoRA) get ``DEEPCTR_DEFAULTS`` and LoRA ``A`` glorot_normal."""
+    per_model: dict[str, dict[str, Any]] = {m: dict(DEEPCTR_DEFAULTS) for m in _DEEPCTR_MODELS}
+    for m, a in alphas.items():
+        block = {"alpha": float(a), "dropout": dropout}
+        if m in _DEEPCTR_MODELS:
+            block["lora_initializer"] = "glorot_normal"
+        per_model[m] = {**per_model.get(m, {}), "dropout": 0.0, "block_config": block}
     return {"model_kwargs": {"hidden_units": [256, 128, 64], "embedding_dim": embedding_dim, "dropout": dropout},
-            "per_model_args": {m: {"dropout": 0.0, "block_config": {"alpha": float(a), "dropout": dropout}}
-                               for m, a in alphas.items()}}
+            "per_model_args": per_model}
 _HIERREC_MODELS = ("dnn", "shared_bottom", "mmoe", "ple", "star", "adasparse", "hierrec")
 _MLORA_TRAIN = dict(batch_size=1024, learning_rate=1e-3, monitor="mean_auc", patience=3, mode="single_domain")
 

@@ -163,6 +163,20 @@ def test_mlora_configs_follow_the_official_settings(synth_schema):
     assert m.dropout == 0.0 and m.embedding_dim == 8
     plain = registry.get("deepfm").build(synth_schema, **_model_kwargs("deepfm", c.model_kwargs, c.per_model_args))
     assert plain.dropout == 0.5 and plain.hidden_units == [256, 128, 64]
+    # The official DeepCTR variants: glorot_normal kernels (deep layers, LoRA A, head) and
+    # l2_reg_embedding = 1e-5, i.e. a loss of 1e-5·ΣE² over the embedding table.
+    import keras
+    import numpy as np
+
+    plain.build()
+    for model in (m, plain):
+        assert isinstance(model.head.kernel_initializer, keras.initializers.GlorotNormal)
+        assert all(isinstance(b.kernel_initializer, keras.initializers.GlorotNormal) for b in model.deep.blocks)
+        table = np.asarray(model.embedding.table)
+        np.testing.assert_allclose(float(sum(model.embedding.losses)), 1e-5 * np.sum(table ** 2), rtol=1e-5)
+    assert all(isinstance(b.lora_initializer, keras.initializers.GlorotNormal) for b in mlora_layers(m))
+    mlp = registry.get("mlora").build(synth_schema, **_model_kwargs("mlora", c.model_kwargs, c.per_model_args))
+    assert mlp.kernel_initializer is None and mlp.embedding_l2 == 0.0  # the MLP variant: glorot_uniform, no L2
 
 
 @pytest.mark.parametrize("config", ["hamur_ml1m", "hamur_aliccp"])

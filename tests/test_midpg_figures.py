@@ -37,7 +37,7 @@ def test_end_to_end_writes_figures_and_rerun_trains_nothing(synth_dir, tmp_path,
         assert path.stat().st_size > 5000 and open(path, "rb").read(4) == b"\x89PNG"
     rows = [json.loads(line) for line in open(tmp_path / "res" / "sweep.jsonl")]
     assert sorted(r["label"] for r in rows) == ["apg@2x2x1", "non", "r@2x2x1"]
-    assert all(0.0 <= r["test_auc"] <= 1.0 and r["key"] for r in rows)
+    assert len({r["key"] for r in rows}) == 3  # one distinct trial key per point
     apg = next(r for r in rows if r["variant"] == "apg")
     assert apg["apg_params"] == apg["params_trainable"] and apg["apg_matched_to"] == "dpg-r@2x2x1"
     labels = {(s["variant"], s["size"]) for s in out["sweep"]}
@@ -123,7 +123,6 @@ def test_weighting_matrices_shapes_and_forward_consistency(synth_schema, variant
         assert full.shape == (10, widths[layer], widths[layer + 1])
         if variant != "non":  # M tiles the small matrix: M[i, j] = S[i mod a, j mod b]
             np.testing.assert_allclose(full[:, :a, :b], s, rtol=1e-6)
-        assert np.all((s > 0) & (s < 1))
     # The walk through the deep MLP reproduces the model's own deep part.
     ctx, h = mf.deep_forward(m, x)
     ref = m.deep(m.embedding(x)["all"], m.embedding(x), training=False)

@@ -59,15 +59,17 @@ class CrossNetwork(keras.layers.Layer):
 
     Args:
       num_layers: number of cross layers (HAMUR MovieLens: 2; DeepCTR default 2).
+      kernel_initializer: initializer of the cross vectors ``w_l`` (DeepCTR: glorot-normal).
     """
 
-    def __init__(self, num_layers: int = 2, **kwargs):
+    def __init__(self, num_layers: int = 2, kernel_initializer: Any = "glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.num_layers = int(num_layers)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape):
         n = int(input_shape[-1])
-        self.ws = [self.add_weight(name=f"w_{i}", shape=(n, 1), initializer="glorot_uniform")
+        self.ws = [self.add_weight(name=f"w_{i}", shape=(n, 1), initializer=self.kernel_initializer)
                    for i in range(self.num_layers)]
         self.bs = [self.add_weight(name=f"b_{i}", shape=(n,), initializer="zeros") for i in range(self.num_layers)]
         self.built = True
@@ -83,7 +85,8 @@ class CrossNetwork(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"num_layers": self.num_layers})
+        config.update({"num_layers": self.num_layers,
+                       "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)})
         return config
 
 

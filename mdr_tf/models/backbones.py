@@ -34,6 +34,9 @@ class BackboneModel(MultiDomainModel):
         ``DomainMLP``.
       batch_norm, dropout, activation: deep-part options.
       cross_layers: DCN cross layers.
+      kernel_initializer: initializer of the deep blocks' shared kernels (unless
+        ``block_config`` names one), the cross layers and the head; None keeps each
+        layer's own default (glorot-uniform). MLoRA's DeepCTR variants: "glorot_normal".
       **kwargs: ``MultiDomainModel`` arguments (embedding_dim, ...).
     """
 
@@ -52,6 +55,7 @@ class BackboneModel(MultiDomainModel):
         dropout: float = 0.0,
         activation: str = "relu",
         cross_layers: int = 2,
+        kernel_initializer: Any = None,
         **kwargs,
     ):
         super().__init__(schema, **kwargs)
@@ -69,22 +73,35 @@ class BackboneModel(MultiDomainModel):
         self.dropout = float(dropout)
         self.activation = activation
         self.cross_layers = int(cross_layers)
+        self.kernel_initializer = kernel_initializer
+        deep_block_config = dict(self.block_config)
+        if kernel_initializer is not None:
+            deep_block_config.setdefault("kernel_initializer", kernel_initializer)
         self.deep = DomainMLP(
             self.hidden_units, num_domains=self.num_domains, context_dims=self.context_dims, block=block,
-            block_config=self.block_config, hook=hook, hook_config=self.hook_config,
+            block_config=deep_block_config, hook=hook, hook_config=self.hook_config,
             hook_positions=self.hook_positions, hook_on_input=self.hook_on_input, activation=activation,
             batch_norm=self.batch_norm, dropout=self.dropout, name="deep")
         # A hook class may provide a layer run once per batch before the deep part whose
         # output dict is merged into ctx (HAMUR: the instance core shared by all adapters).
         provider = getattr(hook_class(hook), "context_provider", None) if hook else None
         self.hook_context = provider(self.hook_config, self.context_dims, name="hook_context") if provider else None
-        self.head = keras.layers.Dense(1, name="head")
+        self.head = self.make_head()
         if backbone in ("wdl", "deepfm"):
             self.linear = LinearTerm(self.schema_config, include_domain=self.embed_domain, name="linear")
         if backbone == "dcn":
-            self.cross = CrossNetwork(self.cross_layers, name="cross")
+            self.cross = CrossNetwork(self.cross_layers, kernel_initializer=kernel_initializer or "glorot_uniform",
+                                      name="cross")
         if backbone == "deepfm":
             self.fm = FactorizationMachine(name="fm")
+
+    def make_head(self) -> keras.layers.Layer:
+        """The output layer (a subclass may return a domain-aware block, e.g. MI-DPG's DWM head)."""
+        return keras.layers.Dense(1, kernel_initializer=self.kernel_initializer or "glorot_uniform", name="head")
+
+    def apply_head(self, h, ctx, training=None):
+        """Runs the output layer on ``h`` (``ctx`` for heads that need it)."""
+        return self.head(h)
 
     def compute_logit(self, inputs, ctx, training=None):
         e = ctx["all"]
@@ -92,8 +109,8 @@ class BackboneModel(MultiDomainModel):
             ctx = {**ctx, **self.hook_context(ctx, training=training)}
         h = self.deep(e, ctx, training=training)
         if self.backbone == "dcn":
-            return self.head(ops.concatenate([self.cross(e), h], axis=1))
-        logit = self.head(h)
+            return self.apply_head(ops.concatenate([self.cross(e), h], axis=1), ctx, training)
+        logit = self.apply_head(h, ctx, training)
         if self.backbone in ("wdl", "deepfm"):
             logit = logit + self.linear(inputs, ctx)
         if self.backbone == "deepfm":
@@ -107,6 +124,6 @@ class BackboneModel(MultiDomainModel):
             "block_config": self.block_config, "hook": self.hook, "hook_config": self.hook_config,
             "hook_positions": self.hook_positions, "hook_on_input": self.hook_on_input,
             "batch_norm": self.batch_norm, "dropout": self.dropout, "activation": self.activation,
-            "cross_layers": self.cross_layers,
+            "cross_layers": self.cross_layers, "kernel_initializer": self.kernel_initializer,
         })
         return config

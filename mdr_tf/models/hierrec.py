@@ -7,7 +7,7 @@ Network"). No public code; the structure follows ``shared/reference/models.md`` 
     O_global = FC([e_1; …; e_F])                          (shared)
     SC_exp   = FC(e_s)              → O_exp   = SOM_exp(O_global; SC_exp)
     w        = softmax_F(Reshape_{G×F}(FC(e_s)))          (eq. 6)
-    IE_g     = [w_{g,1} e_1; …; w_{g,F} e_F]              (eq. 7)
+    IE_g     = [w_{g,1} e_1; …; w_{g,F} e_F; w_{g,F+1} x_1; …]   (eq. 7; x_j dense features)
     SC_imp,g = FC_shared(IE_g)      → O_imp,g = SOM_g(O_exp; SC_imp,g)
     ŷ        = σ(FC([O_imp,1; …; O_imp,G]))              (eq. 9), loss BCE
 """
@@ -49,6 +49,11 @@ class HierRec(MultiDomainModel):
         path always uses the scenario-id embedding only).
       embed_domain: include the scenario id among the common fields E (default False:
         the paper separates e_s from e_1..e_F).
+      implicit_dense: dense features are fields of the implicit path too: each dense
+        value ``x_j`` is one more field of the softmax of eq. 6, re-weighted like an
+        embedding in eq. 7 (default True: the paper's fields are all common features;
+        False = categorical embeddings only, the earlier behaviour). Without dense
+        features both are the same model.
       **kwargs: ``MultiDomainModel`` arguments.
     """
 
@@ -64,9 +69,11 @@ class HierRec(MultiDomainModel):
         static_weight: bool = False,
         implicit_condition: str = "domain_side",
         embed_domain: bool = False,
+        implicit_dense: bool = True,
         **kwargs,
     ):
         super().__init__(schema, embed_domain=embed_domain, **kwargs)
+        self.implicit_dense = bool(implicit_dense)
         self.global_units = int(global_units)
         self.condition_dim = int(condition_dim)
         self.som_units = [int(u) for u in som_units]
@@ -78,9 +85,11 @@ class HierRec(MultiDomainModel):
         if implicit_condition not in self.context_dims:
             raise ValueError(f"implicit_condition {implicit_condition!r} unknown; have {sorted(self.context_dims)}")
         self.num_fields = self.embedding.num_fields
+        self.num_dense_fields = len(self.schema.dense) if self.implicit_dense else 0
+        self.num_attended = self.num_fields + self.num_dense_fields  # fields of eq. 6's softmax
         self.global_fc = keras.layers.Dense(self.global_units, activation=activation, name="global_fc")
         self.sc_explicit = keras.layers.Dense(self.condition_dim, activation=condition_activation, name="sc_explicit")
-        self.field_attention = keras.layers.Dense(self.num_heads * self.num_fields, name="field_attention")
+        self.field_attention = keras.layers.Dense(self.num_heads * self.num_attended, name="field_attention")
         self.sc_implicit = keras.layers.Dense(self.condition_dim, activation=condition_activation, name="sc_implicit")
         self.explicit_som = ScenarioOrientedModule(self.som_units, self.condition_dim, heads=1,
                                                    activation=activation, static_weight=self.static_weight,
@@ -97,7 +106,7 @@ class HierRec(MultiDomainModel):
         self.global_fc.build((None, cd["all"]))
         self.sc_explicit.build((None, d))
         self.field_attention.build((None, cd[self.implicit_condition]))
-        self.sc_implicit.build((None, self.num_fields * d))
+        self.sc_implicit.build((None, self.num_fields * d + self.num_dense_fields))
         self.explicit_som.build((None, self.global_units))
         self.implicit_som.build((None, self.explicit_som.output_dim))
         self.head.build((None, self.num_heads * self.implicit_som.output_dim))
@@ -116,15 +125,20 @@ class HierRec(MultiDomainModel):
         return per_row(self.sc_explicit, table) if row_by_row else self.sc_explicit(table)  # [D, c]
 
     def field_weights_from_ctx(self, ctx):
-        """Field re-weighting ``w = softmax_F(reshape(FC(e_s), [G, F]))`` → [B, G, F]."""
+        """Field re-weighting ``w = softmax_F(reshape(FC(e_s), [G, F']))`` → [B, G, F'], F' = F
+        embedding fields then the dense features (if ``implicit_dense``)."""
         logits = self.field_attention(ops.cast(ctx[self.implicit_condition], self.compute_dtype))
-        return ops.softmax(ops.reshape(logits, [-1, self.num_heads, self.num_fields]), axis=-1)
+        return ops.softmax(ops.reshape(logits, [-1, self.num_heads, self.num_attended]), axis=-1)
 
     def _implicit_condition(self, ctx):
-        w = self.field_weights_from_ctx(ctx)                                 # [B, G, F]
+        w = self.field_weights_from_ctx(ctx)                                 # [B, G, F']
+        f = self.num_fields
         fields = ops.cast(ctx["fields"], self.compute_dtype)                 # [B, F, d]
-        ie = ops.expand_dims(w, -1) * ops.expand_dims(fields, 1)             # [B, G, F, d]
-        ie = ops.reshape(ie, [-1, self.num_heads, self.num_fields * self.embedding_dim])
+        ie = ops.expand_dims(w[:, :, :f], -1) * ops.expand_dims(fields, 1)   # [B, G, F, d]
+        ie = ops.reshape(ie, [-1, self.num_heads, f * self.embedding_dim])
+        if self.num_dense_fields:
+            dense = ops.cast(ctx["dense"], self.compute_dtype)               # [B, n_dense]
+            ie = ops.concatenate([ie, w[:, :, f:] * ops.expand_dims(dense, 1)], axis=-1)
         return self.sc_implicit(ie)                                          # [B, G, c]
 
     def compute_logit(self, inputs, ctx, training=None):
@@ -136,7 +150,7 @@ class HierRec(MultiDomainModel):
 
     # ---------------------------------------------------------- diagnostics
     def field_weights(self, inputs):
-        """[B, G, F] field weights of each head (rows sum to 1)."""
+        """[B, G, F'] field weights of each head (rows sum to 1; dense features last)."""
         return self.field_weights_from_ctx(self.embedding(inputs))
 
     def explicit_weights(self, inputs) -> list:
@@ -154,7 +168,7 @@ class HierRec(MultiDomainModel):
             "global_units": self.global_units, "condition_dim": self.condition_dim, "som_units": self.som_units,
             "num_heads": self.num_heads, "activation": self.activation,
             "condition_activation": self.condition_activation, "static_weight": self.static_weight,
-            "implicit_condition": self.implicit_condition,
+            "implicit_condition": self.implicit_condition, "implicit_dense": self.implicit_dense,
         })
         return config
 

@@ -48,9 +48,31 @@ def test_explicit_weights_per_scenario_implicit_per_instance(synth_schema):
 def test_field_softmax_per_head(synth_schema):
     m = _model(synth_schema)
     w = np.asarray(m.field_weights(random_inputs(synth_schema, 5)))
-    assert w.shape == (5, 3, m.num_fields) and m.num_fields == len(synth_schema.categorical)
+    n_dense = len(synth_schema.dense)
+    assert n_dense == 1 and m.num_fields == len(synth_schema.categorical)
+    assert w.shape == (5, 3, m.num_fields + n_dense)  # embedding fields, then the dense feature
     np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
-    assert np.all(w > 0)
+
+
+@pytest.mark.parametrize("implicit_dense", [True, False])
+def test_dense_features_in_the_implicit_path(synth_schema, implicit_dense):
+    """IE_g = [w_{g,1} e_1; …; w_{g,F} e_F; w_{g,F+1} x_dense] (eq. 7 with the dense feature as
+    a field), checked in NumPy; with implicit_dense=False the implicit weights ignore it."""
+    m = _model(synth_schema, implicit_dense=implicit_dense)
+    x = random_inputs(synth_schema, 4, seed=2)
+    ctx = m.embedding(x)
+    w = np.asarray(m.field_weights_from_ctx(ctx))
+    fields, dense = np.asarray(ctx["fields"]), np.asarray(ctx["dense"])
+    f = m.num_fields
+    ie = (w[:, :, :f, None] * fields[:, None]).reshape(4, 3, -1)
+    if implicit_dense:
+        ie = np.concatenate([ie, w[:, :, f:] * dense[:, None]], axis=-1)
+    want = ie @ np.asarray(m.sc_implicit.kernel) + np.asarray(m.sc_implicit.bias)
+    np.testing.assert_allclose(np.asarray(m._implicit_condition(ctx)), want, rtol=1e-5, atol=1e-5)
+    moved = dict(x)
+    moved[synth_schema.dense[0].name] = x[synth_schema.dense[0].name] + 1.0  # a "context" feature: not in e_s
+    w0, w1 = (np.asarray(m.implicit_weights(v)[0][0]) for v in (x, moved))
+    assert (not np.allclose(w0, w1)) == implicit_dense
 
 
 @pytest.mark.parametrize("static_weight,training", [(False, False), (True, False), (False, True)])
@@ -88,8 +110,8 @@ def test_config_and_roundtrip(synth_schema, tmp_path):
 def test_hierrec_learns_ml100k(ml100k_schema):
     from mdr_tf.training import TrainConfig, run_trial
 
-    # Reduced widths: the registry default (G 4, c 64, SOM 32→64) costs ~40× the DNN's FLOPs
-    # per sample (≈ 0.8k samples/s on the shared 2-core test machine).
+    # The registry "hierrec" widths (G 2, c 16, SOM 16→32) with h0 32; the class defaults
+    # ("hierrec_large": G 4, c 64, SOM 32→64) cost ~40× the DNN's FLOPs per sample.
     small = dict(num_heads=2, condition_dim=16, som_units=[16, 32], global_units=32)
     row = run_trial("hierrec", ml100k_schema, TrainConfig(epochs=1, seed=0, jit_compile=False), model_kwargs=small)
     assert row["test_auc"] > 0.75, row  # observed 0.770 (seed 0, 1 epoch, reduced widths)

@@ -19,11 +19,17 @@ r        P (row-wise); Q is one global variable     Repeat(σ(P Q), n/a, m/b)
 c        Q (column-wise); P is one global variable  Repeat(σ(P Q), n/a, m/b)
 =======  =========================================  ==========================
 
-``Repeat`` tiles (``M[i, j] = S[i mod a, j mod b]``, as ``tf.tile``), it does not
-interpolate. With ``a = 1, b = m`` the DWM gates each output neuron (PEPNet /
-AdaSparse). MIR maximises a Jensen-Shannon MI estimate (Deep InfoMax / f-GAN) between
-the scenario-aware input ``e_s`` and the small a×b matrix ``σ(P Q)``; the loss becomes
-``BCE − λ1·MIR``; λ1 = 0 is DPG.
+``Repeat`` is either ``"tile"`` (``M[i, j] = S[i mod a, j mod b]``, as ``tf.tile``) or
+``"block"`` (``M[i, j] = S[⌊i/(n/a)⌋, ⌊j/(m/b)⌋]``, each entry of S spread over an
+(n/a)×(m/b) block, as ``np.kron``); neither interpolates. The paper's "repeats its input
+n/a times on the row axis" fits both; ``repeat`` selects. With ``a | d`` (d the embedding
+width) tile gives coordinate ``i mod a`` of *every* field the same row weight, so on the
+first layer the rows cannot tell fields apart; block gives each run of n/a consecutive
+input coordinates (about one field when n/a ≈ d) its own row. With ``a = 1, b = m`` the
+DWM gates each output neuron (PEPNet / AdaSparse). MIR maximises a Jensen-Shannon MI
+estimate (Deep InfoMax / f-GAN) between the scenario-aware input ``e_s`` and the small
+a×b matrix ``σ(P Q)``; the model's loss becomes ``BCE − λ1·MIR + λ2·||Θ||²`` with MIR the
+mean over the DWM layers (``mdr_tf.models.midpg.MIDPGModel``); λ1 = 0 is DPG.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from keras import ops
 from mdr_tf.layers.blocks import DenseBlock, register_block
 
 VARIANTS = ("non", "rc", "r", "c")
+REPEATS = ("tile", "block")
 
 
 @register_block("dwm")
@@ -44,10 +51,11 @@ class DWMDense(DenseBlock):
     """Dense layer ``act(x @ (W ⊙ M(e_s, x)) + b)`` with a per-sample weighting matrix (MI-DPG).
 
     Cost. For rc/r/c the n×m matrix is never formed: with ``x`` viewed as
-    ``[B, n/a, a]`` and ``W`` as ``[n/a, a, m]``, ``T_i = x[:, i::a] @ W[i::a]`` (one
-    batched matmul over i, the FLOPs of the plain layer) and
-    ``y[b, c] = Σ_i T_i[b, c] S[b, i, c mod b]`` (``B·a·m``). ``compute="materialize"`` builds ``[B, n, m]`` instead (kept to test
-    and time the identity). ``variant="non"`` always materialises ``[B, n, m]``: the
+    ``[B, n/a, a]`` and ``W`` as ``[n/a, a, m]`` (tile; block: ``[B, a, n/a]``,
+    ``[a, n/a, m]``), ``T_i = x[:, rows_i] @ W[rows_i]`` (one batched matmul over i, the
+    FLOPs of the plain layer) and ``y[b, c] = Σ_i T_i[b, c] S[b, i, col(c)]`` (``B·a·m``).
+    ``compute="materialize"`` builds ``[B, n, m]`` instead (kept to test and time the
+    identity). ``variant="non"`` always materialises ``[B, n, m]``: the
     aux net outputs n·m numbers per sample.
 
     Args:
@@ -62,11 +70,14 @@ class DWMDense(DenseBlock):
       aux_activation: hidden activation of ``f`` (ours).
       stop_gradient_inputs: stop gradients from ``f`` into ``e_s`` and ``x`` (ours; the
         paper does not say; default False).
-      uneven: "error" raises when ``a ∤ n`` or ``b ∤ m``; "pad" tiles ``ceil(n/a)`` times
+      uneven: "error" raises when ``a ∤ n`` or ``b ∤ m``; "pad" repeats ``ceil(n/a)`` times
         and crops to n×m (ours; equals zero-padding x and W).
+      repeat: "tile" or "block" (see the module docstring; the paper does not say).
       compute: "factored" (never forms [B, n, m]) or "materialize" (rc/r/c only).
       condition: ``ctx`` key of the scenario-aware input ``e_s`` (default "domain_side").
-      mir_weight: λ1 of ``BCE − λ1·MIR``; 0 builds no discriminator and adds no loss (DPG).
+      mir_weight: this layer's weight of ``−weight·MIR`` in the loss; 0 builds no
+        discriminator and adds no loss (DPG). ``MIDPGModel`` sets it to λ1/L (one MIR term
+        for the model: the mean over its L DWM layers) or λ1 (``mir_reduction="sum"``).
       mir_units: hidden widths of the discriminator T (ours; one T per DWM layer).
       mir_proj_dim: for "non", T sees a learned projection of M to this width (ours).
       seed: seed of the negative-pair shuffling.
@@ -88,6 +99,7 @@ class DWMDense(DenseBlock):
         uneven: str = "error",
         compute: str = "factored",
         condition: str = "domain_side",
+        repeat: str = "tile",
         mir_weight: float = 0.0,
         mir_units: Sequence[int] = (32,),
         mir_proj_dim: int = 16,
@@ -102,7 +114,10 @@ class DWMDense(DenseBlock):
             raise ValueError(f"{self.name}: uneven must be 'error' or 'pad', got {uneven!r}")
         if compute not in ("factored", "materialize"):
             raise ValueError(f"{self.name}: compute must be 'factored' or 'materialize', got {compute!r}")
+        if repeat not in REPEATS:
+            raise ValueError(f"{self.name}: repeat must be one of {REPEATS}, got {repeat!r}")
         self.variant = variant
+        self.repeat = repeat
         self.a, self.b, self.k = int(a), int(b), int(k)
         if min(self.a, self.b, self.k) < 1:
             raise ValueError(f"{self.name}: a, b, k must be >= 1, got a={a}, b={b}, k={k}")
@@ -219,7 +234,10 @@ class DWMDense(DenseBlock):
     def _tile(self, s):
         if self.variant == "non":
             return s
-        m_full = ops.tile(s, [1, self.rows_rep, self.cols_rep])
+        if self.repeat == "block":
+            m_full = ops.repeat(ops.repeat(s, self.rows_rep, axis=1), self.cols_rep, axis=2)
+        else:
+            m_full = ops.tile(s, [1, self.rows_rep, self.cols_rep])
         return m_full[:, : self.input_dim, : self.units]
 
     # ----------------------------------------------------------------- call
@@ -236,31 +254,39 @@ class DWMDense(DenseBlock):
         if m_pad != m:
             w = ops.pad(w, [[0, 0], [0, m_pad - m]])
         # Tile: input row t*a + i uses S row i; output column u*b + j uses S column j.
-        # T[i] = x[:, i::a] @ W[i::a, :] (a batched matmul: the cost of x @ W), then
+        # Block: input row i*tr + t uses S row i; output column j*tc + u uses S column j.
+        # T[i] = x[:, rows of i] @ W[rows of i, :] (a batched matmul: the cost of x @ W), then
         # y = Σ_i T[i] ⊙ S[:, i, j(col)]. Measured faster than two einsums (docs/models/midpg.md).
-        xt = ops.transpose(ops.reshape(x, [-1, tr, a]), [2, 0, 1])   # [a, B, n/a]
-        wt = ops.transpose(ops.reshape(w, [tr, a, m_pad]), [1, 0, 2])  # [a, n/a, m]
+        if self.repeat == "block":
+            xt = ops.transpose(ops.reshape(x, [-1, a, tr]), [1, 0, 2])   # [a, B, n/a]
+            wt = ops.reshape(w, [a, tr, m_pad])                          # [a, n/a, m]
+        else:
+            xt = ops.transpose(ops.reshape(x, [-1, tr, a]), [2, 0, 1])   # [a, B, n/a]
+            wt = ops.transpose(ops.reshape(w, [tr, a, m_pad]), [1, 0, 2])  # [a, n/a, m]
         t = ops.matmul(xt, wt)                                       # [a, B, m]
-        st = ops.tile(ops.transpose(s, [1, 0, 2]), [1, 1, tc])       # [a, B, m]: S[b, i, col mod b]
+        s_t = ops.transpose(s, [1, 0, 2])                            # [a, B, b]
+        st = ops.repeat(s_t, tc, axis=2) if self.repeat == "block" else ops.tile(s_t, [1, 1, tc])  # [a, B, m]
         y = ops.sum(t * st, axis=0)                                  # [B, m]
         return y[:, :m] if m_pad != m else y
 
-    def mir(self, z, s, training: bool | None = None):
-        """JSD MI estimate ``E_pos[-softplus(-T(z, m))] - E_neg[softplus(T(z̃, m))]``,
-        ``z̃`` = z shuffled across the batch; ``m`` = flattened S (or its projection)."""
+    def discriminator(self, z, s):
+        """``T(z, m)`` [B, 1], ``m`` = flattened S (or its learned projection for "non")."""
         mvec = ops.reshape(s, [-1, self.a * self.b]) if self.variant != "non" else \
             self.mir_proj(ops.reshape(s, [-1, self.input_dim * self.units]))
-        perm = keras.random.shuffle(ops.arange(ops.shape(z)[0]), seed=self.seed_generator)
-        z_neg = ops.take(z, perm, axis=0)
+        h = ops.concatenate([z, mvec], axis=-1)
+        for layer in self.mir_layers:
+            h = layer(h)
+        return h
 
-        def t_net(zz):
-            h = ops.concatenate([zz, mvec], axis=-1)
-            for layer in self.mir_layers:
-                h = layer(h)
-            return h
-
-        pos, neg = t_net(z), t_net(z_neg)
+    def mir_from_pairs(self, z, z_neg, s):
+        """JSD MI estimate ``E[-softplus(-T(z, m))] - E[softplus(T(z̃, m))]`` for given negatives ``z̃``."""
+        pos, neg = self.discriminator(z, s), self.discriminator(z_neg, s)
         return ops.mean(-ops.softplus(-pos)) - ops.mean(ops.softplus(neg))
+
+    def mir(self, z, s, training: bool | None = None):
+        """JSD MI estimate with ``z̃`` = z shuffled across the batch (``mir_from_pairs``)."""
+        perm = keras.random.shuffle(ops.arange(ops.shape(z)[0]), seed=self.seed_generator)
+        return self.mir_from_pairs(z, ops.take(z, perm, axis=0), s)
 
     def call(self, x, ctx: dict | None = None, training: bool | None = None):
         x = ops.cast(x, self.compute_dtype)
@@ -285,7 +311,7 @@ class DWMDense(DenseBlock):
             "variant": self.variant, "a": self.a, "b": self.b, "k": self.k, "scale": self.scale,
             "aux_units": self.aux_units, "aux_activation": self.aux_activation,
             "stop_gradient_inputs": self.stop_gradient_inputs, "uneven": self.uneven, "compute": self.compute,
-            "condition": self.condition, "mir_weight": self.mir_weight, "mir_units": self.mir_units,
-            "mir_proj_dim": self.mir_proj_dim, "seed": self.seed,
+            "condition": self.condition, "repeat": self.repeat, "mir_weight": self.mir_weight,
+            "mir_units": self.mir_units, "mir_proj_dim": self.mir_proj_dim, "seed": self.seed,
         })
         return config
