@@ -17,17 +17,26 @@ Protocol (leave-one-out on the target behaviour, as in CIGF's evaluation):
   never the test item and never a train positive of the target behaviour (CIGF's rule;
   ``negatives_exclude="any"`` also excludes every auxiliary train positive). CIGF's code
   may draw the test item itself as a negative; we do not;
+* validation (``validation=True``, the default; not in CIGF, whose code selects on the
+  test set): each user's second-latest target interaction is the validation pair, if the
+  user has at least ``valid_min_target`` (3) target interactions, so that one stays in
+  train; users with fewer have no validation pair. The validation pair is removed from
+  every train graph like the test pair (``keep_aux_for_test`` applies to both). Its 99
+  negatives (own seeded stream) are never the validation item, the test item or a train
+  positive. The test pairs and test negatives are exactly those of ``validation=False``
+  (the validation item, a train positive there, is still excluded from test negatives);
 * domains: the user's age group (``age3``: <25 / 25-34 / 35+ like data_prep.movielens),
   so metrics can be reported per domain.
 
 Output (written into a temp folder renamed into place; reused when inputs and options
 are the same):
 
-    <output_dir>/multibehavior.npz    train edges per behaviour, test pairs, negatives, user domains
+    <output_dir>/multibehavior.npz    train edges per behaviour, test and validation pairs with
+                                      their negatives, user domains
     <output_dir>/multibehavior.json   counts, options, fingerprint, source checksums (written last)
 
 Example:
-  python -m data_prep.multibehavior --output_dir=data/ml100k_multibehavior
+  python -m data_prep.multibehavior --output_dir=data/ml100k_multibehavior [--novalidation]
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from data_prep.sources import DEFAULT_CACHE, RawSource, fetch_recbole_wheel
 
 META_FILE = "multibehavior.json"
 ARRAYS_FILE = "multibehavior.npz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: validation pairs
 BEHAVIORS = ("rated", "liked", "loved")
 THRESHOLDS = (1, 4, 5)  # behaviour k = rating >= THRESHOLDS[k]
 NEGATIVES_EXCLUDE = ("target", "any")
@@ -62,6 +71,8 @@ class MultiBehaviorData:
       train_users, train_items: per behaviour, the train edges (deduplicated).
       test_users, test_items: one held-out target pair per test user.
       negatives: [T, num_negatives] sampled negatives of each test user.
+      valid_users, valid_items, valid_negatives: the validation pairs [V] and their
+        negatives [V, num_negatives] (empty when prepared without validation).
       user_domain: [U] domain id of every user; domain_names: their names.
       meta: the JSON metadata.
     """
@@ -77,6 +88,9 @@ class MultiBehaviorData:
     user_domain: np.ndarray
     domain_names: tuple[str, ...]
     meta: dict
+    valid_users: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    valid_items: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    valid_negatives: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
     @property
     def num_behaviors(self) -> int:
@@ -128,8 +142,13 @@ def build_protocol(
     seed: int = 2023,
     keep_aux_for_test: bool = False,
     negatives_exclude: str = "target",
+    validation: bool = True,
+    valid_min_target: int = 3,
 ) -> dict[str, np.ndarray]:
     """The leave-one-out protocol on contiguous ids; returns the arrays of ``multibehavior.npz``.
+
+    With ``validation``, users with at least ``valid_min_target`` target interactions also
+    hold out their second-latest one (``valid_users``, ``valid_items``, ``valid_negatives``).
 
     Raises:
       DataError: when thresholds are not increasing (behaviours must be nested) or a test
@@ -152,7 +171,22 @@ def build_protocol(
     test_users, test_items = user[test_rows], item[test_rows]
     is_test = np.zeros(len(user), bool)
     is_test[test_rows] = True
-    out: dict[str, np.ndarray] = {"test_users": test_users, "test_items": test_items}
+    if validation:
+        if valid_min_target < 2:
+            raise DataError(f"valid_min_target={valid_min_target}: expected >= 2 (test + validation pair)")
+        t_users = user[t_sorted]
+        first = np.r_[True, t_users[1:] != t_users[:-1]]
+        starts_t = np.flatnonzero(first)
+        count = np.diff(np.r_[starts_t, len(t_sorted)])  # target interactions per user (sorted users)
+        ends_t = starts_t + count  # one past each user's last (= test) row
+        ok = count >= valid_min_target
+        valid_rows = t_sorted[ends_t[ok] - 2]  # the second-latest
+    else:
+        valid_rows = np.zeros(0, np.int64)
+    valid_users, valid_items = user[valid_rows], item[valid_rows]
+    is_test[valid_rows] = True  # held out of the train graphs like the test pair
+    out: dict[str, np.ndarray] = {"test_users": test_users, "test_items": test_items,
+                                  "valid_users": valid_users, "valid_items": valid_items}
     key = user * num_items + item
     K = len(thresholds)
     for k, thr in enumerate(thresholds):
@@ -163,20 +197,31 @@ def build_protocol(
         out[f"train_items_{k}"] = keys % num_items
     # Negatives: uniform without replacement among the allowed items of each test user.
     excl_k = [K - 1] if negatives_exclude == "target" else list(range(K))
+    # The validation pairs are excluded too: test negatives are those of validation=False.
     excluded = np.unique(np.concatenate([out[f"train_users_{k}"] * num_items + out[f"train_items_{k}"]
-                                         for k in excl_k] + [test_users * num_items + test_items]))
-    rng = np.random.default_rng(seed)
-    negs = np.empty((len(test_users), num_negatives), np.int64)
-    starts = np.searchsorted(excluded, test_users * num_items)
-    ends = np.searchsorted(excluded, (test_users + 1) * num_items)
-    for t, u in enumerate(test_users):
+                                         for k in excl_k] + [test_users * num_items + test_items,
+                                                             valid_users * num_items + valid_items]))
+    out["negatives"] = _sample_negatives(test_users, excluded, num_items, num_negatives,
+                                         np.random.default_rng(seed), "test")
+    out["valid_negatives"] = _sample_negatives(valid_users, excluded, num_items, num_negatives,
+                                               np.random.default_rng([seed, 1]), "validation")
+    return out
+
+
+def _sample_negatives(users: np.ndarray, excluded: np.ndarray, num_items: int, num_negatives: int,
+                      rng: np.random.Generator, split: str) -> np.ndarray:
+    """``num_negatives`` items per user, uniform without replacement, outside the sorted
+    ``excluded`` keys (``user * num_items + item``)."""
+    negs = np.empty((len(users), num_negatives), np.int64)
+    starts = np.searchsorted(excluded, users * num_items)
+    ends = np.searchsorted(excluded, (users + 1) * num_items)
+    for t, u in enumerate(users):
         banned = excluded[starts[t]:ends[t]] - u * num_items
         allowed = np.setdiff1d(np.arange(num_items), banned, assume_unique=True)
         if len(allowed) < num_negatives:
-            raise DataError(f"test user {u}: only {len(allowed)} candidate negatives, {num_negatives} requested")
+            raise DataError(f"{split} user {u}: only {len(allowed)} candidate negatives, {num_negatives} requested")
         negs[t] = rng.choice(allowed, num_negatives, replace=False)
-    out["negatives"] = negs
-    return out
+    return negs
 
 
 def prepare(
@@ -191,6 +236,8 @@ def prepare(
     seed: int = 2023,
     keep_aux_for_test: bool = False,
     negatives_exclude: str = "target",
+    validation: bool = True,
+    valid_min_target: int = 3,
     verify: bool = True,
     cache_dir: str = DEFAULT_CACHE,
 ) -> dict:
@@ -207,6 +254,9 @@ def prepare(
       seed: negative-sampling seed.
       keep_aux_for_test: keep the test pair in the auxiliary graphs (leaks on nested labels).
       negatives_exclude: "target" (CIGF: items not in the user's train target row) or "any".
+      validation: also hold out each user's second-latest target interaction for model
+        selection (users with fewer than ``valid_min_target`` target interactions have none).
+      valid_min_target: target interactions a user needs for a validation pair (≥ 2).
       verify: check the official rating/user/item counts.
       cache_dir: where the recbole wheel is cached.
     """
@@ -218,7 +268,7 @@ def prepare(
     options = dict(version=version, domain_scheme=domain_scheme, thresholds=[int(t) for t in thresholds],
                    behaviors=list(behaviors), num_negatives=num_negatives, seed=seed,
                    keep_aux_for_test=bool(keep_aux_for_test), negatives_exclude=negatives_exclude,
-                   format=FORMAT_VERSION)
+                   validation=bool(validation), valid_min_target=int(valid_min_target), format=FORMAT_VERSION)
     fp = fingerprint({"options": options, "checksums": meta["checksums"]})
     meta_path = os.path.join(output_dir, META_FILE)
     if os.path.exists(meta_path):
@@ -236,18 +286,22 @@ def prepare(
     user_domain[uid] = dom_rows
     arrays = build_protocol(uid, iid, frame["rating"].to_numpy(), frame["ts"].to_numpy(), len(users), len(items),
                             thresholds=thresholds, num_negatives=num_negatives, seed=seed,
-                            keep_aux_for_test=keep_aux_for_test, negatives_exclude=negatives_exclude)
+                            keep_aux_for_test=keep_aux_for_test, negatives_exclude=negatives_exclude,
+                            validation=validation, valid_min_target=valid_min_target)
     arrays["user_domain"] = user_domain
     arrays["user_raw_ids"] = users
     arrays["item_raw_ids"] = items
     counts = {name: int(len(arrays[f"train_users_{k}"])) for k, name in enumerate(behaviors)}
     test_dom = user_domain[arrays["test_users"]]
+    valid_dom = user_domain[arrays["valid_users"]]
     info = {
         "format": FORMAT_VERSION, "dataset": f"movielens-{version}-multibehavior", "fingerprint": fp,
         "source": source_name, "checksums": meta["checksums"], "options": options,
         "num_users": int(len(users)), "num_items": int(len(items)), "behaviors": list(behaviors),
         "target": behaviors[-1], "train_edges": counts, "num_test_users": int(len(arrays["test_users"])),
         "test_users_per_domain": [int((test_dom == d).sum()) for d in range(len(domain_names))],
+        "num_valid_users": int(len(arrays["valid_users"])),
+        "valid_users_per_domain": [int((valid_dom == d).sum()) for d in range(len(domain_names))],
         "domain_names": list(domain_names), "num_negatives": num_negatives,
         "rule": {name: f"rating >= {t}" for name, t in zip(behaviors, thresholds)},
     }
@@ -255,7 +309,7 @@ def prepare(
         np.savez(os.path.join(tmp, ARRAYS_FILE), **arrays)
         write_json_atomic(os.path.join(tmp, META_FILE), info)
     log(f"wrote {output_dir}: {info['num_users']} users, {info['num_items']} items, train edges {counts}, "
-        f"{info['num_test_users']} test users")
+        f"{info['num_test_users']} test users, {info['num_valid_users']} validation users")
     return info
 
 
@@ -277,7 +331,8 @@ def load(directory: str) -> MultiBehaviorData:
     except (OSError, ValueError) as e:
         raise DataError(f"{arr_path}: cannot read ({e}); prepare the dataset again") from e
     K = len(meta["behaviors"])
-    need = ["test_users", "test_items", "negatives", "user_domain"] + [
+    need = ["test_users", "test_items", "negatives", "user_domain", "valid_users", "valid_items",
+            "valid_negatives"] + [
         f"train_{s}_{k}" for k in range(K) for s in ("users", "items")]
     missing = [n for n in need if n not in z.files]
     if missing:
@@ -288,15 +343,21 @@ def load(directory: str) -> MultiBehaviorData:
         train_users=tuple(z[f"train_users_{k}"] for k in range(K)),
         train_items=tuple(z[f"train_items_{k}"] for k in range(K)),
         test_users=z["test_users"], test_items=z["test_items"], negatives=z["negatives"],
-        user_domain=z["user_domain"], domain_names=tuple(meta["domain_names"]), meta=meta)
+        user_domain=z["user_domain"], domain_names=tuple(meta["domain_names"]), meta=meta,
+        valid_users=z["valid_users"], valid_items=z["valid_items"], valid_negatives=z["valid_negatives"])
     for name, arr, hi in ([("test_users", data.test_users, U), ("test_items", data.test_items, I),
-                           ("negatives", data.negatives, I), ("user_domain", data.user_domain, len(data.domain_names))]
+                           ("negatives", data.negatives, I), ("user_domain", data.user_domain, len(data.domain_names)),
+                           ("valid_users", data.valid_users, U), ("valid_items", data.valid_items, I),
+                           ("valid_negatives", data.valid_negatives, I)]
                           + [(f"train_users_{k}", data.train_users[k], U) for k in range(K)]
                           + [(f"train_items_{k}", data.train_items[k], I) for k in range(K)]):
         if arr.size and (arr.min() < 0 or arr.max() >= hi):
             raise DataError(f"{arr_path}: {name} has ids outside [0, {hi})")
     if data.negatives.shape[0] != len(data.test_users):
         raise DataError(f"{arr_path}: {data.negatives.shape[0]} negative rows for {len(data.test_users)} test users")
+    if data.valid_negatives.shape[0] != len(data.valid_users) or len(data.valid_items) != len(data.valid_users):
+        raise DataError(f"{arr_path}: {len(data.valid_users)} validation users, {len(data.valid_items)} items and "
+                        f"{data.valid_negatives.shape[0]} negative rows; expected equal counts")
     return data
 
 
@@ -315,6 +376,9 @@ def define_flags() -> None:
     flags.DEFINE_boolean("keep_aux_for_test", False, "Keep the test pair in the auxiliary graphs (leaks).")
     flags.DEFINE_enum("negatives_exclude", "target", list(NEGATIVES_EXCLUDE),
                       "target: negatives avoid train target positives (CIGF); any: avoid every train positive.")
+    flags.DEFINE_boolean("validation", True, "Hold out each user's second-latest target interaction for "
+                         "validation (model selection).")
+    flags.DEFINE_integer("valid_min_target", 3, "Target interactions a user needs for a validation pair.")
     flags.DEFINE_boolean("verify_counts", True, "Check the official number of ratings/users/items.")
     flags.DEFINE_string("cache_dir", DEFAULT_CACHE, "Download cache (recbole wheel).")
 
@@ -327,7 +391,7 @@ def _prepare_from_flags(f: flags.FlagValues) -> None:
     prepare(f.output_dir, version=f.version, raw_path=f.raw_path, domain_scheme=f.domain_scheme,
             thresholds=thresholds, behaviors=f.behaviors, num_negatives=f.num_negatives, seed=f.seed,
             keep_aux_for_test=f.keep_aux_for_test, negatives_exclude=f.negatives_exclude,
-            verify=f.verify_counts, cache_dir=f.cache_dir)
+            validation=f.validation, valid_min_target=f.valid_min_target, verify=f.verify_counts, cache_dir=f.cache_dir)
 
 
 def cli() -> None:

@@ -30,7 +30,8 @@ def _edges(out, k):
 
 def test_protocol_hand_example():
     u, i, r, t, U, I = _toy()
-    out = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, seed=0)
+    out = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, seed=0, validation=False)
+    assert len(out["valid_users"]) == 0 and out["valid_negatives"].shape == (0, 4)
     assert dict(zip(out["test_users"].tolist(), out["test_items"].tolist())) == {0: 2, 1: 3, 3: 6}
     rated, liked, loved = (_edges(out, k) for k in range(3))
     assert loved <= liked <= rated  # nested
@@ -42,20 +43,46 @@ def test_protocol_hand_example():
         negs = out["negatives"][row].tolist()
         assert len(set(negs)) == 4 and ti not in negs
         assert not any((tu, n) in loved for n in negs)  # never a train target positive
-    again = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, seed=0)
+    again = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, seed=0, validation=False)
     np.testing.assert_array_equal(again["negatives"], out["negatives"])  # seeded
-    other = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, seed=1)
+    other = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, seed=1, validation=False)
     assert not np.array_equal(other["negatives"], out["negatives"])
+
+
+def test_protocol_validation_pairs():
+    u, i, r, t, U, I = _toy()
+    noval = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, seed=0, validation=False)
+    out = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, seed=0)  # validation is the default
+    # Only user 3 has >= 3 loved items (2 @ t=3, 4 @ t=7, 6 @ t=7): test 6, validation 4 (second-latest).
+    # User 0 (two loved) keeps its other loved item in train: no validation pair.
+    assert out["valid_users"].tolist() == [3] and out["valid_items"].tolist() == [4]
+    rated, liked, loved = (_edges(out, k) for k in range(3))
+    assert loved == {(0, 1), (3, 2)}
+    assert all((3, 4) not in e for e in (rated, liked, loved))  # validation pair in no train graph
+    assert all((3, 6) not in e for e in (rated, liked, loved))
+    # Test pairs and test negatives are those of the protocol without validation.
+    for key in ("test_users", "test_items", "negatives"):
+        np.testing.assert_array_equal(out[key], noval[key])
+    vneg = out["valid_negatives"][0].tolist()
+    assert len(set(vneg)) == 4 and not {4, 6, 2} & set(vneg)  # never valid item, test item, train positive
+    assert 4 not in out["negatives"][out["test_users"].tolist().index(3)]  # nor the validation item in test
+    two = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, valid_min_target=2)
+    assert dict(zip(two["valid_users"].tolist(), two["valid_items"].tolist())) == {0: 1, 3: 4}
+    assert not _edges(two, 2) & {(0, 1), (3, 4)}
+    with pytest.raises(DataError, match="valid_min_target=1"):
+        mb.build_protocol(u, i, r, t, U, I, num_negatives=4, valid_min_target=1)
 
 
 def test_protocol_flags():
     u, i, r, t, U, I = _toy()
-    keep = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, keep_aux_for_test=True)
+    keep = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, keep_aux_for_test=True, validation=False)
     assert (0, 2) in _edges(keep, 0) and (0, 2) in _edges(keep, 1) and (0, 2) not in _edges(keep, 2)
     anyx = mb.build_protocol(u, i, r, t, U, I, num_negatives=4, negatives_exclude="any")
     rated = _edges(anyx, 0)
     for row, tu in enumerate(anyx["test_users"]):
         assert not any((tu, n) in rated for n in anyx["negatives"][row])
+    for row, vu in enumerate(anyx["valid_users"]):
+        assert not any((vu, n) in rated for n in anyx["valid_negatives"][row])
     with pytest.raises(DataError, match="strictly increasing"):
         mb.build_protocol(u, i, r, t, U, I, thresholds=(4, 4, 5))
     with pytest.raises(DataError, match="candidate negatives"):
@@ -66,18 +93,29 @@ def test_ml100k_prepare_and_load(tmp_path):
     out = str(tmp_path / "mb")
     info = mb.prepare(out)
     assert info["num_users"] == 943 and info["num_items"] == 1682
-    # 21,201 five-star ratings, every user with one loses one to the test set.
-    assert info["num_test_users"] == 928 and info["train_edges"]["loved"] == 21201 - 928
-    assert info["train_edges"]["rated"] == 100000 - 928
+    # 21,201 five-star ratings, every user with one loses one to the test set; the 859 users
+    # with at least three lose a second one to the validation set.
+    assert info["num_test_users"] == 928 and info["num_valid_users"] == 859
+    assert info["train_edges"]["loved"] == 21201 - 928 - 859
+    assert info["train_edges"]["rated"] == 100000 - 928 - 859
     assert sum(info["test_users_per_domain"]) == 928 and info["domain_names"] == ["<25", "25-34", "35+"]
     d = mb.load(out)
     keys = [set((d.train_users[k] * d.num_items + d.train_items[k]).tolist()) for k in range(3)]
     assert keys[2] <= keys[1] <= keys[0]
     test_keys = set((d.test_users * d.num_items + d.test_items).tolist())
     assert all(not (test_keys & k) for k in keys)  # the test item is absent from all train graphs
+    valid_keys = set((d.valid_users * d.num_items + d.valid_items).tolist())
+    assert len(valid_keys) == 859 and all(not (valid_keys & k) for k in keys)  # nor the validation item
+    assert not valid_keys & test_keys and set(d.valid_users.tolist()) <= set(d.test_users.tolist())
     neg_keys = (d.test_users[:, None] * d.num_items + d.negatives)
-    assert not (set(neg_keys.reshape(-1).tolist()) & (keys[2] | test_keys))
+    assert not (set(neg_keys.reshape(-1).tolist()) & (keys[2] | test_keys | valid_keys))
     assert d.negatives.shape == (928, 99) and all(len(set(r)) == 99 for r in d.negatives.tolist())
+    # Validation negatives: never the validation item, the user's test item or a train target positive.
+    test_of = dict(zip(d.test_users.tolist(), d.test_items.tolist()))
+    vneg = d.valid_users[:, None] * d.num_items + d.valid_negatives
+    vtest = d.valid_users * d.num_items + np.array([test_of[u] for u in d.valid_users.tolist()])
+    assert not (set(vneg.reshape(-1).tolist()) & (keys[2] | valid_keys | set(vtest.tolist())))
+    assert d.valid_negatives.shape == (859, 99) and all(len(set(r)) == 99 for r in d.valid_negatives.tolist())
     mtime = os.path.getmtime(os.path.join(out, mb.ARRAYS_FILE))
     assert mb.prepare(out)["fingerprint"] == info["fingerprint"]  # reused, not rewritten
     assert os.path.getmtime(os.path.join(out, mb.ARRAYS_FILE)) == mtime
@@ -93,6 +131,7 @@ def test_load_errors(tmp_path):
     (tmp_path / mb.META_FILE).write_text(json.dumps({"format": mb.FORMAT_VERSION, "behaviors": ["a"],
                                                      "num_users": 2, "num_items": 2, "domain_names": ["x"]}))
     np.savez(tmp_path / mb.ARRAYS_FILE, test_users=np.array([0]), test_items=np.array([5]),
+             valid_users=np.zeros(0, int), valid_items=np.zeros(0, int), valid_negatives=np.zeros((0, 1), int),
              negatives=np.array([[1]]), user_domain=np.array([0, 0]), train_users_0=np.array([0]),
              train_items_0=np.array([1]))
     with pytest.raises(DataError, match=r"test_items has ids outside \[0, 2\)"):
