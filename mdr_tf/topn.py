@@ -19,8 +19,11 @@ Training follows CIGF's official loop (shared/reference/more-seeds.md §4.4):
 Evaluation: each test user's held-out item against its 99 negatives, scored by the
 target task; rank = number of negatives scoring ≥ the positive (ties count against the
 positive, like the official stable sort); HR@10 = [rank < 10], NDCG@10 = 1/log2(rank + 2)
-if rank < 10. Metrics are computed once, after the last epoch: unlike the official code
-we do not pick the best test epoch.
+if rank < 10. Model selection never looks at the test set (the official code reports the
+best test epoch): with ``eval_every`` the target task is scored on the validation pairs
+every ``eval_every`` epochs, the weights of the best validation NDCG@10 are kept (early
+stopping after ``patience`` evaluations without improvement) and the test metrics are
+computed once, with those weights.
 """
 
 from __future__ import annotations
@@ -162,18 +165,36 @@ def summarize(metrics: dict[str, np.ndarray], test_domain: np.ndarray, num_domai
     return out
 
 
-def candidate_scores(score_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], data) -> tuple[np.ndarray, np.ndarray]:
+SPLITS = ("test", "valid")
+
+
+def split_arrays(data, split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users [T], held-out items [T], negatives [T, n]) of the ``"test"`` or ``"valid"`` split."""
+    if split == "test":
+        return data.test_users, data.test_items, data.negatives
+    if split == "valid":
+        return data.valid_users, data.valid_items, data.valid_negatives
+    raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+
+
+def candidate_scores(score_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], data,
+                     split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Scores of the held-out items [T] and of the negatives [T, n] with ``score_fn(users, items)``."""
-    T, n = data.negatives.shape
-    users = np.repeat(data.test_users, n + 1)
-    items = np.concatenate([data.test_items[:, None], data.negatives], axis=1).reshape(-1)
+    users0, items0, negatives = split_arrays(data, split)
+    T, n = negatives.shape
+    users = np.repeat(users0, n + 1)
+    items = np.concatenate([items0[:, None], negatives], axis=1).reshape(-1)
     s = np.asarray(score_fn(users, items)).reshape(T, n + 1)
     return s[:, 0], s[:, 1:]
 
 
-def evaluate_scorer(score_fn, data, k: int = 10) -> dict[str, float]:
-    pos, neg = candidate_scores(score_fn, data)
-    return summarize(rank_metrics(pos, neg, k), data.user_domain[data.test_users], data.num_domains, k)
+def evaluate_scorer(score_fn, data, k: int = 10, split: str = "test") -> dict[str, float]:
+    """HR@k / NDCG@k of ``split`` (keys ``{split}_hr10``, ...), overall and per domain."""
+    users = split_arrays(data, split)[0]
+    if not len(users):
+        raise ValueError(f"the data has no {split} pairs (prepared with validation=False?)")
+    pos, neg = candidate_scores(score_fn, data, split)
+    return summarize(rank_metrics(pos, neg, k), data.user_domain[users], data.num_domains, k, prefix=f"{split}_")
 
 
 def trivial_scorer(name: str, data, seed: int = 0, behavior: int = -1) -> Callable:
@@ -202,6 +223,8 @@ class TopNConfig:
     lr_decay: float = 0.96
     decay_steps: int | None = None  # None: users_per_epoch // batch_users (the code's decay_step)
     seed: int = 0
+    eval_every: int = 0  # > 0: validation NDCG@10 every eval_every epochs, keep the best weights
+    patience: int = 0  # > 0: stop after this many evaluations without improvement (0: run all epochs)
 
 
 def graph_inputs(model, data) -> list:
@@ -268,7 +291,13 @@ def model_scorer(model, adjacencies: list) -> Callable:
 
 
 def train(model, data, cfg: TopNConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Trains ``model`` on ``data``; returns {"epoch_seconds", "train_seconds", "final_loss", "steps"}."""
+    """Trains ``model`` on ``data``; returns {"epoch_seconds", "train_seconds", "final_loss", "steps",
+    "epochs_run"} and, with ``cfg.eval_every``, "best_epoch", "valid_curve" and the validation metrics
+    of the best epoch (``valid_hr10``, ...), whose weights the model holds on return.
+
+    Selection uses validation NDCG@10 only (ties keep the earlier epoch); the test split is
+    never read here.
+    """
     import keras
     import tensorflow as tf
 
@@ -283,6 +312,11 @@ def train(model, data, cfg: TopNConfig, log: Callable[[str], None] | None = None
     optimizer = keras.optimizers.Adam(learning_rate=schedule, epsilon=1e-8)
     step = make_train_step(model, adjs, optimizer)
     epoch_times, loss, steps = [], float("nan"), 0
+    validate = cfg.eval_every > 0
+    if validate and not len(data.valid_users):
+        raise ValueError("eval_every > 0 needs validation pairs: prepare the data with validation=True")
+    best: dict[str, Any] = {"score": -np.inf, "epoch": 0, "metrics": {}, "weights": None}
+    curve, since_best, epochs_run = [], 0, 0
     t_all = time.time()
     for epoch in range(cfg.epochs):
         t0 = time.time()
@@ -298,11 +332,35 @@ def train(model, data, cfg: TopNConfig, log: Callable[[str], None] | None = None
             steps += 1
         loss = total / max(nb, 1)
         epoch_times.append(time.time() - t0)
+        epochs_run = epoch + 1
         if log and (epoch == 0 or (epoch + 1) % max(cfg.epochs // 5, 1) == 0 or epoch + 1 == cfg.epochs):
             log(f"  epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} ({epoch_times[-1]:.2f}s)")
-    # The first epoch includes tracing; report the median.
-    return {"epoch_seconds": float(np.median(epoch_times)) if epoch_times else float("nan"),
-            "train_seconds": time.time() - t_all, "final_loss": loss, "steps": steps}
+        if validate and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            metrics = evaluate_scorer(model_scorer(model, adjs), data, split="valid")
+            curve.append((epoch + 1, metrics["valid_hr10"], metrics["valid_ndcg10"]))
+            if metrics["valid_ndcg10"] > best["score"]:
+                best = {"score": metrics["valid_ndcg10"], "epoch": epoch + 1, "metrics": metrics,
+                        "weights": [np.array(v.numpy()) for v in model.weights]}
+                since_best = 0
+            else:
+                since_best += 1
+            if cfg.patience and since_best >= cfg.patience:
+                if log:
+                    log(f"  early stop at epoch {epoch + 1}: best validation NDCG@10 "
+                        f"{best['score']:.4f} at epoch {best['epoch']}")
+                break
+    out: dict[str, Any] = {"epoch_seconds": float(np.median(epoch_times)) if epoch_times else float("nan"),
+                           "train_seconds": time.time() - t_all, "final_loss": loss, "steps": steps,
+                           "epochs_run": epochs_run}
+    if validate:
+        if best["weights"] is not None:
+            for v, w in zip(model.weights, best["weights"]):
+                v.assign(w)
+        out.update(best["metrics"])
+        out["best_epoch"] = best["epoch"]
+        out["valid_curve"] = curve
+    # The first epoch includes tracing; the median is reported.
+    return out
 
 
 def run_trial(name: str, data, cfg: TopNConfig, model_kwargs: dict[str, Any] | None = None,
@@ -316,6 +374,8 @@ def run_trial(name: str, data, cfg: TopNConfig, model_kwargs: dict[str, Any] | N
     if spec.builder is None:
         t0 = time.time()
         fn = trivial_scorer(name, data, seed=cfg.seed, **spec.defaults)
+        if cfg.eval_every and len(data.valid_users):
+            row.update(evaluate_scorer(fn, data, split="valid"))
         row.update(evaluate_scorer(fn, data))
         row.update({"epoch_seconds": 0.0, "train_seconds": time.time() - t0, "params_total": 0})
     else:
@@ -324,7 +384,7 @@ def run_trial(name: str, data, cfg: TopNConfig, model_kwargs: dict[str, Any] | N
         info = train(model, data, cfg, log=log)
         row.update(info)
         row["params_total"] = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
-        row.update(evaluate_scorer(model_scorer(model, model._graph), data))
+        row.update(evaluate_scorer(model_scorer(model, model._graph), data))  # best-validation weights
     return (row, model) if return_model else row
 
 

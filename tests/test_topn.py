@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -28,9 +29,13 @@ def _toy_data(num_users: int = 30, num_items: int = 40, seed: int = 0) -> MultiB
     test_items = np.array([np.flatnonzero(~loved[u])[0] for u in test_users])
     negs = np.stack([rng.choice(np.setdiff1d(np.flatnonzero(~loved[u]), [ti]), 9, replace=False)
                      for u, ti in zip(test_users, test_items)])
+    valid_items = np.array([np.flatnonzero(~loved[u])[1] for u in test_users])
+    vnegs = np.stack([rng.choice(np.setdiff1d(np.flatnonzero(~loved[u]), [ti, vi]), 9, replace=False)
+                      for u, ti, vi in zip(test_users, test_items, valid_items)])
     return MultiBehaviorData(num_users, num_items, ("rated", "liked", "loved"), tuple(e[0] for e in edges),
                              tuple(e[1] for e in edges), test_users, test_items, negs,
-                             np.arange(num_users) % 2, ("a", "b"), {"fingerprint": "toy"})
+                             np.arange(num_users) % 2, ("a", "b"), {"fingerprint": "toy"},
+                             valid_users=test_users, valid_items=valid_items, valid_negatives=vnegs)
 
 
 def test_sampler_rules():
@@ -125,6 +130,61 @@ def test_export_parity(tmp_path):
     z = np.load(os.path.join(topn.export_topn(lg, str(tmp_path / "lg")), "embeddings.npz"))
     np.testing.assert_allclose((z["user"][0][users] * z["item"][0][items]).sum(-1),
                                topn.model_scorer(lg, lg._graph)(users, items), rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_keeps_the_best_validation_weights(monkeypatch):
+    """Scripted validation scores: the model returns with the weights of the best evaluation,
+    stops after ``patience`` evaluations without improvement, and never reads the test split."""
+    d = _toy_data()
+    keras.utils.set_random_seed(0)
+    model = MFBPR(d.num_users, d.num_items, 3, embedding_dim=4)
+    scripted = iter([0.1, 0.5, 0.3, 0.2, 0.9])  # best at the 2nd evaluation (epoch 4), then 2 worse: stop
+    snapshots = []
+    real = topn.evaluate_scorer
+
+    def fake(score_fn, data, k=10, split="test"):
+        assert split == "valid"  # training never evaluates the test split
+        snapshots.append([v.numpy().copy() for v in model.weights])
+        out = real(score_fn, data, k, split)
+        out["valid_ndcg10"] = next(scripted)
+        return out
+
+    monkeypatch.setattr(topn, "evaluate_scorer", fake)
+    cfg = topn.TopNConfig(epochs=20, batch_users=8, samples_per_user=5, learning_rate=0.05, seed=0,
+                          eval_every=2, patience=2)
+    info = topn.train(model, d, cfg)
+    assert info["best_epoch"] == 4 and info["epochs_run"] == 8 and info["valid_ndcg10"] == 0.5
+    assert [c[0] for c in info["valid_curve"]] == [2, 4, 6, 8]
+    for v, w in zip(model.weights, snapshots[1]):
+        np.testing.assert_array_equal(v.numpy(), w)  # the best evaluation's weights, restored
+    assert not np.array_equal(snapshots[1][0], snapshots[3][0])  # (training did move them afterwards)
+    monkeypatch.setattr(topn, "evaluate_scorer", real)
+    with pytest.raises(ValueError, match="validation pairs"):
+        topn.train(model, dataclasses.replace(d, valid_users=d.valid_users[:0]), cfg)
+
+
+def test_runner_chooses_the_learning_rate_on_validation(tmp_path, monkeypatch):
+    from experiments import topn as runner
+
+    d = _toy_data()
+    monkeypatch.setattr(runner, "prepare_dataset", lambda *a, **k: "toy")
+    monkeypatch.setattr("data_prep.multibehavior.load", lambda path: d)
+    out = str(tmp_path / "res")
+    kw = dict(models=["mf_bpr", "random"], trials=2, lr_grid=[1e-3, 0.05], output_dir=out, log=lambda *a: None,
+              train_kwargs={"epochs": 4, "batch_users": 16, "eval_every": 2, "patience": 1})
+    res = runner.run(**kw)
+    rows = [json.loads(x) for x in open(os.path.join(out, "trials.jsonl"))]
+    assert len(rows) == 2 + 1 + 2  # two selection trials (one reused as trial 0), trial 1, random × 2
+    sel = {r["learning_rate"]: r for r in rows if r["model"] == "mf_bpr" and r["seed"] == 0}
+    chosen = max(sel, key=lambda lr: sel[lr]["valid_ndcg10"])
+    mf = [r for r in res["rows"] if r["model"] == "mf_bpr"]
+    assert len(mf) == 2 and all(r["learning_rate"] == chosen for r in mf)
+    assert "chosen" in open(os.path.join(out, "lr_selection.md")).read()
+    assert json.load(open(os.path.join(out, "run_meta.json")))["lr_selection"]["mf_bpr"]["chosen"] == chosen
+    assert "val NDCG@10" in open(os.path.join(out, "table.md")).read()
+    seen = []
+    runner.run(**{**kw, "log": seen.append})  # resumes: nothing retrained
+    assert sum("already done" in s for s in seen) == 6  # 2 selection, 2 mf_bpr (trial 0 = a selection), 2 random
 
 
 def test_runner_resumes_and_writes_tables(tmp_path, monkeypatch):
