@@ -277,6 +277,9 @@ def run(
     from mdr_tf import registry, report
     from mdr_tf.schema import Schema
     from mdr_tf.training import TrainConfig, run_trial
+    if dataset == "ml100k_multibehavior":  # top-N data (no CTR schema): its own runner
+        raise ValueError("--dataset=ml100k_multibehavior is a top-N ranking dataset: run it with "
+                         "`python -m experiments.topn` (docs/models/cigf.md)")
     models = list(models or registry.names(main_table_only=True))
     for m in models:
         registry.get(m)  # fail fast on unknown names

@@ -248,3 +248,10 @@ def test_real_data_graphs_nested_and_without_test_pairs(ml100k_mb):
     assert (a[2] <= a[1]).all() and (a[1] <= a[0]).all()  # loved <= liked <= rated, elementwise
     for k in range(3):
         assert not a[k][d.test_users, d.num_users + d.test_items].any()  # the test pair is in no train graph
+
+
+def test_ctr_runner_points_to_the_topn_runner():
+    from experiments import run as ctr_runner
+
+    with pytest.raises(ValueError, match="python -m experiments.topn"):
+        ctr_runner.run(dataset="ml100k_multibehavior", log=lambda *a: None)
