@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mdr_tf import registry
 from mdr_tf.layers.mechanisms.gates import AdaSparsePruner, PPNetGate
@@ -35,32 +36,130 @@ def test_registry_model_config_and_roundtrip(name, synth_schema, tmp_path):
         assert_roundtrips(m, str(tmp_path), x)
 
 
+def _ppnet_gates(m):
+    return [lyr for lyr in m._flatten_layers() if isinstance(lyr, PPNetGate)]
+
+
 def test_pepnet_structure_and_gate_positions(synth_schema):
     cfg = synth_schema.to_config()
-    after = PEPNetModel(cfg, hidden_units=[8, 6, 4])
-    before = PEPNetModel(cfg, hidden_units=[8, 6, 4], ppnet_gate_position="before")
-    for m in (after, before):
+    models = {pos: PEPNetModel(cfg, hidden_units=[8, 6, 4], ppnet_gate_position=pos)
+              for pos in ("paper", "after", "before")}
+    for m in models.values():
         m.build()
-    def gates(m):
-        return [lyr for lyr in m._flatten_layers() if isinstance(lyr, PPNetGate)]
-
-    # after: one gate per hidden layer output (widths 8, 6, 4); before: per layer input (e, 8, 6).
-    assert [g.gate.units for g in after.deep.hook_layers] == [8, 6, 4]
-    assert len(gates(after)) == 3
-    assert sorted(g.gate.units for g in gates(before)) == sorted([after.context_dims["all"], 8, 6])
-    # the PPNet gate input is ids ⊕ stop_grad(EPNet output)
-    dims = after.context_dims
-    assert gates(after)[0].gate.w1.shape[0] == dims["ids"] + dims["all"]
-    assert after.epnet.gate.w1.shape[0] == dims["domain_side"] + dims["all"]
-    # the gates are the per-sample generated parameters: δ_dom (width of e) + δ_pp per layer
-    assert parameter_report(after)["generated_per_sample"] == dims["all"] + 8 + 6 + 4
+    w = models["paper"].context_dims["all"]
+    # paper (default): the input of every layer incl. the output layer, L + 1 gates;
+    # after: each hidden output (L gates); before: each hidden layer's input (L gates).
+    widths = {pos: sorted(g.gate.units for g in _ppnet_gates(m)) for pos, m in models.items()}
+    assert widths == {"paper": sorted([w, 8, 6, 4]), "after": [4, 6, 8], "before": sorted([w, 8, 6])}
+    assert PEPNetModel(cfg).ppnet_gate_position == "paper"
+    paper = models["paper"]
+    # gate inputs: the gates' own embeddings ⊕ stop_grad(main-path view)
+    gdims = paper.gate_embedding.output_dims
+    assert _ppnet_gates(paper)[0].gate.w1.shape[0] == gdims["ids"] + w
+    assert paper.epnet.gate.w1.shape[0] == gdims["domain_side"] + w
+    # the gate table holds only what the gates read: the id features and the domain id
+    ids = [f.name for f in synth_schema.categorical if f.is_id]
+    assert [f.name for f in paper.gate_embedding.schema.features] == ids
+    # the gates are the per-sample generated parameters: δ_dom (width of e) + δ_pp per gate
+    assert parameter_report(paper)["generated_per_sample"] == w + (w + 8 + 6 + 4)
     ppnet = registry.get("ppnet").build(synth_schema, hidden_units=[8, 4])
     epnet = registry.get("epnet").build(synth_schema, hidden_units=[8, 4])
     ppnet.build(), epnet.build()
-    assert not hasattr(ppnet, "epnet") and len(gates(ppnet)) == 2
-    assert hasattr(epnet, "epnet") and len(gates(epnet)) == 0
+    assert not hasattr(ppnet, "epnet") and len(_ppnet_gates(ppnet)) == 3
+    assert hasattr(epnet, "epnet") and len(_ppnet_gates(epnet)) == 0
     with pytest.raises(ValueError, match="ppnet_gate_position"):
         PEPNetModel(cfg, ppnet_gate_position="middle")
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _gatenu(gate, parts):
+    x = np.concatenate([_np(p) for p in parts], axis=1)
+    w1, b1, w2, b2 = (_np(v) for v in (gate.w1, gate.b1, gate.w2, gate.b2))
+    return gate.gamma / (1 + np.exp(-(np.maximum(x @ w1 + b1, 0) @ w2 + b2)))
+
+
+def _randomised_pepnet(schema, **kw):
+    m = PEPNetModel(schema.to_config(), hidden_units=[5, 3], **kw)
+    m.build()
+    rng = np.random.default_rng(0)
+    for v in m.trainable_weights:  # large enough that every gate is far from 1
+        v.assign(rng.normal(0, 0.6, v.shape).astype("float32"))
+    return m
+
+
+def test_pepnet_paper_layout_matches_equation(synth_schema):
+    """e' = δ_ep ⊙ e; h_{l+1} = ReLU((δ_l ⊙ h_l) W_l + b_l); logit = (δ_L ⊙ h_L) w + b,
+    every δ_l = GateNU_l(E_g(ids) ⊕ e') — against NumPy."""
+    m = _randomised_pepnet(synth_schema)
+    x = random_inputs(synth_schema, 16)
+    e, g = _np(m.embedding(x)["all"]), m.gate_embedding(x)
+    e_ep = _gatenu(m.epnet.gate, [g["domain_side"], e]) * e
+    gates = [m.deep.input_hook] + m.deep.hook_layers
+    h = e_ep
+    for blk, gate in zip(m.deep.blocks, gates):
+        h = np.maximum((_gatenu(gate.gate, [g["ids"], e_ep]) * h) @ _np(blk.kernel) + _np(blk.bias), 0)
+    logit = (_gatenu(gates[-1].gate, [g["ids"], e_ep]) * h) @ _np(m.head.kernel) + _np(m.head.bias)
+    np.testing.assert_allclose(m.predict(x, verbose=0), 1 / (1 + np.exp(-logit)), rtol=1e-4, atol=1e-6)
+
+
+def test_ppnet_reads_the_epnet_output(synth_schema, monkeypatch):
+    """The PPNet gates see O_ep = EPNet(e), not the raw embedding: changing only EPNet's
+    gate changes every PPNet gate value, and the context they read equals O_ep."""
+    m = _randomised_pepnet(synth_schema)
+    x = random_inputs(synth_schema, 16)
+    seen = []
+    original = PPNetGate.call
+
+    def spy(self, h, ctx=None, training=None):
+        seen.append((_np(self.gate(self.gate_input(ctx))), _np(ctx["all"])))
+        return original(self, h, ctx, training=training)
+
+    monkeypatch.setattr(PPNetGate, "call", spy)
+    ctx = m.gate_context(x, m.embedding(x))
+    o_ep = _np(m.epnet([ctx["all"], ctx["gate_side"]]))
+    m(x)
+    assert len(seen) == 3  # L + 1 gates
+    for _, context in seen:
+        np.testing.assert_allclose(context, o_ep, rtol=1e-6)
+        assert np.abs(context - _np(ctx["all"])).max() > 1e-3  # O_ep is not the raw e
+    before = [d for d, _ in seen]
+    seen.clear()
+    m.epnet.gate.b2.assign(m.epnet.gate.b2.numpy() + 1.0)  # touches EPNet only
+    m(x)
+    for (after, _), old in zip(seen, before):
+        assert np.abs(after - old).max() > 1e-4
+
+
+@pytest.mark.parametrize("gate_embeddings", [True, False])
+def test_gate_gradients_reach_only_gate_embeddings(synth_schema, monkeypatch, gate_embeddings):
+    """What flows back through a gate reaches the gates' own embedding rows, never the
+    main path's: the main table's gradient is the same with every gate's output held
+    constant (stop-gradient). The control (``gate_embeddings=False``, the gates reuse
+    the main rows) fails that equality."""
+    from mdr_tf.layers.mechanisms.gates import GateNU
+
+    m = _randomised_pepnet(synth_schema, gate_embeddings=gate_embeddings)
+    x = random_inputs(synth_schema, 32)
+    y = tf.constant(np.random.default_rng(1).integers(0, 2, [32, 1]).astype("float32"))
+    tables = [m.embedding.table] + ([m.gate_embedding.table] if gate_embeddings else [])
+
+    def grads():
+        with tf.GradientTape() as tape:
+            loss = keras.losses.binary_crossentropy(y, m(x, training=True))
+        return [tf.convert_to_tensor(gr).numpy() for gr in tape.gradient(loss, [t.value for t in tables], unconnected_gradients=tf.UnconnectedGradients.ZERO)]
+
+    full = grads()
+    original = GateNU.call
+    monkeypatch.setattr(GateNU, "call", lambda self, z: keras.ops.stop_gradient(original(self, z)))
+    held = grads()
+    if gate_embeddings:
+        np.testing.assert_allclose(full[0], held[0], rtol=1e-5, atol=1e-9)
+        assert np.abs(full[1]).sum() > 0 and np.abs(held[1]).sum() == 0  # the gate table: gates only
+    else:
+        assert np.abs(full[0] - held[0]).max() > 1e-6
 
 
 def test_adasparse_prunes_input_and_every_hidden_layer(synth_schema):

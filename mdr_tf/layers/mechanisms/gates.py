@@ -4,7 +4,7 @@
   γ = 2, so δ ∈ (0, 2) and δ ≈ 1 (identity) when the logits are near 0.
 - ``EPNet`` (embedding personalisation): ``δ_dom = GateNU(e_s ⊕ ⊘(e))``, ``e' = δ_dom ⊙ e``
   where ``e_s`` is the domain-side embedding and ``⊘`` is stop-gradient.
-- ``PPNetGate`` (hook "ppnet", parameter personalisation): per hidden layer
+- ``PPNetGate`` (hook "ppnet", parameter personalisation): per layer input
   ``h' = GateNU_l(e_id ⊕ ⊘(e')) ⊙ h``.
 - ``AdaSparsePruner`` (hook "adasparse", Yang et al., CIKM 2022): domain-aware
   neuron-level pruner ``π_l = Pruner([e_d ; h_l])``, ``h̃_l = π_l ⊙ h_l``.
@@ -159,15 +159,15 @@ class EPNet(keras.layers.Layer):
 
 @register_hook("ppnet")
 class PPNetGate(DomainHook):
-    """PPNet gate on a hidden layer: ``h' = GateNU(ctx[id_key] ⊕ stop_grad(ctx[context_key])) ⊙ h``.
+    """PPNet gate: ``h' = GateNU(ctx[id_key] ⊕ stop_grad(ctx[context_key])) ⊙ h``.
 
     PEPNet (KDD 2023): the personalised prior (user / item / author id embeddings)
     is concatenated with the stop-gradient EPNet output ``O_ep`` and fed to one GateNU
-    per DNN layer. As a ``DomainMLP`` hook it gates the layer **after** its activation
-    (the paper's figure and FuxiCTR's PPNet); "gate-before" (MMLRec:
-    ``H_{l+1} = f((δ ⊙ H_l) W)``) is the same hook placed on the MLP input and after
-    every hidden layer but the last (``hook_on_input=True``,
-    ``hook_positions=[0..L-2]``).
+    per DNN layer; the paper's equation ``H_{l+1} = f((δ_l ⊙ H_l) W_l + b_l)`` gates the
+    input of every layer including the output layer (MMLRec's ``PPNetBlock`` too: L + 1
+    gates). As a ``DomainMLP`` hook that is ``hook_on_input=True`` plus a hook after
+    every hidden layer (``PEPNetModel(ppnet_gate_position="paper")``); FuxiCTR gates each
+    hidden output only ("after").
 
     Args:
       num_domains, context_dims: see ``DomainHook``.
