@@ -151,3 +151,11 @@ class M2M(MultiDomainModel):
             "leaky_alpha": self.leaky_alpha, "output_activation": self.output_activation, "dropout": self.dropout,
         })
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        # Configs saved before issue 13 (learned task vector, no output MLP) load as trained.
+        config = dict(config)
+        config.setdefault("task_source", "learned")
+        config.setdefault("output_units", [])
+        return cls(**config)

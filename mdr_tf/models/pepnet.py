@@ -169,3 +169,10 @@ class PEPNetModel(MultiDomainModel):
             "dropout": self.dropout,
         })
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        # Configs saved before the gate tables existed load as they were trained.
+        config = dict(config)
+        config.setdefault("gate_embeddings", False)
+        return cls(**config)

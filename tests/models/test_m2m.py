@@ -101,6 +101,10 @@ def test_m2m_task_vector_from_scenario_embedding_and_output_mlp(synth_schema):
     r = np.maximum(r @ np.asarray(blk.kernel) + np.asarray(blk.bias), 0)
     logit = r @ np.asarray(m.head.kernel) + np.asarray(m.head.bias)
     np.testing.assert_allclose(m.predict(x, verbose=0), 1 / (1 + np.exp(-logit)), rtol=1e-4, atol=1e-5)
+    old = m.get_config()  # saved before issue 13: learned task vector, no output MLP
+    del old["task_source"], old["output_units"]
+    old_m = M2M.from_config(old)
+    assert old_m.task_source == "learned" and old_m.output_mlp is None
     with pytest.raises(ValueError, match="task_source"):
         M2M(synth_schema.to_config(), task_source="nope")
 

@@ -69,6 +69,9 @@ def test_pepnet_structure_and_gate_positions(synth_schema):
     assert hasattr(epnet, "epnet") and len(_ppnet_gates(epnet)) == 0
     with pytest.raises(ValueError, match="ppnet_gate_position"):
         PEPNetModel(cfg, ppnet_gate_position="middle")
+    old = paper.get_config()  # a config saved before the gate tables existed
+    del old["gate_embeddings"]
+    assert not PEPNetModel.from_config(old).gate_embeddings
 
 
 def _np(x):
