@@ -195,3 +195,13 @@ def test_hamur_configs_pair_each_backbone_with_the_same_mlp(config):
                 continue  # HamurMLP's towers always have BatchNorm
             if key in args[plain]:
                 assert merged.get(key) == args[plain][key], (hamur, key)
+
+
+def test_bench_variants_parses_labels_models_and_kwargs():
+    from experiments.bench_variants import parse_variant
+
+    assert parse_variant("dnn=dnn") == ("dnn", "dnn", {})
+    assert parse_variant('old=pepnet:{"gate_embeddings": false}') == ("old", "pepnet", {"gate_embeddings": False})
+    for bad in ("pepnet", "=pepnet", 'x=pepnet:{"a": }'):
+        with pytest.raises(ValueError, match="--variants"):
+            parse_variant(bad)

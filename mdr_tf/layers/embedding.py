@@ -142,7 +142,8 @@ class FeatureEmbedding(keras.layers.Layer):
             "all": all_,
             "domain_emb": domain_emb,
             "domain_side": ops.concatenate(side, axis=1) if len(side) > 1 else side[0],
-            "agnostic": ops.concatenate(agn, axis=1) if len(agn) > 1 else agn[0],
+            "agnostic": (ops.concatenate(agn, axis=1) if len(agn) > 1 else agn[0]) if agn
+            else ops.zeros((batch, 0), self.compute_dtype),
             "ids": ops.concatenate(id_embs, axis=1) if len(id_embs) > 1 else id_embs[0],
         }
 

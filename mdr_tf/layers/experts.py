@@ -458,47 +458,70 @@ class FieldTransformer(keras.layers.Layer):
 class MetaAttention(keras.layers.Layer):
     """M2M's meta attention over experts (Zhang et al., WSDM 2022).
 
-    ``α_i = softmax_i( vᵀ LeakyReLU([E_i ; t] W_meta(s) + b_meta(s)) )``, ``R = Σ_i α_i E_i``,
-    with ``W_meta, b_meta`` generated from the scenario representation ``s``
-    (``MetaDense``), ``t`` a learned task embedding (one task here) and ``v`` learned.
-    The softmax runs over one sample's experts.
+    ``α_i = softmax_i( vᵀ MetaUnit_s([E_i ; t]) )``, ``R = Σ_i α_i E_i``, where the meta
+    unit is ``meta_layers`` generated dense layers ``z ← LeakyReLU(z W_j(s) + b_j(s))``
+    (``MetaDense``, weights generated from the scenario representation ``s``), ``t`` the
+    task representation and ``v`` learned. The softmax runs over one sample's experts.
 
     Args:
-      units: attention width a.
+      units: attention width a (every meta-unit layer).
       condition_dim: width of ``s``.
-      task_dim: width of the task embedding ``t`` (0: no task embedding).
+      task_dim: width of ``t`` (0: no task input).
       leaky_alpha: LeakyReLU negative slope.
+      learned_task: True: ``t`` is a learned constant vector of this layer; False
+        (M2M's default): ``t`` [B, task_dim] is passed to ``call`` (computed from the
+        scenario embedding by the model).
+      meta_layers: depth of the meta unit (Scenario-Wise-Rec: 1).
     """
 
     def __init__(self, units: int = 16, condition_dim: int = 16, task_dim: int = 16, leaky_alpha: float = 0.1,
-                 **kwargs):
+                 learned_task: bool = True, meta_layers: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
         self.condition_dim = int(condition_dim)
         self.task_dim = int(task_dim)
         self.leaky_alpha = float(leaky_alpha)
-        self.meta = MetaDense(self.units, self.condition_dim, name="meta")
+        self.learned_task = bool(learned_task)
+        self.meta_layers = int(meta_layers)
+        if self.meta_layers < 1:
+            raise ValueError(f"MetaAttention needs meta_layers >= 1, got {meta_layers}")
+        self.meta_units = [MetaDense(self.units, self.condition_dim, name="meta" if j == 0 else f"meta_{j}")
+                           for j in range(self.meta_layers)]
+
+    @property
+    def meta(self) -> MetaDense:
+        """The first meta-unit layer."""
+        return self.meta_units[0]
 
     def build(self, input_shape):
         # input_shape: experts [B, K, h]
-        self.meta.build(tuple(input_shape[:-1]) + (int(input_shape[-1]) + self.task_dim,))
+        width = int(input_shape[-1]) + self.task_dim
+        for unit in self.meta_units:
+            unit.build(tuple(input_shape[:-1]) + (width,))
+            width = self.units
         self.task = self.add_weight(name="task_embedding", shape=(self.task_dim,), initializer="random_normal") \
-            if self.task_dim else None
+            if self.task_dim and self.learned_task else None
         self.v = self.add_weight(name="v", shape=(self.units, 1), initializer="glorot_uniform")
         self.built = True
 
-    def weights_over_experts(self, experts, s):
-        """α [B, K] from experts [B, K, h] and s [B, k]."""
+    def weights_over_experts(self, experts, s, t=None):
+        """α [B, K] from experts [B, K, h], s [B, k] and (``learned_task=False``) t [B, task_dim]."""
         x = experts
-        if self.task is not None:
-            t = ops.zeros_like(x[..., :1]) + ops.cast(self.task, x.dtype)  # [B, K, task_dim]
+        if self.task_dim:
+            if self.task is not None:
+                t = ops.zeros_like(x[..., :1]) + ops.cast(self.task, x.dtype)  # [B, K, task_dim]
+            elif t is None:
+                raise ValueError(f"{self.name}: learned_task=False needs the task representation t")
+            else:
+                t = ops.zeros_like(x[..., :1]) + ops.expand_dims(ops.cast(t, x.dtype), 1)
             x = ops.concatenate([x, t], axis=-1)
-        z = ops.leaky_relu(self.meta(x, s), self.leaky_alpha)
-        return ops.softmax(ops.squeeze(ops.matmul(z, self.v), -1), axis=-1)
+        for unit in self.meta_units:
+            x = ops.leaky_relu(unit(x, s), self.leaky_alpha)
+        return ops.softmax(ops.squeeze(ops.matmul(x, self.v), -1), axis=-1)
 
-    def call(self, experts, s):
+    def call(self, experts, s, t=None):
         """R [B, h] = Σ_i α_i E_i with experts [B, K, h]."""
-        return ops.einsum("bk,bkh->bh", self.weights_over_experts(experts, s), experts)
+        return ops.einsum("bk,bkh->bh", self.weights_over_experts(experts, s, t), experts)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
@@ -506,5 +529,6 @@ class MetaAttention(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"units": self.units, "condition_dim": self.condition_dim, "task_dim": self.task_dim,
-                       "leaky_alpha": self.leaky_alpha})
+                       "leaky_alpha": self.leaky_alpha, "learned_task": self.learned_task,
+                       "meta_layers": self.meta_layers})
         return config

@@ -24,6 +24,7 @@ def build_adasparse(
     sparsity_target: float = 0.0,
     sparsity_weight: float = 0.0,
     domain_key: str = "domain_side",
+    straight_through: bool = False,
     **kwargs: Any,
 ) -> BackboneModel:
     """AdaSparse: ``h̃_0 = π_0 ⊙ e``, then per layer ``h̃_l = π_l ⊙ act(h̃_{l-1} W_l + b_l)``,
@@ -34,12 +35,13 @@ def build_adasparse(
       hidden_units: MLP widths (default 128-64-32 as the other baselines here;
         Scenario-Wise-Rec uses [32, 32] with BN and dropout 0.2 on MovieLens).
       form, alpha_init, delta_alpha, alpha_max, beta, epsilon, sparsity_target,
-        sparsity_weight, domain_key: ``AdaSparsePruner`` arguments.
+        sparsity_weight, domain_key, straight_through: ``AdaSparsePruner`` arguments.
       **kwargs: other ``BackboneModel`` arguments (batch_norm, dropout, ...).
     """
     hook_config = {"domain_key": domain_key, "form": form, "alpha_init": alpha_init, "delta_alpha": delta_alpha,
                    "alpha_max": alpha_max, "beta": beta, "epsilon": epsilon,
-                   "sparsity_target": sparsity_target, "sparsity_weight": sparsity_weight}
+                   "sparsity_target": sparsity_target, "sparsity_weight": sparsity_weight,
+                   "straight_through": straight_through}
     hook_config.update(kwargs.pop("hook_config", None) or {})
     kwargs.setdefault("name", "adasparse")
     return BackboneModel(schema, backbone=kwargs.pop("backbone", "mlp"), hidden_units=hidden_units,

@@ -2,10 +2,10 @@
 Fair Recommendation in Hundreds of Travel Scenarios", CIKM 2021).
 
 Implemented parts: the scenario-specific feature transformation, shared and
-scenario-specific experts with a scenario gate, and the final MLP. Not implemented:
-the cross-scenario behaviour attention (the datasets here have no behaviour-sequence
-features) and the fairness-aware sample weighting (a loss re-weighting, not part of
-the network).
+scenario-specific debias experts mixed by a multi-scenario gate, the fairness
+coefficient that re-weights the experts' predictions per sample, and the final MLP. Not
+implemented: the cross-scenario behaviour attention (the datasets here have no
+behaviour-sequence features; Scenario-Wise-Rec omits it too).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from mdr_tf.layers.mlp import DomainMLP
 from mdr_tf.layers.routing import gather_domain_params
 from mdr_tf.models.base import MultiDomainModel
 from mdr_tf.params import mark_per_domain
+
+GATES = ("per_domain", "shared")
 
 
 @keras.saving.register_keras_serializable(package="mdr_tf")
@@ -64,11 +66,15 @@ class ScenarioFeatureTransform(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="mdr_tf")
 class ScenarioExperts(keras.layers.Layer):
-    """Shared + scenario-specific experts mixed by a per-scenario softmax gate.
+    """Shared + scenario-specific debias experts mixed by a softmax gate.
 
     ``E_i(x) = act(BN(x) K_i + c_i)``; for a sample of scenario d the candidates are the
     S shared experts and d's P specific experts, and
-    ``h = Σ_i softmax(x G_d)_i E_i(x)`` over those S + P experts.
+    ``h = fc · Σ_i softmax(x G_d + g_d)_i E_i(x)`` over those S + P experts, where ``fc``
+    is the sample's fairness coefficient (1 when none is given). ``gate="per_domain"``
+    (default): one gate ``G_d, g_d`` per scenario (the paper's *multi-scenario* gating
+    module); ``"shared"``: one gate for all scenarios (Scenario-Wise-Rec; scenario-aware
+    only through the transformed input ``x``).
 
     Every scenario's specific experts are computed and the sample's own are selected
     (cheap for the small D of these datasets). In training the shared experts, the
@@ -88,12 +94,16 @@ class ScenarioExperts(keras.layers.Layer):
       activation: expert activation.
       batch_norm: BatchNorm on the expert input.
       bn_momentum, bn_epsilon: BN settings (torch defaults in Keras terms).
+      gate: "per_domain" or "shared" (see above).
     """
 
     def __init__(self, num_domains: int, num_shared: int = 8, num_specific: int = 2, units: int = 16,
-                 activation: str = "relu", batch_norm: bool = True, bn_momentum: float = 0.9,
-                 bn_epsilon: float = 1e-5, **kwargs):
+                 activation: str | None = "relu", batch_norm: bool = True, bn_momentum: float = 0.9,
+                 bn_epsilon: float = 1e-5, gate: str = "per_domain", **kwargs):
         super().__init__(**kwargs)
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        self.gate = gate
         self.num_domains = int(num_domains)
         self.num_shared = int(num_shared)
         self.num_specific = int(num_specific)
@@ -116,9 +126,13 @@ class ScenarioExperts(keras.layers.Layer):
         self.specific_kernel = self.add_weight(name="specific_kernel", shape=(n, D * P * u),
                                                initializer="glorot_uniform")
         self.specific_bias = self.add_weight(name="specific_bias", shape=(D * P * u,), initializer="zeros")
-        self.gate_kernel = self.add_weight(name="gate_kernel", shape=(n, D * (S + P)), initializer="glorot_uniform")
-        self.gate_bias = self.add_weight(name="gate_bias", shape=(D * (S + P),), initializer="zeros")
-        for v in (self.specific_kernel, self.specific_bias, self.gate_kernel, self.gate_bias):
+        G = D if self.gate == "per_domain" else 1
+        self.gate_kernel = self.add_weight(name="gate_kernel", shape=(n, G * (S + P)), initializer="glorot_uniform")
+        self.gate_bias = self.add_weight(name="gate_bias", shape=(G * (S + P),), initializer="zeros")
+        per_domain = [self.specific_kernel, self.specific_bias]
+        if self.gate == "per_domain":
+            per_domain += [self.gate_kernel, self.gate_bias]
+        for v in per_domain:
             mark_per_domain(v)
         self.built = True
 
@@ -132,12 +146,15 @@ class ScenarioExperts(keras.layers.Layer):
 
     def gate_weights(self, x, domain, training: bool | None = None):
         """Softmax weights over [shared..., own specific...] experts, [B, S + P]."""
+        if self.gate == "shared":
+            return ops.softmax(ops.matmul(x, self.gate_kernel) + self.gate_bias, axis=-1)
         logits = self._per_domain_dense(x, self.gate_kernel, self.gate_bias, self.num_shared + self.num_specific,
                                         fused=bool(training))
         logits = ops.take_along_axis(logits, ops.reshape(domain, [-1, 1, 1]), axis=1)[:, 0, :]
         return ops.softmax(logits, axis=-1)
 
-    def call(self, x, domain, training: bool | None = None):
+    def call(self, x, domain, fairness=None, training: bool | None = None):
+        """``x`` [B, n], ``domain`` [B]; ``fairness``: optional fairness coefficient [B, 1]."""
         S, P, u = self.num_shared, self.num_specific, self.units
         xn = self.norm(x, training=training) if self.norm is not None else x
         shared = ops.reshape(self.act(ops.matmul(xn, self.shared_kernel) + self.shared_bias), [-1, S, u])
@@ -146,7 +163,8 @@ class ScenarioExperts(keras.layers.Layer):
         spec = ops.reshape(ops.take_along_axis(spec, ops.reshape(domain, [-1, 1, 1]), axis=1), [-1, P, u])
         experts = ops.concatenate([shared, spec], axis=1)  # [B, S + P, u]
         g = self.gate_weights(x, domain, training=training)
-        return ops.sum(experts * ops.expand_dims(g, -1), axis=1)
+        h = ops.sum(experts * ops.expand_dims(g, -1), axis=1)
+        return h if fairness is None else h * ops.cast(fairness, h.dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -156,19 +174,25 @@ class ScenarioExperts(keras.layers.Layer):
         config.update({"num_domains": self.num_domains, "num_shared": self.num_shared,
                        "num_specific": self.num_specific, "units": self.units, "activation": self.activation,
                        "batch_norm": self.batch_norm, "bn_momentum": self.bn_momentum,
-                       "bn_epsilon": self.bn_epsilon})
+                       "bn_epsilon": self.bn_epsilon, "gate": self.gate})
         return config
 
 
 @keras.saving.register_keras_serializable(package="mdr_tf")
 class SARNetModel(MultiDomainModel):
-    """SAR-Net: ``e' = e ⊙ w_d + b_d``; ``h = Σ_i g_{d,i}(e') E_i(e')`` over shared and
-    d-specific experts; ``logit = MLP(h)``.
+    """SAR-Net: ``e' = e ⊙ w_d + b_d``; ``h = fc · Σ_i g_{d,i}(e') E_i(e')`` over shared
+    and d-specific debias experts; ``logit = MLP(h)``.
 
     Args:
       schema: ``Schema.to_config()`` dict.
       num_shared_experts, num_specific_experts, expert_units, expert_activation,
-        expert_batch_norm: see ``ScenarioExperts`` (defaults: Scenario-Wise-Rec 8, 2, 16).
+        expert_batch_norm: see ``ScenarioExperts`` (defaults: Scenario-Wise-Rec 8, 2, 16;
+        activation ReLU, ours — Scenario-Wise-Rec's experts are linear, ``None``).
+      gate: "per_domain" (default, one gate per scenario) or "shared" (Scenario-Wise-Rec).
+      fairness_feature: name of a dense feature holding each sample's fairness
+        coefficient ``fc`` (the paper's FC, computed upstream from the manual exposure
+        intervention), which re-weights the experts' prediction; None (default): fc = 1
+        (no dataset here records interventions). The feature also stays in ``e``.
       hidden_units: final MLP widths before the 1-unit head (Scenario-Wise-Rec [32, 32]).
       activation: final MLP activation.
       scale_initializer, shift_initializer: see ``ScenarioFeatureTransform``.
@@ -187,9 +211,18 @@ class SARNetModel(MultiDomainModel):
         activation: str = "relu",
         scale_initializer: Any = "ones",
         shift_initializer: Any = "zeros",
+        gate: str = "per_domain",
+        fairness_feature: str | None = None,
         **kwargs,
     ):
         super().__init__(schema, **kwargs)
+        if fairness_feature is not None:
+            dense = [f.name for f in self.schema.dense]
+            if fairness_feature not in dense:
+                raise ValueError(f"fairness_feature {fairness_feature!r} must be a dense feature of the schema; "
+                                 f"dense features: {dense}")
+        self.gate = gate
+        self.fairness_feature = fairness_feature
         self.num_shared_experts = int(num_shared_experts)
         self.num_specific_experts = int(num_specific_experts)
         self.expert_units = int(expert_units)
@@ -203,14 +236,17 @@ class SARNetModel(MultiDomainModel):
                                                   name="transform")
         self.experts = ScenarioExperts(self.num_domains, self.num_shared_experts, self.num_specific_experts,
                                        self.expert_units, expert_activation, self.expert_batch_norm,
-                                       name="experts")
+                                       gate=gate, name="experts")
         self.mlp = DomainMLP(self.hidden_units, num_domains=self.num_domains, context_dims=self.context_dims,
                              activation=activation, name="mlp")
         self.head = keras.layers.Dense(1, name="head")
 
     def compute_logit(self, inputs, ctx, training=None):
         e = self.transform(ctx["all"], ctx["domain"])
-        h = self.experts(e, ctx["domain"], training=training)
+        fc = None
+        if self.fairness_feature is not None:
+            fc = ops.reshape(ops.cast(inputs[self.fairness_feature], e.dtype), [-1, 1])
+        h = self.experts(e, ctx["domain"], fc, training=training)
         return self.head(self.mlp(h, ctx, training=training))
 
     def get_config(self) -> dict[str, Any]:
@@ -220,6 +256,7 @@ class SARNetModel(MultiDomainModel):
             "expert_units": self.expert_units, "expert_activation": self.expert_activation,
             "expert_batch_norm": self.expert_batch_norm, "hidden_units": self.hidden_units,
             "activation": self.activation, "scale_initializer": self.scale_initializer,
-            "shift_initializer": self.shift_initializer,
+            "shift_initializer": self.shift_initializer, "gate": self.gate,
+            "fairness_feature": self.fairness_feature,
         })
         return config

@@ -53,9 +53,15 @@ def test_decomposed_equals_materialised(overparam):
     if overparam:
         np.testing.assert_allclose(u, _np(blk.u_left) @ _np(blk.u_right), rtol=1e-6)
     w = np.einsum("nk,bkl,lu->bnu", u, s, v)  # materialised per-sample kernels [B, n, u]
-    ref = np.einsum("bn,bnu->bu", x, w) + _np(blk.bias) + g[:, k * k:]
+    ref = np.einsum("bn,bnu->bu", x, w) + g[:, k * k:]  # the generated bias replaces the shared one
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+    assert blk.bias is None and not any(v.path.endswith("/bias") for v in blk.weights)
     assert blk.generated_parameters_per_sample() == k * k + 5
+    shared = _block(generator_units=[4], rank=3)  # without: the shared bias b
+    g = _generator_np(shared, ctx["domain_side"])
+    w = np.einsum("nk,bkl,lu->bnu", _np(shared.u), g.reshape(-1, 3, 3) + np.eye(3), _np(shared.v))
+    np.testing.assert_allclose(_np(shared(x, ctx)), np.einsum("bn,bnu->bu", x, w) + _np(shared.bias),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_default_rank_and_identity_core():

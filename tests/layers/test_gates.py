@@ -11,7 +11,8 @@ from tests.helpers import assert_config_json, random_inputs
 
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 def _gatenu_np(gate: GateNU, x: np.ndarray) -> np.ndarray:
@@ -33,8 +34,8 @@ def test_gatenu_matches_numpy_and_range():
     _randomise(gate, scale=0.8)
     out = keras.ops.convert_to_numpy(gate(x))
     np.testing.assert_allclose(out, _gatenu_np(gate, x), rtol=1e-5, atol=1e-6)
-    # γ = 2: the gate can amplify (> 1) and suppress (< 1), always inside (0, 2).
-    assert out.min() > 0 and out.max() < 2 and out.min() < 0.5 and out.max() > 1.5
+    # γ = 2: the gate amplifies (> 1) as well as suppresses (< 1); with γ = 1 it could not.
+    assert out.min() < 0.5 and out.max() > 1.5
     assert_config_json(gate)
     # called on a list of parts, the gate equals the gate of their concatenation
     parts = GateNU(5, name="parts")
@@ -111,8 +112,8 @@ def _pruner_np(p, h, side, alpha=None):
     a = float(keras.ops.convert_to_numpy(p.alpha)) if alpha is None else alpha
     if p.form == "scaling":
         return p.beta * _sigmoid(v), v
-    if p.form == "binarization":
-        return (_sigmoid(a * v) > 0.5).astype("float32"), v
+    if p.form == "binarization":  # the inference form
+        return (v > 0).astype("float32"), v
     pi = p.beta * _sigmoid(a * v)
     return pi * (pi >= p.epsilon), v
 
@@ -133,25 +134,42 @@ def test_adasparse_fusion_zeroes_pruned_units():
     assert np.all(out[:, 2:][pi[:, 2:] > 0] > 0)
 
 
-def test_adasparse_binarization_and_scaling():
+def test_adasparse_binarization_sharpens_with_alpha_and_scaling():
     rng = np.random.default_rng(1)
     h = np.abs(rng.normal(0, 1, [8, 6])).astype("float32")
     side = rng.normal(0, 1, [8, 3]).astype("float32")
-    pb = _pruner("binarization")
+    ctx = {"domain_side": side}
+    pb = _pruner("binarization", delta_alpha=0.0)
     _randomise(pb, seed=4)
-    ht, st = tf.constant(h), tf.constant(side)
+    _, v = _pruner_np(pb, h, side)
+    step = (v > 0).astype("float32")
+    assert 0 < step.mean() < 1
+    # inference: the step 1[v > 0], whatever α
+    for a in (1.0, 7.0):
+        pb.alpha.assign(a)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(pb(h, ctx, training=False)), step * h)
+    # training: σ(α v) — α changes the forward pass, and it tends to the step as α grows
+    outs = {}
+    for a in (1.0, 4.0, 1e4):
+        pb.alpha.assign(a)
+        outs[a] = keras.ops.convert_to_numpy(pb(h, ctx, training=True))
+        np.testing.assert_allclose(outs[a], _sigmoid(a * v) * h, rtol=1e-5, atol=1e-6)
+    assert np.abs(outs[1.0] - outs[4.0]).max() > 0.05
+    assert np.abs(outs[1.0] - step * h).max() > np.abs(outs[4.0] - step * h).max() > np.abs(outs[1e4] - step * h).max()
+    np.testing.assert_allclose(outs[1e4], step * h, atol=1e-3)
+    # straight-through option: the step in the training forward too, gradient of σ(α v)
+    pst = _pruner("binarization", delta_alpha=0.0, straight_through=True)
+    pst.kernel.assign(pb.kernel)
+    ht = tf.constant(h)
     with tf.GradientTape() as tape:
-        out = pb(ht, {"domain_side": st})
+        out = pst(ht, ctx, training=True)
         loss = tf.reduce_sum(out)
-    pi, _ = _pruner_np(pb, h, side)
-    assert set(np.unique(pi)) <= {0.0, 1.0} and 0 < pi.mean() < 1
-    np.testing.assert_allclose(out.numpy(), pi * h, rtol=1e-6)
-    # straight-through estimator: the step has a non-zero gradient (sign() would give 0).
-    assert np.abs(tape.gradient(loss, pb.kernel).numpy()).sum() > 0
+    np.testing.assert_allclose(out.numpy(), step * h, rtol=1e-6)
+    assert np.abs(tape.gradient(loss, pst.kernel.value).numpy()).sum() > 0  # sign() would give 0
     ps = _pruner("scaling")
     _randomise(ps, seed=5)
     pi, _ = _pruner_np(ps, h, side)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(ps(h, {"domain_side": side})), pi * h, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ps(h, ctx)), pi * h, rtol=1e-5)
     with pytest.raises(ValueError, match="form must be one of"):
         _pruner("sign")
 

@@ -114,8 +114,9 @@ def test_star_model_roundtrip_and_pn_off(synth_schema, tmp_path):
 
     m = STAR(synth_schema.to_config(), hidden_units=[8, 4], aux_units=[4])
     m.build()
-    rep = parameter_report(m)
-    assert rep["per_domain"] > 0
+    rep, n = parameter_report(m), m.context_dims["all"]
+    # per domain: PN γ_d, β_d (2n) + W_d, b_d of the three star layers n→8→4→1
+    assert rep["per_domain"] == 3 * (2 * n + (n * 8 + 8) + (8 * 4 + 4) + (4 + 1))
     # fit (several steps per execution) updates every present domain's PN stats
     x = random_inputs(synth_schema, 32)
     before = np.asarray(m.pn.moving_mean).copy()

@@ -1,6 +1,7 @@
 """M2M: no attention across the batch, meta units against NumPy, round trip, ML-100k."""
 
 import numpy as np
+import pytest
 
 from mdr_tf.layers.experts import MetaAttention, MetaDense
 from mdr_tf.models.m2m import M2M
@@ -8,7 +9,7 @@ from mdr_tf.params import parameter_report
 from tests.helpers import assert_config_json, assert_roundtrips, random_inputs
 
 SMALL = {"num_experts": 3, "expert_units": [8], "scenario_units": 4, "task_dim": 4, "attention_units": 4,
-         "tower_layers": 1, "ff_units": 8}
+         "tower_layers": 1, "ff_units": 8, "output_units": [6]}
 
 
 def _take(x, idx):
@@ -44,25 +45,68 @@ def test_meta_dense_generates_weights_from_condition():
     assert_config_json(layer)
 
 
-def test_meta_attention_softmax_over_each_samples_experts():
+def _leaky(z, a=0.1):
+    return np.where(z > 0, z, a * z)
+
+
+def _meta_dense_np(layer, x, s):
+    gk, gb, k, b = (np.asarray(v) for v in layer.weights)
+    w = (s @ gk).reshape(len(s), *k.shape) + k
+    return np.einsum("bkn,bnu->bku", x, w) + (s @ gb + b)[:, None, :]
+
+
+@pytest.mark.parametrize("learned_task, depth", [(True, 1), (False, 2)])
+def test_meta_attention_against_numpy(learned_task, depth):
     rng = np.random.default_rng(0)
-    att = MetaAttention(units=3, condition_dim=2, task_dim=2, leaky_alpha=0.1)
+    att = MetaAttention(units=3, condition_dim=2, task_dim=2, leaky_alpha=0.1, learned_task=learned_task,
+                        meta_layers=depth)
     att.build((None, 4, 5))  # 4 experts of width 5
     experts = rng.normal(size=(6, 4, 5)).astype(np.float32)
     s = rng.normal(size=(6, 2)).astype(np.float32)
-    gk, gb, k, b = (np.asarray(v) for v in att.meta.weights)
-    t, v = np.asarray(att.task), np.asarray(att.v)[:, 0]
-    want = []
-    for i in range(6):
-        w = (s[i] @ gk).reshape(7, 3) + k
-        z = np.concatenate([experts[i], np.tile(t, (4, 1))], axis=1) @ w + (s[i] @ gb + b)
-        z = np.where(z > 0, z, 0.1 * z)
-        a = np.exp(z @ v)
-        a /= a.sum()
-        want.append(a @ experts[i])
-    alpha = np.asarray(att.weights_over_experts(experts, s))
-    np.testing.assert_allclose(alpha.sum(1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(att(experts, s)), np.stack(want), rtol=1e-5, atol=1e-5)
+    t = rng.normal(size=(6, 2)).astype(np.float32)  # per-sample task representation
+    task = np.tile(np.asarray(att.task), (6, 1)) if learned_task else t
+    assert (att.task is not None) == learned_task
+    z = np.concatenate([experts, np.repeat(task[:, None, :], 4, axis=1)], axis=2)
+    for unit in att.meta_units:
+        z = _leaky(_meta_dense_np(unit, z, s))
+    a = np.exp(z @ np.asarray(att.v)[:, 0])
+    a /= a.sum(axis=1, keepdims=True)
+    want = np.einsum("bk,bkh->bh", a, experts)
+    np.testing.assert_allclose(np.asarray(att(experts, s, None if learned_task else t)), want, rtol=1e-5, atol=1e-5)
+    assert_config_json(att)
+
+
+def test_m2m_task_vector_from_scenario_embedding_and_output_mlp(synth_schema):
+    """t = LeakyReLU(Dense_t(e_s)) (no learned constant), one meta tower layer, output MLP,
+    head — the model's logit against NumPy from its parts."""
+    m = M2M(synth_schema.to_config(), **SMALL)
+    m.build()
+    rng = np.random.default_rng(3)
+    for v in m.trainable_weights:
+        v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
+    assert m.meta_attention.task is None and m.task_source == "scenario"
+    x = random_inputs(synth_schema, 9)
+    ctx = m.embedding(x)
+    side = np.asarray(ctx["domain_side"])
+    t = _leaky(side @ np.asarray(m.task.kernel) + np.asarray(m.task.bias))
+    np.testing.assert_allclose(np.asarray(m.task_representation(ctx)), t, rtol=1e-5, atol=1e-6)
+    assert np.abs(t[0] - t[1]).max() > 1e-3  # domains 0 and 1 get different task vectors
+    s = _leaky(side @ np.asarray(m.scenario.kernel) + np.asarray(m.scenario.bias))
+    fields = np.asarray(m.encoder(ctx["fields"]))
+    flat = np.concatenate([fields.reshape(9, -1), np.asarray(ctx["dense"])], axis=1)
+    experts = np.transpose(np.asarray(m.experts(flat)), (1, 0, 2))
+    r = np.asarray(m.meta_attention(experts, s, t))
+    r = _leaky(_meta_dense_np(m.meta_tower[0], r[:, None, :], s)[:, 0] + r)
+    blk = m.output_mlp.blocks[0]
+    r = np.maximum(r @ np.asarray(blk.kernel) + np.asarray(blk.bias), 0)
+    logit = r @ np.asarray(m.head.kernel) + np.asarray(m.head.bias)
+    np.testing.assert_allclose(m.predict(x, verbose=0), 1 / (1 + np.exp(-logit)), rtol=1e-4, atol=1e-5)
+    old = m.get_config()  # saved before issue 13: learned task vector, no output MLP
+    del old["task_source"], old["output_units"]
+    old_m = M2M.from_config(old)
+    assert old_m.task_source == "learned" and old_m.output_mlp is None
+    with pytest.raises(ValueError, match="task_source"):
+        M2M(synth_schema.to_config(), task_source="nope")
 
 
 def test_m2m_roundtrip(synth_schema, tmp_path):

@@ -23,7 +23,8 @@ APG_CONDITIONS = ("group", "self", "mix")
 
 @register_block("apg")
 class APGDense(DenseBlock):
-    """APG dense layer: ``y_b = ((x_b U) S(z_b)) V + b (+ b(z_b))`` (pre-activation).
+    """APG dense layer: ``y_b = ((x_b U) S(z_b)) V + b`` or, with a generated bias,
+    ``((x_b U) S(z_b)) V + b(z_b)`` (pre-activation).
 
     Condition ``z_b`` (APG's condition strategies):
 
@@ -52,8 +53,9 @@ class APGDense(DenseBlock):
       condition_key: ctx view used as the scenario condition.
       stop_gradient_condition: stop-gradient on the scenario condition.
       generator_units: hidden widths of the generator MLP (default none).
-      generate_bias: also generate a per-sample bias ``b(z_b) ∈ R^u`` (default off, ours;
-        FuxiCTR generates it).
+      generate_bias: generate a per-sample bias ``b(z_b) ∈ R^u`` that **replaces** the
+        shared bias (FuxiCTR does both: generates it and has no shared bias); default off
+        (ours: the shared bias ``b``).
       identity_core: add I to the generated core (see above).
       overparam_dim: p of the over-parameterisation; None disables it.
     """
@@ -105,7 +107,10 @@ class APGDense(DenseBlock):
         else:
             self.u = self.add_weight(name="u", shape=(n, k), initializer=init, regularizer=reg)
             self.v = self.add_weight(name="v", shape=(k, u), initializer=init, regularizer=reg)
-        self.bias = self.add_weight(name="bias", shape=(u,), initializer="zeros") if self.use_bias else None
+        # A generated bias replaces the shared one (FuxiCTR): the generator's own output
+        # bias already is a shared offset, a second shared bias would be redundant.
+        self.bias = self.add_weight(name="bias", shape=(u,), initializer="zeros") \
+            if self.use_bias and not self.generate_bias else None
         width = 0
         if self.condition in ("group", "mix"):
             width += int(self.context_dims[self.condition_key])

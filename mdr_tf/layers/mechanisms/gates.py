@@ -4,7 +4,7 @@
   γ = 2, so δ ∈ (0, 2) and δ ≈ 1 (identity) when the logits are near 0.
 - ``EPNet`` (embedding personalisation): ``δ_dom = GateNU(e_s ⊕ ⊘(e))``, ``e' = δ_dom ⊙ e``
   where ``e_s`` is the domain-side embedding and ``⊘`` is stop-gradient.
-- ``PPNetGate`` (hook "ppnet", parameter personalisation): per hidden layer
+- ``PPNetGate`` (hook "ppnet", parameter personalisation): per layer input
   ``h' = GateNU_l(e_id ⊕ ⊘(e')) ⊙ h``.
 - ``AdaSparsePruner`` (hook "adasparse", Yang et al., CIKM 2022): domain-aware
   neuron-level pruner ``π_l = Pruner([e_d ; h_l])``, ``h̃_l = π_l ⊙ h_l``.
@@ -159,15 +159,15 @@ class EPNet(keras.layers.Layer):
 
 @register_hook("ppnet")
 class PPNetGate(DomainHook):
-    """PPNet gate on a hidden layer: ``h' = GateNU(ctx[id_key] ⊕ stop_grad(ctx[context_key])) ⊙ h``.
+    """PPNet gate: ``h' = GateNU(ctx[id_key] ⊕ stop_grad(ctx[context_key])) ⊙ h``.
 
     PEPNet (KDD 2023): the personalised prior (user / item / author id embeddings)
     is concatenated with the stop-gradient EPNet output ``O_ep`` and fed to one GateNU
-    per DNN layer. As a ``DomainMLP`` hook it gates the layer **after** its activation
-    (the paper's figure and FuxiCTR's PPNet); "gate-before" (MMLRec:
-    ``H_{l+1} = f((δ ⊙ H_l) W)``) is the same hook placed on the MLP input and after
-    every hidden layer but the last (``hook_on_input=True``,
-    ``hook_positions=[0..L-2]``).
+    per DNN layer; the paper's equation ``H_{l+1} = f((δ_l ⊙ H_l) W_l + b_l)`` gates the
+    input of every layer including the output layer (MMLRec's ``PPNetBlock`` too: L + 1
+    gates). As a ``DomainMLP`` hook that is ``hook_on_input=True`` plus a hook after
+    every hidden layer (``PEPNetModel(ppnet_gate_position="paper")``); FuxiCTR gates each
+    hidden output only ("after").
 
     Args:
       num_domains, context_dims: see ``DomainHook``.
@@ -229,8 +229,12 @@ class AdaSparsePruner(DomainHook):
     - "fusion" (default): ``π = β σ(α v)``, then ``π ← π · 1[π ≥ ε]`` (units below ε are
       **zeroed**; Scenario-Wise-Rec multiplies by ``sign(π − ε)`` instead, which flips
       them to negative values — a bug not reproduced here);
-    - "binarization": ``π = 1[σ(α v) > 0.5]`` in the forward pass with a straight-through
-      estimator (gradient of ``σ(α v)``) in the backward pass;
+    - "binarization": the step ``1[v > 0]`` approached by a sharpening sigmoid: in
+      training ``π = σ(α v)`` with α growing over the steps (the paper's schedule: the
+      soft gate tends to the step as α → ∞), at inference the step ``π = 1[v > 0]``.
+      ``straight_through=True`` (ours) instead uses the step in the training forward pass
+      too with the gradient of ``σ(α v)`` (straight-through estimator); there α only
+      scales the gradient.
     - "scaling": ``π = β σ(v)``.
 
     α is a non-trainable variable (saved with the model) that grows by ``delta_alpha``
@@ -255,13 +259,15 @@ class AdaSparsePruner(DomainHook):
       use_bias: bias in the pruner's linear map (reference: no bias).
       sparsity_target: target zero ratio r* of the regulariser.
       sparsity_weight: λ; 0 disables the regulariser.
+      straight_through: binarization only, see above (default False: soft σ(α v) in
+        training).
     """
 
     def __init__(self, num_domains: int = 1, context_dims: dict[str, int] | None = None,
                  domain_key: str = "domain_side", form: str = "fusion", alpha_init: float = 1.0,
                  delta_alpha: float = 1e-4, alpha_max: float | None = None, beta: float = 2.0,
                  epsilon: float = 1e-2, use_bias: bool = False, sparsity_target: float = 0.0,
-                 sparsity_weight: float = 0.0, **kwargs):
+                 sparsity_weight: float = 0.0, straight_through: bool = False, **kwargs):
         super().__init__(num_domains, context_dims, **kwargs)
         if form not in ADASPARSE_FORMS:
             raise ValueError(f"form must be one of {ADASPARSE_FORMS}, got {form!r}")
@@ -275,6 +281,7 @@ class AdaSparsePruner(DomainHook):
         self.use_bias = bool(use_bias)
         self.sparsity_target = float(sparsity_target)
         self.sparsity_weight = float(sparsity_weight)
+        self.straight_through = bool(straight_through)
 
     def build(self, input_shape):
         units = int(input_shape[-1])
@@ -293,16 +300,20 @@ class AdaSparsePruner(DomainHook):
         v = ops.matmul(ops.concatenate([ctx[self.domain_key], h], axis=-1), self.kernel)
         return v + self.bias if self.bias is not None else v
 
-    def gate_values(self, h, ctx: dict):
-        """The neuron weights π ([B, units]) at the current α."""
+    def gate_values(self, h, ctx: dict, training: bool | None = None):
+        """The neuron weights π ([B, units]) at the current α (training or inference form)."""
         v = self.logits(h, ctx)
         alpha = ops.cast(self.alpha, v.dtype)
         if self.form == "scaling":
             return self.beta * ops.sigmoid(v)
         soft = ops.sigmoid(alpha * v)
         if self.form == "binarization":
-            hard = ops.cast(soft > 0.5, v.dtype)
-            return soft + ops.stop_gradient(hard - soft)  # straight-through estimator
+            hard = ops.cast(v > 0, v.dtype)
+            if training is not True:
+                return hard
+            if self.straight_through:
+                return soft + ops.stop_gradient(hard - soft)
+            return soft  # sharpening towards the step as α grows
         pi = self.beta * soft
         return pi * ops.cast(pi >= self.epsilon, v.dtype)
 
@@ -316,7 +327,7 @@ class AdaSparsePruner(DomainHook):
         return ops.mean(ops.sigmoid(t - a * v))
 
     def call(self, h, ctx: dict | None = None, training: bool | None = None):
-        out = self.gate_values(h, ctx) * h
+        out = self.gate_values(h, ctx, training=training) * h
         if training is True:
             if self.sparsity_weight > 0:
                 r = self.soft_zero_ratio(h, ctx)
@@ -332,6 +343,7 @@ class AdaSparsePruner(DomainHook):
         config.update({"domain_key": self.domain_key, "form": self.form, "alpha_init": self.alpha_init,
                        "delta_alpha": self.delta_alpha, "alpha_max": self.alpha_max, "beta": self.beta,
                        "epsilon": self.epsilon, "use_bias": self.use_bias,
-                       "sparsity_target": self.sparsity_target, "sparsity_weight": self.sparsity_weight})
+                       "sparsity_target": self.sparsity_target, "sparsity_weight": self.sparsity_weight,
+                       "straight_through": self.straight_through})
         return config
 
