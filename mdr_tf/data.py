@@ -16,20 +16,44 @@ import tensorflow as tf
 from mdr_tf.schema import Schema
 
 
-def feature_spec(schema: Schema, with_labels: bool = True) -> dict[str, tf.io.FixedLenFeature]:
-    """The ``tf.io.parse_example`` spec of a schema (shared by the reader and serving)."""
+def sequence_keys(schema: Schema, with_timestamps: bool = False) -> dict[str, int]:
+    """Keys of the behaviour-sequence lists (ids, masks, optionally timestamps) → flat length.
+
+    All are int64 lists of fixed length; a batch holds them as [B, length] tensors.
+    """
+    out = {}
+    for q in schema.sequences:
+        out[q.ids_key] = q.length
+        out[q.mask_key] = q.length
+        if with_timestamps:
+            if not q.has_timestamps:
+                raise ValueError(f"sequence {q.name!r} has no timestamps in this dataset (has_timestamps false)")
+            out[q.ts_key] = q.length
+    return out
+
+
+def feature_spec(schema: Schema, with_labels: bool = True,
+                 with_timestamps: bool = False) -> dict[str, tf.io.FixedLenFeature]:
+    """The ``tf.io.parse_example`` spec of a schema (shared by the reader and serving).
+
+    Behaviour sequences (``schema.sequences``) are fixed-length int64 lists; their
+    timestamps are parsed only with ``with_timestamps`` (tests and audits; models do not
+    read them).
+    """
     spec = {}
     for f in schema.features:
         spec[f.name] = tf.io.FixedLenFeature([], tf.int64 if f.kind == "categorical" else tf.float32)
     spec[schema.domain_key] = tf.io.FixedLenFeature([], tf.int64)
+    for k, n in sequence_keys(schema, with_timestamps).items():
+        spec[k] = tf.io.FixedLenFeature([n], tf.int64)
     if with_labels:
         for k in schema.label_keys:
             spec[k] = tf.io.FixedLenFeature([], tf.float32)
     return spec
 
 
-def _parser(schema: Schema, label_key: str):
-    spec = feature_spec(schema)
+def _parser(schema: Schema, label_key: str, with_timestamps: bool = False):
+    spec = feature_spec(schema, with_timestamps=with_timestamps)
 
     def parse(serialized):
         ex = tf.io.parse_example(serialized, spec)
@@ -57,6 +81,7 @@ def make_dataset(
     repeat: bool = False,
     in_memory: bool | str = "auto",
     input_context: tf.distribute.InputContext | None = None,
+    with_timestamps: bool = False,
 ) -> tf.data.Dataset:
     """Batched ``(features, label)`` dataset of one split.
 
@@ -83,6 +108,8 @@ def make_dataset(
         input pipeline reads only its share — whole TFRecord files when there are at least
         as many files as pipelines (sharded *before* interleave, so no worker reads
         another's files), else every n-th example.
+      with_timestamps: also return the behaviour sequences' timestamps ``<name>_ts``
+        (datasets with sequences only; for audits and tests, models ignore them).
     """
     if mode not in ("mixed", "single_domain"):
         raise ValueError(f"mode must be 'mixed' or 'single_domain', got {mode!r}")
@@ -96,13 +123,14 @@ def make_dataset(
             raise ValueError(f"domain {d} out of range 0..{schema.num_domains - 1}")
     if in_memory == "auto":
         n_rows = sum(schema.counts(split)[d] for d in domains) if schema.raw else IN_MEMORY_MAX_VALUES
-        in_memory = n_rows * (len(schema.features) + 2) <= IN_MEMORY_MAX_VALUES
+        in_memory = n_rows * schema.values_per_example <= IN_MEMORY_MAX_VALUES
     shard = (input_context.input_pipeline_id, input_context.num_input_pipelines) if input_context else (0, 1)
     if in_memory:
         ds = _in_memory_dataset(schema, split, batch_size, shuffle=shuffle, seed=seed, mode=mode, domains=domains,
-                                label_key=label_key, drop_remainder=drop_remainder, shard=shard)
+                                label_key=label_key, drop_remainder=drop_remainder, shard=shard,
+                                with_timestamps=with_timestamps)
         return (ds.repeat() if repeat else ds).prefetch(tf.data.AUTOTUNE)
-    parse = _parser(schema, label_key)
+    parse = _parser(schema, label_key, with_timestamps)
 
     def records(files: list[str], s: int) -> tf.data.Dataset:
         missing = [f for f in files if not os.path.exists(f)]
@@ -151,18 +179,20 @@ IN_MEMORY_MAX_VALUES = 200_000_000  # ~1.6 GB of int64/float values
 _ARRAY_CACHE: dict[tuple, tuple[dict[str, np.ndarray], np.ndarray]] = {}
 
 
-def _cached_arrays(schema: Schema, split: str, label_key: str, domains: list[int]):
+def _cached_arrays(schema: Schema, split: str, label_key: str, domains: list[int], with_timestamps: bool = False):
     key = (os.path.abspath(schema.directory or ""), (schema.raw or {}).get("fingerprint"), split, label_key,
-           tuple(domains))
+           tuple(domains)) + (("ts",) if with_timestamps else ())
     if key not in _ARRAY_CACHE:
         if len(_ARRAY_CACHE) >= 8:
             _ARRAY_CACHE.pop(next(iter(_ARRAY_CACHE)))
-        _ARRAY_CACHE[key] = load_arrays(schema, split, label_key=label_key, domains=domains)
+        _ARRAY_CACHE[key] = load_arrays(schema, split, label_key=label_key, domains=domains,
+                                        with_timestamps=with_timestamps)
     return _ARRAY_CACHE[key]
 
 
 def in_memory_index_batches(schema: Schema, split: str, batch_size: int, *, shuffle: bool, seed: int, mode: str,
-                            domains: list[int], label_key: str, drop_remainder: bool, shard=(0, 1)):
+                            domains: list[int], label_key: str, drop_remainder: bool, shard=(0, 1),
+                            with_timestamps: bool = False):
     """The in-memory input path as columns plus a dataset of row-index batches.
 
     Returns ``(columns, labels, index_ds)``: ``columns`` maps feature names to [N] arrays,
@@ -170,7 +200,7 @@ def in_memory_index_batches(schema: Schema, split: str, batch_size: int, *, shuf
     ``make_dataset(..., in_memory=True)`` serves them (it gathers these rows). The fused
     trainer (``mdr_tf.fused``) gathers the rows inside its compiled loop instead.
     """
-    feats, labels = _cached_arrays(schema, split, label_key, domains)
+    feats, labels = _cached_arrays(schema, split, label_key, domains, with_timestamps)
     if shard[1] > 1:
         feats = {k: v[shard[0]::shard[1]] for k, v in feats.items()}
         labels = labels[shard[0]::shard[1]]
@@ -223,17 +253,23 @@ def _in_memory_dataset(schema, split, batch_size, **kwargs):
 
 
 def load_arrays(schema: Schema, split: str, label_key: str | None = None,
-                domains: list[int] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Reads a whole split into numpy arrays (features dict, labels [N]) in file order."""
+                domains: list[int] | None = None,
+                with_timestamps: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Reads a whole split into numpy arrays (features dict, labels [N]) in file order.
+
+    Behaviour sequences come as [N, length] int64 arrays (see ``sequence_keys``).
+    """
     feats: dict[str, list[np.ndarray]] = {}
     labels = []
     for x, y in make_dataset(schema, split, 8192, shuffle=False, label_key=label_key, domains=domains,
-                             in_memory=False):
+                             in_memory=False, with_timestamps=with_timestamps):
         for k, v in x.items():
             feats.setdefault(k, []).append(v.numpy())
         labels.append(y.numpy()[:, 0])
     if not labels:
-        return {n: np.zeros([0]) for n in schema.input_names}, np.zeros([0], np.float32)
+        out = {n: np.zeros([0]) for n in schema.input_names}
+        out.update({k: np.zeros([0, n], np.int64) for k, n in sequence_keys(schema, with_timestamps).items()})
+        return out, np.zeros([0], np.float32)
     return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
 
 

@@ -7,6 +7,10 @@ Two signatures, both returning ``{"probability": float32 [B]}``:
 - ``serve_examples``: a 1-D string tensor of serialized ``tf.Example`` protos, parsed
   with the same feature spec as the training TFRecords.
 
+Datasets with behaviour sequences (``schema.sequences``) add, per sequence, ``<name>``
+and ``<name>_mask`` as int64 ``[B, length]`` to the raw signature and as fixed-length
+int64 lists to the tf.Example (``serialize_examples`` writes them).
+
 Serving behaviour (documented, tested): a categorical id outside ``[0, vocab)`` is
 served as the out-of-vocabulary id 0; a ``domain_id`` outside ``[0, D)`` is rejected
 with ``InvalidArgumentError`` (a model cannot guess which domain's parameters to use).
@@ -24,7 +28,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mdr_tf.data import feature_spec
+from mdr_tf.data import feature_spec, sequence_keys
 from mdr_tf.schema import Schema
 
 
@@ -32,6 +36,8 @@ def _input_signature(schema: Schema) -> dict[str, tf.TensorSpec]:
     sig = {f.name: tf.TensorSpec([None], tf.int64 if f.kind == "categorical" else tf.float32, name=f.name)
            for f in schema.features}
     sig[schema.domain_key] = tf.TensorSpec([None], tf.int64, name=schema.domain_key)
+    # Behaviour sequences: ids and masks as [B, length] int64 (the flattened schema shape).
+    sig.update({k: tf.TensorSpec([None, n], tf.int64, name=k) for k, n in sequence_keys(schema).items()})
     return sig
 
 
@@ -99,5 +105,7 @@ def serialize_examples(schema: Schema, features: dict) -> list[bytes]:
                             tf.train.Feature(float_list=tf.train.FloatList(value=[float(v)])))
         f[schema.domain_key] = tf.train.Feature(int64_list=tf.train.Int64List(
             value=[int(features[schema.domain_key][i])]))
+        for k in sequence_keys(schema):
+            f[k] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in features[k][i]]))
         out.append(tf.train.Example(features=tf.train.Features(feature=f)).SerializeToString())
     return out

@@ -163,6 +163,15 @@ _SPECS: list[ModelSpec] = [
               description="APG: W = U S(z) V per sample, group-wise condition, MLP 128-64-32"),
     ModelSpec("sarnet", "mdr_tf.models.sarnet:SARNetModel", {},
               description="SAR-Net: per-domain feature transform + shared/specific experts + gate"),
+    # --- behaviour sequences (issue 15; docs/models/tem4ctr.md): need a dataset with sequences (ml100k_seq) ---
+    ModelSpec("din", "mdr_tf.models.tem4ctr:SequenceCTR", {"mode": "din"}, in_main_table=False,
+              description="DIN: target attention (80-40) over the click sequence + head BN-200-80 PReLU"),
+    ModelSpec("tem4ctr", "mdr_tf.models.tem4ctr:SequenceCTR", {"mode": "tem4ctr"}, family="seed",
+              in_main_table=False,
+              description="TEM4CTR: time-aligned unclick windows → local attention → projection on each click; "
+                          "two target attentions + head BN-200-80 PReLU"),
+    ModelSpec("star_tem4ctr", "mdr_tf.models.star:STAR", {"interest": {"mode": "tem4ctr"}}, in_main_table=False,
+              description="STAR with the TEM4CTR interest [v1, v2] appended to its input"),
 ]
 
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}

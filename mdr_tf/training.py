@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from mdr_tf import metrics as M
-from mdr_tf.data import IN_MEMORY_MAX_VALUES, _cached_arrays, in_memory_index_batches, make_dataset
+from mdr_tf.data import IN_MEMORY_MAX_VALUES, _cached_arrays, in_memory_index_batches, make_dataset, sequence_keys
 from mdr_tf.schema import Schema
 
 
@@ -111,6 +111,7 @@ def predict_arrays(model: keras.Model, feats: dict[str, np.ndarray], batch_size:
         sig = {f.name: tf.TensorSpec([None], tf.int64 if f.kind == "categorical" else tf.float32)
                for f in schema.features}
         sig[schema.domain_key] = tf.TensorSpec([None], tf.int64)
+        sig.update({k: tf.TensorSpec([None, n], tf.int64) for k, n in sequence_keys(schema).items()})
         fn = tf.function(lambda x: model(x, training=False), input_signature=[sig], reduce_retracing=True)
         model._mdr_predict_fn = fn
     n = len(next(iter(feats.values())))
@@ -423,7 +424,7 @@ def _fused_input(schema: Schema, cfg: TrainConfig, domains: list[int] | None):
     counts = [schema.counts("train")[d] for d in doms]
     if min([c for c in counts if c] or [0]) < 2 * cfg.batch_size:
         return None
-    if sum(counts) * (len(schema.features) + 2) > IN_MEMORY_MAX_VALUES:
+    if sum(counts) * schema.values_per_example > IN_MEMORY_MAX_VALUES:
         return None
     feats, labels, _ = in_memory_index_batches(schema, "train", cfg.batch_size, shuffle=False, seed=0,
                                                mode=cfg.mode, domains=doms, label_key=schema.label_keys[0],

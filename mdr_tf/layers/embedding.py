@@ -147,6 +147,17 @@ class FeatureEmbedding(keras.layers.Layer):
             "ids": ops.concatenate(id_embs, axis=1) if len(id_embs) > 1 else id_embs[0],
         }
 
+    def lookup(self, name: str, ids: Any) -> Any:
+        """Embeddings of ids of categorical feature ``name`` (any shape → shape + [d]).
+
+        Behaviour sequences share their feature's rows this way (click / unclick item ids
+        read the ``item_id`` rows). Ids outside ``[0, vocab)`` read the OOV row 0.
+        """
+        start, end = self.table_rows(name)
+        ids = ops.cast(ids, "int32")
+        ids = ops.where((ids < 0) | (ids >= end - start), 0, ids) + start
+        return ops.cast(ops.take(self.table, ids, axis=0), self.compute_dtype)
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({

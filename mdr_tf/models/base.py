@@ -12,6 +12,33 @@ from mdr_tf.layers.embedding import FeatureEmbedding
 from mdr_tf.schema import Schema
 
 
+def _make_interest(schema: Schema, cfg: dict[str, Any]):
+    """``(SequenceInterest, (target, clicks, unclicks or None))`` from an ``interest`` dict."""
+    from mdr_tf.layers.sequence import SequenceInterest
+
+    cfg = dict(cfg)
+    mode = cfg.pop("mode", "tem4ctr")
+    clicks = cfg.pop("clicks", "click")
+    unclicks = cfg.pop("unclicks", "unclick") if mode == "tem4ctr" else None
+    have = [q.name for q in schema.sequences]
+    for name in (clicks, unclicks):
+        if name is not None and name not in have:
+            raise ValueError(f"interest {mode!r}: the schema has no sequence {name!r} (sequences: {have}); "
+                             "prepare a dataset with behaviour sequences, e.g. --dataset=ml100k_seq")
+    cq = schema.sequence(clicks)
+    if len(cq.shape) != 1:
+        raise ValueError(f"interest: click sequence {clicks!r} must be 1-D, has shape {list(cq.shape)}")
+    if unclicks is not None:
+        uq = schema.sequence(unclicks)
+        if len(uq.shape) != 2 or uq.shape[0] != cq.shape[0]:
+            raise ValueError(f"interest: unclick windows {unclicks!r} must have shape [L, W] with L = "
+                             f"{cq.shape[0]} (the clicks' length), got {list(uq.shape)}")
+    target = cfg.pop("target", cq.embed_with)
+    if target not in [f.name for f in schema.categorical]:
+        raise ValueError(f"interest: target {target!r} is not a categorical feature")
+    return SequenceInterest(mode=mode, name="interest", **cfg), (target, clicks, unclicks)
+
+
 @keras.saving.register_keras_serializable(package="mdr_tf")
 class MultiDomainModel(keras.Model):
     """Base model: dict of raw feature tensors (incl. ``domain_id``) → probability [B, 1].
@@ -29,6 +56,13 @@ class MultiDomainModel(keras.Model):
         style, ``0.5 * wd * ||E||²`` per step on the whole table); 0 disables.
       embedding_assignment: optional streaming embedding-assignment policy
         (``FeatureEmbedding``'s ``assignment``; docs/models/autoassign.md); None = one row per id.
+      interest: optional behaviour-sequence interest appended to the backbone input
+        ``ctx["all"]`` (and given as ``ctx["interest"]``): a dict with ``mode`` ("din" or
+        "tem4ctr"), optional ``clicks`` / ``unclicks`` (sequence names; default
+        "click" / "unclick"), ``target`` (the target feature; default the clicks'
+        ``embed_with``) and ``SequenceInterest`` arguments (``attention_units``,
+        ``enhance``, ...). "STAR + TEM4CTR interest" is ``STAR(schema, interest={"mode":
+        "tem4ctr"})``. See docs/models/tem4ctr.md.
     """
 
     def __init__(
@@ -39,6 +73,7 @@ class MultiDomainModel(keras.Model):
         embeddings_initializer: Any = None,
         embedding_l2: float = 0.0,
         embedding_assignment: dict[str, Any] | None = None,
+        interest: dict[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -56,6 +91,12 @@ class MultiDomainModel(keras.Model):
             embeddings_regularizer=keras.regularizers.L2(self.embedding_l2 / 2) if self.embedding_l2 else None,
             assignment=self.embedding_assignment, name="embedding")
         self.context_dims = self.embedding.output_dims
+        self.interest = dict(interest) if interest else None
+        self.interest_layer = None
+        if self.interest:
+            self.interest_layer, self._interest_keys = _make_interest(self.schema, self.interest)
+            w = self.interest_layer.output_width(self.embedding_dim)
+            self.context_dims = {**self.context_dims, "all": self.context_dims["all"] + w, "interest": w}
 
     @property
     def num_domains(self) -> int:
@@ -66,6 +107,9 @@ class MultiDomainModel(keras.Model):
         x = {f.name: np.zeros([batch], np.int64 if f.kind == "categorical" else np.float32)
              for f in self.schema.features}
         x[self.schema.domain_key] = np.arange(batch, dtype=np.int64) % self.num_domains
+        for q in self.schema.sequences:
+            x[q.ids_key] = np.zeros([batch, q.length], np.int64)
+            x[q.mask_key] = np.zeros([batch, q.length], np.int64)
         return x
 
     def build(self, input_shape=None):
@@ -80,8 +124,27 @@ class MultiDomainModel(keras.Model):
     def compute_logit(self, inputs: dict[str, Any], ctx: dict[str, Any], training: bool | None = None):
         raise NotImplementedError
 
+    def sequence_interest(self, inputs: dict[str, Any]) -> Any:
+        """The interest vector ``[B, w]`` of ``self.interest`` (DIN ``v₁`` or TEM4CTR ``[v₁, v₂]``)."""
+        target, clicks, unclicks = self._interest_keys
+        emb = self.embedding
+        cq = self.schema.sequence(clicks)
+        e_t = emb.lookup(target, ops.reshape(inputs[target], [-1]))
+        c = emb.lookup(cq.embed_with, ops.reshape(inputs[cq.ids_key], [-1, cq.length]))
+        cm = ops.reshape(inputs[cq.mask_key], [-1, cq.length])
+        if unclicks is None:
+            return self.interest_layer(e_t, c, cm)
+        uq = self.schema.sequence(unclicks)
+        shape = [-1, cq.length, uq.length // cq.length]
+        u = emb.lookup(uq.embed_with, ops.reshape(inputs[uq.ids_key], shape))
+        um = ops.reshape(inputs[uq.mask_key], shape)
+        return self.interest_layer(e_t, c, cm, u, um)
+
     def call(self, inputs: dict[str, Any], training: bool | None = None):
         ctx = self.embedding(inputs)
+        if self.interest_layer is not None:
+            v = ops.cast(self.sequence_interest(inputs), ctx["all"].dtype)
+            ctx = {**ctx, "all": ops.concatenate([ctx["all"], v], axis=1), "interest": v}
         logit = self.compute_logit(inputs, ctx, training=training)
         return ops.sigmoid(ops.cast(ops.reshape(logit, [-1, 1]), "float32"))
 
@@ -95,6 +158,7 @@ class MultiDomainModel(keras.Model):
             "embeddings_initializer": self.embeddings_initializer,
             "embedding_l2": self.embedding_l2,
             **({"embedding_assignment": self.embedding_assignment} if self.embedding_assignment else {}),
+            **({"interest": self.interest} if self.interest else {}),
         }
 
     @classmethod
