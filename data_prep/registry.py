@@ -17,6 +17,9 @@ DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
         "version": "1m", "domain_scheme": "gender", "label_rule": "eq5", "split_mode": "stratified",
         "split_ratios": (0.6, 0.2, 0.2), "seed": 123, "features": ("user_id", "item_id")}),
     "synthetic": ("data_prep.synthetic:generate", {}),
+    # --- behaviour sequences (issue 15): ML-100k with TEM4CTR click histories + unclick windows ---
+    "ml100k_seq": ("data_prep.sequences:prepare_ml100k_seq", {"history_length": 30, "window": 5,
+                                                              "split_mode": "temporal"}),
     # --- paper datasets (issue 5) ---
     "aliccp": ("data_prep.aliccp:prepare", {"task": "ctr"}),  # HAMUR / SWR (rechub recipe), domain = field 301
     "aliccp_cvr": ("data_prep.aliccp:prepare", {"task": "cvr"}),  # purchase on clicked rows (MI-DPG-style CVR)
