@@ -75,10 +75,21 @@ class TargetAttention(keras.layers.Layer):
 
     def call(self, query: Any, keys: Any, mask: Any) -> Any:
         mask = ops.cast(mask, keys.dtype)
-        q = ops.broadcast_to(ops.expand_dims(query, -2), ops.shape(keys))
-        h = ops.concatenate([q, keys, q - keys, q * keys], axis=-1)
-        for layer in self.hidden:
-            h = layer(h)
+        if self.hidden:
+            # First layer on [q, k, q − k, q ⊙ k] with kernel blocks W_q, W_k, W_d, W_p, computed as
+            # q (W_q + W_d) + k (W_k − W_d) + (q ⊙ k) W_p + b: the query part once per query, not
+            # once per key (same function and parameters; ~1/3 fewer FLOPs on TEM4CTR's windows).
+            first = self.hidden[0]
+            w, d = ops.cast(first.kernel, query.dtype), ops.shape(query)[-1]
+            wq, wk, wd, wp = w[:d], w[d:2 * d], w[2 * d:3 * d], w[3 * d:]
+            hq = ops.expand_dims(ops.matmul(query, wq + wd) + first.bias, -2)
+            h = keras.activations.get(first.activation)(hq + ops.matmul(keys, wk - wd)
+                                                        + ops.matmul(ops.expand_dims(query, -2) * keys, wp))
+            for layer in self.hidden[1:]:
+                h = layer(h)
+        else:
+            q = ops.broadcast_to(ops.expand_dims(query, -2), ops.shape(keys))
+            h = ops.concatenate([q, keys, q - keys, q * keys], axis=-1)
         s = ops.squeeze(self.score(h), axis=-1)  # [..., K]
         if self.normalization == "softmax":
             w = ops.softmax(ops.where(mask > 0, s, ops.cast(PAD_SCORE, s.dtype)), axis=-1)
