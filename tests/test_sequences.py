@@ -328,3 +328,21 @@ def test_tem4ctr_learns_on_ml100k_seq_through_the_fused_path(seq_schema):
     labels, probs, _ = training.predict_split(m, seq_schema, "test")
     auc = metrics.auc(labels, probs)
     assert auc > 0.62, auc
+
+
+@pytest.mark.parametrize("name", ["mlora", "hamur", "hierrec", "adasparse"])
+def test_interest_is_an_extra_input_of_multi_domain_models(seq_schema, name):
+    m = registry.get(name).build(seq_schema, interest={"mode": "din", "attention_units": [4]})
+    m.build()
+    x = _model_inputs(seq_schema, seed=2)
+    base = m.predict(x, verbose=0)
+    z = dict(x, click_ids=np.where(x["click_mask"] > 0, (x["click_ids"] % 50) + 1, 0))
+    assert np.abs(m.predict(z, verbose=0) - base).max() > 1e-7  # the interest reaches the output
+    assert m.context_dims["interest"] == m.embedding_dim
+
+
+def test_models_that_cannot_use_the_interest_say_so(seq_schema, synth_schema):
+    with pytest.raises(ValueError, match="M2M does not take a sequence interest"):
+        registry.get("m2m").build(seq_schema, interest={"mode": "din"})
+    with pytest.raises(ValueError, match="no sequence 'click'"):
+        registry.get("dnn").build(synth_schema, interest={"mode": "din"})

@@ -98,6 +98,11 @@ class MultiDomainModel(keras.Model):
             w = self.interest_layer.output_width(self.embedding_dim)
             self.context_dims = {**self.context_dims, "all": self.context_dims["all"] + w, "interest": w}
 
+    def reject_interest(self, why: str) -> None:
+        """For models that cannot use ``interest``: a clear error instead of an unused interest layer."""
+        if self.interest:
+            raise ValueError(f"{type(self).__name__} does not take a sequence interest: {why}")
+
     @property
     def num_domains(self) -> int:
         return self.schema.num_domains

@@ -84,6 +84,7 @@ class M2M(MultiDomainModel):
         super().__init__(schema, **kwargs)
         if task_source not in TASK_SOURCES:
             raise ValueError(f"task_source must be one of {TASK_SOURCES}, got {task_source!r}")
+        self.reject_interest("M2M reads per-field embeddings, not the backbone input ctx['all']")
         self.encoder_layers = int(encoder_layers)
         self.num_heads = int(num_heads)
         self.ff_units = int(ff_units)

@@ -99,6 +99,8 @@ class PEPNetModel(MultiDomainModel):
         if not self.hidden_units:
             raise ValueError("PEPNetModel needs at least one hidden layer (hidden_units)")
         self.use_epnet = bool(use_epnet)
+        if self.use_epnet:
+            self.reject_interest("EPNet gates the field embeddings of ctx['all'] one by one (use_epnet=False works)")
         self.use_ppnet = bool(use_ppnet)
         self.epnet_granularity = epnet_granularity
         self.epnet_hidden_units = None if epnet_hidden_units is None else int(epnet_hidden_units)
