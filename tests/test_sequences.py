@@ -325,6 +325,7 @@ def test_tem4ctr_learns_on_ml100k_seq_through_the_fused_path(seq_schema):
     cfg = training.TrainConfig(epochs=1, batch_size=512, seed=0, learning_rate=3e-3)
     assert training._fused_input(seq_schema, cfg, None) is not None  # the fused path takes sequences
     training.fit(m, seq_schema, cfg)
+    assert "install_fused_train_function" in m.train_function.__qualname__  # it did run fused
     labels, probs, _ = training.predict_split(m, seq_schema, "test")
     auc = metrics.auc(labels, probs)
     assert auc > 0.62, auc
