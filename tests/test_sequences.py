@@ -347,3 +347,19 @@ def test_models_that_cannot_use_the_interest_say_so(seq_schema, synth_schema):
         registry.get("m2m").build(seq_schema, interest={"mode": "din"})
     with pytest.raises(ValueError, match="no sequence 'click'"):
         registry.get("dnn").build(synth_schema, interest={"mode": "din"})
+
+
+def test_writer_rejects_padding_that_disagrees_with_the_mask(tmp_path):
+    from data_prep.common import DataError, FeatureDef
+    from data_prep.sequences import write_sequence_dataset
+
+    ids = np.array([[0, 4], [3, 5]])
+    with pytest.raises(DataError, match="sequence 'click'.*padding"):
+        write_sequence_dataset(
+            str(tmp_path / "bad"), dataset="t", features=[FeatureDef("item_id", "categorical", vocab_size=9)],
+            columns={"item_id": np.array([1, 2])},
+            sequences=[{"name": "click", "shape": [2], "embed_with": "item_id"}],
+            seq_columns={"click_ids": ids, "click_mask": np.ones_like(ids)}, domain=np.array([0, 0]),
+            domain_names=["a"], labels={"label": np.array([0.0, 1.0], np.float32)}, split=np.array([0, 2]),
+            vocabs={}, fp="x", metadata={})
+    assert not (tmp_path / "bad").exists()
