@@ -50,6 +50,7 @@ class ModelSpec:
       family: "backbone", "seed" (HAMUR / MLoRA / MI-DPG / HierRec) or "baseline".
       in_main_table: part of the main job's default model list.
       description: one line for ``--helpful``/docs.
+      needs_sequences: the model reads behaviour sequences (a dataset like ``ml100k_seq``).
     """
 
     name: str
@@ -59,6 +60,7 @@ class ModelSpec:
     family: str = "baseline"
     in_main_table: bool = True
     description: str = ""
+    needs_sequences: bool = False
 
     def build(self, schema: Schema | dict, **kwargs: Any):
         cfg = schema.to_config() if isinstance(schema, Schema) else dict(schema)
@@ -165,12 +167,15 @@ _SPECS: list[ModelSpec] = [
               description="SAR-Net: per-domain feature transform + shared/specific experts + gate"),
     # --- behaviour sequences (issue 15; docs/models/tem4ctr.md): need a dataset with sequences (ml100k_seq) ---
     ModelSpec("din", "mdr_tf.models.tem4ctr:SequenceCTR", {"mode": "din"}, in_main_table=False,
+              needs_sequences=True,
               description="DIN: target attention (80-40) over the click sequence + head BN-200-80 PReLU"),
     ModelSpec("tem4ctr", "mdr_tf.models.tem4ctr:SequenceCTR", {"mode": "tem4ctr"}, family="seed",
               in_main_table=False,
+              needs_sequences=True,
               description="TEM4CTR: time-aligned unclick windows → local attention → projection on each click; "
                           "two target attentions + head BN-200-80 PReLU"),
     ModelSpec("star_tem4ctr", "mdr_tf.models.star:STAR", {"interest": {"mode": "tem4ctr"}}, in_main_table=False,
+              needs_sequences=True,
               description="STAR with the TEM4CTR interest [v1, v2] appended to its input"),
 ]
 
