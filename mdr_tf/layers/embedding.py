@@ -153,6 +153,9 @@ class FeatureEmbedding(keras.layers.Layer):
         Behaviour sequences share their feature's rows this way (click / unclick item ids
         read the ``item_id`` rows). Ids outside ``[0, vocab)`` read the OOV row 0.
         """
+        if self.assignment is not None:
+            raise ValueError("behaviour-sequence lookups do not support an embedding assignment policy "
+                             f"({self.assignment_config}); use one row per id")
         start, end = self.table_rows(name)
         ids = ops.cast(ids, "int32")
         ids = ops.where((ids < 0) | (ids >= end - start), 0, ids) + start
