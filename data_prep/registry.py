@@ -20,6 +20,8 @@ DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
     # --- behaviour sequences (issue 15): ML-100k with TEM4CTR click histories + unclick windows ---
     "ml100k_seq": ("data_prep.sequences:prepare_ml100k_seq", {"history_length": 30, "window": 5,
                                                               "split_mode": "temporal"}),
+    "synthetic_conflict": ("data_prep.synthetic:generate_conflict", {"scenario": "conflict"}),
+    "synthetic_many_small": ("data_prep.synthetic:generate_conflict", {"scenario": "many_small"}),
     # --- paper datasets (issue 5) ---
     "aliccp": ("data_prep.aliccp:prepare", {"task": "ctr"}),  # HAMUR / SWR (rechub recipe), domain = field 301
     "aliccp_cvr": ("data_prep.aliccp:prepare", {"task": "cvr"}),  # purchase on clicked rows (MI-DPG-style CVR)

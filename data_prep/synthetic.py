@@ -89,6 +89,117 @@ def generate(
         progress=lambda m: None)
 
 
+
+# Presets of ``generate_conflict`` (docs/conflicting_domains.md).
+CONFLICT_PRESETS: dict[str, dict] = {
+    # 5 domains; the two smallest have the largest domain's item taste reversed.
+    "conflict": {"domain_weights": (0.50, 0.20, 0.15, 0.09, 0.06), "flips": (1, 1, 1, -1, -1)},
+    # 20 equal small domains, each with its own random sign of the item taste, and a
+    # user-item affinity shared by all of them (what a domain-aware model must still share).
+    "many_small": {"domain_weights": (1.0,) * 20, "flips": None},
+}
+
+
+def conflict_arrays(
+    num_rows: int = 8_000,
+    scenario: str = "conflict",
+    num_users: int = 200,
+    num_items: int = 100,
+    factor_dim: int = 4,
+    shared_scale: float = 1.0,
+    conflict_scale: float = 2.0,
+    seed: int = 0,
+) -> dict:
+    """The rows of a conflicting-domains dataset as arrays (see ``generate_conflict``).
+
+    Returns a dict with ``user``, ``item``, ``domain``, ``label``, the true ``logit``,
+    ``flips`` [D], ``weights`` [D] and ``item_taste`` [num_items + 1].
+    """
+    if scenario not in CONFLICT_PRESETS:
+        raise ValueError(f"unknown conflict scenario {scenario!r}; available: {sorted(CONFLICT_PRESETS)}")
+    preset = CONFLICT_PRESETS[scenario]
+    rng = np.random.default_rng(seed)
+    w = np.asarray(preset["domain_weights"], np.float64)
+    d = len(w)
+    flips = (np.asarray(preset["flips"], np.float64) if preset["flips"] is not None
+             else np.where(rng.random(d) < 0.5, -1.0, 1.0))
+    domain = rng.choice(d, size=num_rows, p=w / w.sum()).astype(np.int64)
+    user = rng.integers(1, num_users + 1, num_rows)
+    item = rng.integers(1, num_items + 1, num_rows)
+    U = rng.normal(0, 1 / np.sqrt(factor_dim), (num_users + 1, factor_dim))
+    V = rng.normal(0, 1 / np.sqrt(factor_dim), (num_items + 1, factor_dim))
+    taste = rng.normal(0, 1, num_items + 1)
+    logit = shared_scale * 2.0 * np.einsum("bk,bk->b", U[user], V[item]) + conflict_scale * flips[domain] * taste[item]
+    label = (rng.random(num_rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return {"user": user, "item": item, "domain": domain, "label": label, "logit": logit, "flips": flips,
+            "weights": w / w.sum(), "item_taste": taste}
+
+
+def generate_conflict(
+    output_dir: str,
+    num_rows: int = 8_000,
+    scenario: str = "conflict",
+    num_users: int = 200,
+    num_items: int = 100,
+    factor_dim: int = 4,
+    shared_scale: float = 1.0,
+    conflict_scale: float = 2.0,
+    seed: int = 0,
+    split_ratios: Sequence[float] = (0.6, 0.2, 0.2),
+) -> dict:
+    """Writes a conflicting-domains dataset (tests and docs/conflicting_domains.md only).
+
+    The label model is
+
+        logit = shared_scale · 2⟨u_user, v_item⟩ + conflict_scale · flip_d · t_item
+
+    with one item taste ``t_item ~ N(0, 1)`` whose sign ``flip_d = ±1`` depends on the
+    domain. ``scenario="conflict"``: 5 domains of weights 50/20/15/9/6 %, the two smallest
+    with the taste reversed (``flip = -1``). ``scenario="many_small"``: 20 equal domains
+    with random flips (seeded), so every domain has ~5 % of the rows.
+
+    Why a shared model cannot fit every domain: any score ``g(user, item)`` that ignores
+    the domain ranks the items of a ``flip = -1`` domain by the taste of the others, so
+    on the taste part its AUC there is the mirror of its AUC in a ``flip = +1`` domain;
+    the best such model follows the majority and ranks the minority domains backwards.
+    The DNN sees the domain id only as one more embedded field of its input, so it can
+    reverse the taste only through an item × domain interaction learnt from the few
+    rows of the small domains.
+
+    Args:
+      output_dir: destination.
+      num_rows: examples.
+      scenario: "conflict" or "many_small" (``CONFLICT_PRESETS``).
+      num_users, num_items: vocabulary sizes.
+      factor_dim: latent dimension of the shared user-item affinity.
+      shared_scale: weight of the shared affinity.
+      conflict_scale: weight of the domain-signed item taste.
+      seed: generator seed (also the split seed).
+      split_ratios: train/valid/test fractions.
+    """
+    options = dict(num_rows=num_rows, scenario=scenario, num_users=num_users, num_items=num_items,
+                   factor_dim=factor_dim, shared_scale=shared_scale, conflict_scale=conflict_scale, seed=seed,
+                   split_ratios=list(split_ratios))
+    fp = fingerprint({"synthetic_conflict": options})
+    done = existing_output(output_dir, fp)
+    if done is not None:
+        return done
+    a = conflict_arrays(num_rows, scenario, num_users, num_items, factor_dim, shared_scale, conflict_scale, seed)
+    split = random_split(num_rows, split_ratios, seed)
+    feats = [FeatureDef("user_id", "categorical", num_users + 1, "user", True),
+             FeatureDef("item_id", "categorical", num_items + 1, "item", True)]
+    vocabs = {"user_id": ["<OOV>"] + [f"u{i}" for i in range(1, num_users + 1)],
+              "item_id": ["<OOV>"] + [f"i{i}" for i in range(1, num_items + 1)]}
+    return write_dataset(
+        output_dir, dataset="synthetic_conflict", features=feats,
+        columns={"user_id": a["user"], "item_id": a["item"]}, domain=a["domain"],
+        domain_names=[f"d{k}" for k in range(len(a["flips"]))], labels={"label": a["label"]}, split=split,
+        vocabs=vocabs, fp=fp, num_shards=1,
+        metadata={"options": options, "synthetic": True,
+                  "effects": {"flips": a["flips"].tolist(), "weights": a["weights"].tolist()}},
+        progress=lambda m: None)
+
+
 FLAGS = flags.FLAGS
 
 
