@@ -398,6 +398,7 @@ def define_flags() -> None:
     flags.DEFINE_list("scenarios", list(SCENARIOS), "Scenarios of data_prep.synthetic.CONFLICT_PRESETS.")
     flags.DEFINE_list("models", MODELS, "Registry models (each also runs neutralised).")
     flags.DEFINE_list("extra_variants", ["hamur_adapter_off"], "Extra variants (e.g. hamur_adapter_off).")
+    flags.DEFINE_boolean("neutral", True, "Also run every model with its mechanism neutralised.")
     flags.DEFINE_integer("trials", 3, "Seeds per variant (0..trials-1).")
     flags.DEFINE_integer("num_rows", None, "Rows (default per scenario: SCENARIO_ROWS).")
     flags.DEFINE_boolean("embed_domain", False, "Give every model the domain id as an input field "
@@ -411,7 +412,7 @@ def _main(f) -> None:
 
     variants = ["dnn"]
     for m in f.models:
-        variants += [m, m + NEUTRAL_SUFFIX]
+        variants += [m, m + NEUTRAL_SUFFIX] if f.neutral else [m]
     variants += list(f.extra_variants)
     train_kwargs = train_kwargs_from_flags(f, monitor="mean_auc")
     model_kwargs = {"embedding_dim": f.embedding_dim, "embed_domain": bool(f.embed_domain)}

@@ -29,8 +29,8 @@ class APGDense(DenseBlock):
     Condition ``z_b`` (APG's condition strategies):
 
     - "group" (default): the scenario embedding ``ctx[condition_key]`` (default the
-      domain-side view ``e_s``), under stop-gradient when ``stop_gradient_condition``
-      (MMLRec's APG detaches the scene embedding);
+      domain-side view ``e_s``), under stop-gradient only when ``stop_gradient_condition``
+      (MMLRec's APG detaches the scene embedding; off by default, see Args);
     - "self": the layer input ``x_b``;
     - "mix": both concatenated.
 
@@ -51,7 +51,11 @@ class APGDense(DenseBlock):
       rank_divisor: see ``rank``.
       condition: "group", "self" or "mix".
       condition_key: ctx view used as the scenario condition.
-      stop_gradient_condition: stop-gradient on the scenario condition.
+      stop_gradient_condition: stop-gradient on the scenario condition (default False,
+        ours; MMLRec detaches its scene embedding, but that one starts as a torch
+        N(0, 1) code, while the shared table here starts at N(0, 1e-4): detached, the
+        generator then sees ~1e-4 for every domain and, when the domain is not also a
+        main-path field, never anything else; docs/conflicting_domains.md).
       generator_units: hidden widths of the generator MLP (default none).
       generate_bias: generate a per-sample bias ``b(z_b) ∈ R^u`` that **replaces** the
         shared bias (FuxiCTR does both: generates it and has no shared bias); default off
@@ -72,7 +76,7 @@ class APGDense(DenseBlock):
         rank_divisor: int = 4,
         condition: str = "group",
         condition_key: str = "domain_side",
-        stop_gradient_condition: bool = True,
+        stop_gradient_condition: bool = False,
         generator_units: Sequence[int] = (),
         generate_bias: bool = False,
         identity_core: bool = True,
