@@ -225,6 +225,12 @@ NEUTRALISERS: dict[str, tuple[dict, Callable, str]] = {
     "sarnet": ({}, _n_sarnet, "transform ≡ identity, specific experts and gates tied"),
 }
 
+# Suite variants that only change constructor arguments: name → (registry model, arguments).
+ARG_VARIANTS: dict[str, tuple[str, dict]] = {
+    # APG before the fix: the scenario condition under stop-gradient (MMLRec).
+    "apg_detached": ("apg", {"block_config": {"condition": "group", "stop_gradient_condition": True}}),
+}
+
 # Registry names of the table (suite variants such as "hamur_adapter_off" build the base model).
 MODELS = ["mlora", "hamur", "midpg", "dpg", "hierrec", "shared_bottom", "mmoe", "ple", "star", "m2m",
           "pepnet", "ppnet", "epnet", "adasparse", "apg", "sarnet"]
@@ -235,6 +241,8 @@ NEUTRAL_SUFFIX = "~neutral"
 def base_name(variant: str) -> str:
     """Registry name of a suite variant (``"mlora~neutral"`` → ``"mlora"``)."""
     name = variant.split("~", 1)[0]
+    if name in ARG_VARIANTS:
+        return ARG_VARIANTS[name][0]
     return "hamur" if name == "hamur_adapter_off" else name
 
 
@@ -244,6 +252,8 @@ def build_variant(variant: str, schema, model_kwargs: dict | None = None):
 
     name, _, mode = variant.partition("~")
     kwargs = dict(model_kwargs or {})
+    if name in ARG_VARIANTS:
+        kwargs.update(ARG_VARIANTS[name][1])
     fn = None
     if mode == "neutral" or name == "hamur_adapter_off":
         if name not in NEUTRALISERS:
@@ -353,6 +363,7 @@ def run_scenario(scenario: str, variants: Sequence[str], trials: int, output_dir
             cfg = TrainConfig(seed=t, **train_kwargs)
             train = {k: val for k, val in vars(cfg).items() if k not in ("verbose", "tensorboard_dir", "checkpoint_dir")}
             key = fingerprint({"variant": v, "train": train, "model_kwargs": model_kwargs,
+                               "args": ARG_VARIANTS.get(v, ("", {}))[1],
                                "neutraliser": NEUTRALISERS.get(v.split("~")[0], ({}, None, ""))[2]
                                if "~" in v or v == "hamur_adapter_off" else "",
                                "data": schema.raw["fingerprint"]})

@@ -30,7 +30,7 @@ from mdr_tf import metrics as M
 from mdr_tf.schema import Schema
 
 MARGIN = 0.10
-NEUTRAL_SLACK = 0.04
+NEUTRAL_SLACK = 0.05  # = MARGIN / 2
 SEED = 0
 EPOCHS = 6
 BATCH = 128
@@ -50,7 +50,7 @@ def _schema_and_data():
     n = len(a["label"])
     rng = np.random.default_rng(0)
     perm = rng.permutation(n)
-    tr, te = perm[: int(0.7 * n)], perm[int(0.7 * n):]
+    tr, te = perm[:2048], perm[2048:]  # 16 full batches: no retrace for a partial last batch
     cfg = {"num_domains": 5, "domain_key": "domain_id", "label_keys": ["label"],
            "domain_names": [f"d{k}" for k in range(5)],
            "features": [{"name": "user_id", "kind": "categorical", "vocab_size": 201, "group": "user", "is_id": True},
@@ -66,13 +66,16 @@ def data():
     return Schema.from_config(cfg), train, test
 
 
-def _mean_domain_auc(model, test) -> float:
+REVERSED = (3, 4)  # the two smallest domains (flip = -1)
+
+
+def _domain_aucs(model, test) -> np.ndarray:
     x, y = test
     p = np.asarray(model(x, training=False)).reshape(-1)
-    return float(np.mean([M.auc(y[x["domain_id"] == k], p[x["domain_id"] == k]) for k in range(5)]))
+    return np.array([M.auc(y[x["domain_id"] == k], p[x["domain_id"] == k]) for k in range(5)])
 
 
-def _train(variant: str, data) -> tuple[float, keras.Model]:
+def _train(variant: str, data) -> tuple[np.ndarray, keras.Model]:
     schema, train, test = data
     keras.backend.clear_session()
     keras.utils.set_random_seed(SEED)
@@ -80,15 +83,15 @@ def _train(variant: str, data) -> tuple[float, keras.Model]:
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="binary_crossentropy", jit_compile=False)
     x, y = train
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=True, verbose=0)
-    return _mean_domain_auc(model, test), model
+    return _domain_aucs(model, test), model
 
 
 @pytest.fixture(scope="module")
 def dnn_auc(data) -> float:
-    auc, _ = _train("dnn", data)
-    # The DNN cannot rank the reversed domains: it must be far from a domain-aware model.
-    assert auc < 0.65, auc
-    return auc
+    aucs, _ = _train("dnn", data)
+    # Without the domain the DNN follows the majority and ranks the reversed domains backwards.
+    assert aucs[list(REVERSED)].max() < 0.5, aucs
+    return float(aucs.mean())
 
 
 def _domain_blind(model, schema) -> float:
@@ -101,15 +104,18 @@ def _domain_blind(model, schema) -> float:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_mechanism_beats_dnn_and_neutralised_does_not(name, data, dnn_auc):
-    auc, _ = _train(name, data)
-    neutral_auc, neutral = _train(name + "~neutral", data)
-    print(f"\n{name}: margin {auc - dnn_auc:+.4f}, neutralised {neutral_auc - dnn_auc:+.4f}")
+    aucs, _ = _train(name, data)
+    neutral_aucs, neutral = _train(name + "~neutral", data)
+    auc, neutral_auc = float(aucs.mean()), float(neutral_aucs.mean())
+    print(f"\n{name}: margin {auc - dnn_auc:+.4f}, neutralised {neutral_auc - dnn_auc:+.4f}; reversed domains "
+          f"{aucs[list(REVERSED)].round(3)} / neutralised {neutral_aucs[list(REVERSED)].round(3)}")
     assert auc - dnn_auc > MARGIN, f"{name}: {auc:.4f} vs DNN {dnn_auc:.4f}"
     assert _domain_blind(neutral, data[0]) < 1e-6, f"{name}~neutral still depends on the domain"
     assert neutral_auc - dnn_auc < NEUTRAL_SLACK, f"{name}~neutral: {neutral_auc:.4f} vs DNN {dnn_auc:.4f}"
+    assert neutral_aucs[list(REVERSED)].max() < 0.5, f"{name}~neutral ranks a reversed domain forwards"
 
 
 def test_ppnet_without_domain_input_is_domain_blind(data, dnn_auc):
-    auc, model = _train("ppnet", data)
+    aucs, model = _train("ppnet", data)
     assert _domain_blind(model, data[0]) < 1e-6
-    assert abs(auc - dnn_auc) < NEUTRAL_SLACK
+    assert abs(float(aucs.mean()) - dnn_auc) < NEUTRAL_SLACK
