@@ -362,11 +362,12 @@ def run_scenario(scenario: str, variants: Sequence[str], trials: int, output_dir
         for i, v in enumerate(variants):
             cfg = TrainConfig(seed=t, **train_kwargs)
             train = {k: val for k, val in vars(cfg).items() if k not in ("verbose", "tensorboard_dir", "checkpoint_dir")}
-            key = fingerprint({"variant": v, "train": train, "model_kwargs": model_kwargs,
-                               "args": ARG_VARIANTS.get(v, ("", {}))[1],
-                               "neutraliser": NEUTRALISERS.get(v.split("~")[0], ({}, None, ""))[2]
-                               if "~" in v or v == "hamur_adapter_off" else "",
-                               "data": schema.raw["fingerprint"]})
+            spec = {"variant": v, "train": train, "model_kwargs": model_kwargs,
+                    "neutraliser": NEUTRALISERS.get(v.split("~")[0], ({}, None, ""))[2]
+                    if "~" in v or v == "hamur_adapter_off" else "", "data": schema.raw["fingerprint"]}
+            if v in ARG_VARIANTS:
+                spec["args"] = ARG_VARIANTS[v][1]
+            key = fingerprint(spec)
             keys.add(key)
             idx = t * len(variants) + i + 1
             if trial_log.done(key):
