@@ -21,6 +21,8 @@ its margin is the DNN's seed noise (|·| < 0.02 measured).
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -31,7 +33,7 @@ from mdr_tf.schema import Schema
 
 MARGIN = 0.10
 NEUTRAL_SLACK = 0.05  # = MARGIN / 2
-SEED = 0
+SEED = int(os.environ.get("MDR_CONFLICT_TEST_SEED", "0"))  # 0 in CI; 1, 2 were checked too
 EPOCHS = 6
 BATCH = 128
 LEARNING_RATE = 5e-3
