@@ -288,6 +288,110 @@ def train_variant(variant: str, schema, cfg, model_kwargs: dict | None = None) -
     return row
 
 
+# ----------------------------------------------------------------------------- in-memory protocol
+# The protocol of tests/test_conflicting_domains.py (and of the table in
+# docs/conflicting_domains.md): arrays in memory, fixed epochs, no early stopping.
+ARRAYS_PROTOCOL = {"num_rows": 3000, "train_rows": 2048, "epochs": 6, "batch_size": 128, "learning_rate": 5e-3}
+
+
+def arrays_data(scenario: str = "conflict", num_rows: int = 3000, train_rows: int = 2048, seed: int = 0):
+    """``(schema, (x_train, y_train), (x_test, y_test))`` of ``conflict_arrays``, split at random."""
+    import numpy as np
+
+    from data_prep.synthetic import conflict_arrays
+    from mdr_tf.schema import Schema
+
+    a = conflict_arrays(num_rows=num_rows, scenario=scenario, seed=seed)
+    d = len(a["flips"])
+    perm = np.random.default_rng(seed).permutation(num_rows)
+    tr, te = perm[:train_rows], perm[train_rows:]
+    schema = Schema.from_config({
+        "num_domains": d, "domain_names": [f"d{k}" for k in range(d)], "label_keys": ["label"],
+        "domain_key": "domain_id",
+        "features": [{"name": "user_id", "kind": "categorical", "vocab_size": int(a["user"].max()) + 1,
+                      "group": "user", "is_id": True},
+                     {"name": "item_id", "kind": "categorical", "vocab_size": int(a["item"].max()) + 1,
+                      "group": "item", "is_id": True}]})
+    x = {"user_id": a["user"], "item_id": a["item"], "domain_id": a["domain"]}
+    return schema, ({k: v[tr] for k, v in x.items()}, a["label"][tr]), ({k: v[te] for k, v in x.items()},
+                                                                         a["label"][te])
+
+
+def train_on_arrays(variant: str, schema, train, test, seed: int = 0, epochs: int = 6, batch_size: int = 128,
+                    learning_rate: float = 5e-3, model_kwargs: dict | None = None):
+    """Trains a variant on in-memory arrays; returns ``(per-domain test AUCs, model)``."""
+    import keras
+    import numpy as np
+
+    from mdr_tf import metrics as M
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = build_variant(variant, schema.to_config(), {"embed_domain": False, **(model_kwargs or {})})
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", jit_compile=False)
+    model.fit(train[0], train[1], batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
+    x, y = test
+    p = np.asarray(model(x, training=False)).reshape(-1)
+    dom = x[schema.domain_key]
+    return np.array([M.auc(y[dom == k], p[dom == k]) for k in range(schema.num_domains)]), model
+
+
+def run_arrays(scenario: str, variants: Sequence[str], trials: int, output_dir: str,
+               shard: tuple[int, int] = (0, 1), log=print) -> str:
+    """The in-memory protocol over seeds 0..trials-1 (data seed 0, training seed t); resumable.
+
+    ``shard=(i, n)`` runs only the seeds t with t % n == i (appending to its own file);
+    a run with the default shard then finds every trial done and writes the table.
+    """
+    from data_prep.common import fingerprint
+
+    from experiments.run import TrialLog, _atomic_write, _git_commit, _versions
+
+    out = os.path.join(output_dir, f"{scenario}-arrays")
+    os.makedirs(out, exist_ok=True)
+    trial_log = TrialLog(os.path.join(out, "trials.jsonl" if shard[1] == 1 else
+                                      f"trials-shard-{shard[0]}-of-{shard[1]}.jsonl"))
+    schema, train, test = arrays_data(scenario, ARRAYS_PROTOCOL["num_rows"], ARRAYS_PROTOCOL["train_rows"])
+    proto = {k: v for k, v in ARRAYS_PROTOCOL.items() if k not in ("num_rows", "train_rows")}
+    commit, t_start, done_now, keys = _git_commit(), time.time(), 0, set()
+    total = len(variants) * trials
+    for t in range(trials):
+        for i, v in enumerate(variants):
+            spec = {"variant": v, "protocol": ARRAYS_PROTOCOL, "scenario": scenario, "seed": t,
+                    "neutraliser": NEUTRALISERS.get(v.split("~")[0], ({}, None, ""))[2]
+                    if "~" in v or v == "hamur_adapter_off" else ""}
+            if v in ARG_VARIANTS:
+                spec["args"] = ARG_VARIANTS[v][1]
+            key = fingerprint(spec)
+            keys.add(key)
+            idx = t * len(variants) + i + 1
+            if trial_log.done(key) or t % shard[1] != shard[0]:
+                continue
+            t0 = time.time()
+            aucs, _ = train_on_arrays(v, schema, train, test, seed=t, **proto)
+            row = {"key": key, "model": v, "seed": t, "train_seconds": round(time.time() - t0, 2),
+                   **{f"test_auc_d{k}": float(a) for k, a in enumerate(aucs)}}
+            trial_log.append(row)
+            done_now += 1
+            eta = (time.time() - t_start) / done_now * (total - idx)
+            log(f"[{idx}/{total}] {scenario} (arrays) {v} seed {t}: mean-domain AUC {aucs.mean():.4f} "
+                f"({time.time() - t0:.1f}s; ETA {eta / 60:.1f} min)")
+    rows = [r for r in trial_log.rows if r.get("key") in keys]
+    d = schema.num_domains
+    summary = summarise(rows, variants, d)
+    md = (f"# {scenario}, in-memory protocol: mean-of-domain test AUC over {trials} seeds\n\n"
+          f"{ARRAYS_PROTOCOL}; every model with embed_domain=False. Margin = mean over seeds of "
+          f"(model − DNN of the same seed); Welch p against the DNN.\n\n"
+          + markdown(summary, d, list(range(d)) if d <= 6 else []))
+    _atomic_write(os.path.join(out, "table.md"), md)
+    _atomic_write(os.path.join(out, "run_meta.json"), json.dumps(
+        {"git_commit": commit, "versions": _versions(), "scenario": scenario, "protocol": ARRAYS_PROTOCOL,
+         "variants": list(variants), "trials": trials, "wall_seconds": round(time.time() - t_start, 1),
+         "argv": sys.argv}, indent=2) + "\n")
+    log("\n" + md)
+    return md
+
+
 def mean_domain_auc(row: dict, num_domains: int) -> float:
     return float(sum(row[f"test_auc_d{k}"] for k in range(num_domains)) / num_domains)
 
@@ -411,10 +515,14 @@ def define_flags() -> None:
     flags.DEFINE_list("models", MODELS, "Registry models (each also runs neutralised).")
     flags.DEFINE_list("extra_variants", ["hamur_adapter_off"], "Extra variants (e.g. hamur_adapter_off).")
     flags.DEFINE_boolean("neutral", True, "Also run every model with its mechanism neutralised.")
+    flags.DEFINE_string("trial_shard", "0/1", "i/n: run only seeds t with t % n == i (--protocol=arrays).")
     flags.DEFINE_integer("trials", 3, "Seeds per variant (0..trials-1).")
     flags.DEFINE_integer("num_rows", None, "Rows (default per scenario: SCENARIO_ROWS).")
     flags.DEFINE_boolean("embed_domain", False, "Give every model the domain id as an input field "
                          "(the registry setting); default False: the domain enters only through the mechanism.")
+    flags.DEFINE_enum("protocol", "arrays", ["arrays", "fit"], "arrays: the tests' in-memory protocol "
+                      "(ARRAYS_PROTOCOL, seconds per model); fit: TFRecords + mdr_tf.training.fit with exact "
+                      "early stopping on mean domain AUC and the training flags.")
     flags.DEFINE_string("data_dir", "data", "Where the generated datasets go.")
     flags.DEFINE_string("output_dir", "results/conflicting_domains", "Results folder.")
 
@@ -430,6 +538,13 @@ def _main(f) -> None:
     model_kwargs = {"embedding_dim": f.embedding_dim, "embed_domain": bool(f.embed_domain)}
     out = f.output_dir + ("-embed_domain" if f.embed_domain else "")
     for s in f.scenarios:
+        if f.protocol == "arrays":
+            if f.embed_domain:
+                raise ValueError("--protocol=arrays runs embed_domain=False only (the tests' setting)")
+            from experiments.run import _parse_shard
+
+            run_arrays(s, variants, f.trials, out, shard=_parse_shard(f.trial_shard))
+            continue
         run_scenario(s, variants, f.trials, out, f.data_dir, train_kwargs, model_kwargs, f.num_rows)
 
 

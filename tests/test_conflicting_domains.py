@@ -27,16 +27,12 @@ import keras
 import numpy as np
 import pytest
 
-from experiments.conflicting_domains import build_variant
-from mdr_tf import metrics as M
-from mdr_tf.schema import Schema
+from experiments.conflicting_domains import ARRAYS_PROTOCOL, arrays_data, train_on_arrays
 
 MARGIN = 0.10
 NEUTRAL_SLACK = 0.05  # = MARGIN / 2
+REVERSED = (3, 4)  # the two smallest domains (flip = -1)
 SEED = int(os.environ.get("MDR_CONFLICT_TEST_SEED", "0"))  # 0 in CI; 1, 2 were checked too
-EPOCHS = 6
-BATCH = 128
-LEARNING_RATE = 5e-3
 
 # Models whose mechanism must beat the DNN. "ppnet" is left out on purpose: its gates see
 # the user / item ids only (PEPNet's personal prior), so without the domain field it has
@@ -45,47 +41,15 @@ MODELS = ["mlora", "hamur", "midpg", "dpg", "hierrec", "shared_bottom", "mmoe", 
           "pepnet", "epnet", "adasparse", "apg", "sarnet"]
 
 
-def _schema_and_data():
-    from data_prep.synthetic import conflict_arrays
-
-    a = conflict_arrays(num_rows=3000, scenario="conflict", seed=0)
-    n = len(a["label"])
-    rng = np.random.default_rng(0)
-    perm = rng.permutation(n)
-    tr, te = perm[:2048], perm[2048:]  # 16 full batches: no retrace for a partial last batch
-    cfg = {"num_domains": 5, "domain_key": "domain_id", "label_keys": ["label"],
-           "domain_names": [f"d{k}" for k in range(5)],
-           "features": [{"name": "user_id", "kind": "categorical", "vocab_size": 201, "group": "user", "is_id": True},
-                        {"name": "item_id", "kind": "categorical", "vocab_size": 101, "group": "item", "is_id": True}]}
-    x = {"user_id": a["user"], "item_id": a["item"], "domain_id": a["domain"]}
-    split = lambda idx: ({k: v[idx] for k, v in x.items()}, a["label"][idx])  # noqa: E731
-    return cfg, split(tr), split(te)
-
-
 @pytest.fixture(scope="module")
 def data():
-    cfg, train, test = _schema_and_data()
-    return Schema.from_config(cfg), train, test
-
-
-REVERSED = (3, 4)  # the two smallest domains (flip = -1)
-
-
-def _domain_aucs(model, test) -> np.ndarray:
-    x, y = test
-    p = np.asarray(model(x, training=False)).reshape(-1)
-    return np.array([M.auc(y[x["domain_id"] == k], p[x["domain_id"] == k]) for k in range(5)])
+    return arrays_data("conflict", ARRAYS_PROTOCOL["num_rows"], ARRAYS_PROTOCOL["train_rows"], seed=0)
 
 
 def _train(variant: str, data) -> tuple[np.ndarray, keras.Model]:
     schema, train, test = data
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(SEED)
-    model = build_variant(variant, schema.to_config(), {"embed_domain": False})
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="binary_crossentropy", jit_compile=False)
-    x, y = train
-    model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=True, verbose=0)
-    return _domain_aucs(model, test), model
+    proto = {k: v for k, v in ARRAYS_PROTOCOL.items() if k not in ("num_rows", "train_rows")}
+    return train_on_arrays(variant, schema, train, test, seed=SEED, **proto)
 
 
 @pytest.fixture(scope="module")
