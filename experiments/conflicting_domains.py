@@ -337,7 +337,7 @@ def train_on_arrays(variant: str, schema, train, test, seed: int = 0, epochs: in
 
 
 def run_arrays(scenario: str, variants: Sequence[str], trials: int, output_dir: str,
-               shard: tuple[int, int] = (0, 1), log=print) -> str:
+               shard: tuple[int, int] = (0, 1), aggregate_only: bool = False, log=print) -> str:
     """The in-memory protocol over seeds 0..trials-1 (data seed 0, training seed t); resumable.
 
     ``shard=(i, n)`` runs only the seeds t with t % n == i (appending to its own file);
@@ -365,7 +365,7 @@ def run_arrays(scenario: str, variants: Sequence[str], trials: int, output_dir: 
             key = fingerprint(spec)
             keys.add(key)
             idx = t * len(variants) + i + 1
-            if trial_log.done(key) or t % shard[1] != shard[0]:
+            if aggregate_only or trial_log.done(key) or t % shard[1] != shard[0]:
                 continue
             t0 = time.time()
             aucs, _ = train_on_arrays(v, schema, train, test, seed=t, **proto)
@@ -428,13 +428,13 @@ def summarise(rows: list[dict], variants: Sequence[str], num_domains: int) -> li
 
 
 def markdown(summary: list[dict], num_domains: int, show_domains: Sequence[int]) -> str:
-    head = ["model", "mean-domain AUC", "margin vs DNN (min over seeds)", "Welch p"] + \
+    head = ["model", "seeds", "mean-domain AUC", "margin vs DNN (min over seeds)", "Welch p"] + \
         [f"d{k}" for k in show_domains] + ["s/train"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         p = "" if math.isnan(s["p"]) else f"{s['p']:.3f}"
         mg = "" if s["model"] == "dnn" else f"{s['margin']:+.4f} ({s['margin_min']:+.4f})"
-        cells = [s["model"], f"{s['mean_auc']:.4f} ± {s['mean_auc_std']:.4f}", mg, p] + \
+        cells = [s["model"], str(s["n"]), f"{s['mean_auc']:.4f} ± {s['mean_auc_std']:.4f}", mg, p] + \
             [f"{s['domain_auc'][k]:.3f}" for k in show_domains] + [f"{s['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -515,6 +515,7 @@ def define_flags() -> None:
     flags.DEFINE_list("models", MODELS, "Registry models (each also runs neutralised).")
     flags.DEFINE_list("extra_variants", ["hamur_adapter_off"], "Extra variants (e.g. hamur_adapter_off).")
     flags.DEFINE_boolean("neutral", True, "Also run every model with its mechanism neutralised.")
+    flags.DEFINE_boolean("aggregate_only", False, "Train nothing; write the table from the trial files.")
     flags.DEFINE_string("trial_shard", "0/1", "i/n: run only seeds t with t % n == i (--protocol=arrays).")
     flags.DEFINE_integer("trials", 3, "Seeds per variant (0..trials-1).")
     flags.DEFINE_integer("num_rows", None, "Rows (default per scenario: SCENARIO_ROWS).")
@@ -543,7 +544,7 @@ def _main(f) -> None:
                 raise ValueError("--protocol=arrays runs embed_domain=False only (the tests' setting)")
             from experiments.run import _parse_shard
 
-            run_arrays(s, variants, f.trials, out, shard=_parse_shard(f.trial_shard))
+            run_arrays(s, variants, f.trials, out, shard=_parse_shard(f.trial_shard), aggregate_only=f.aggregate_only)
             continue
         run_scenario(s, variants, f.trials, out, f.data_dir, train_kwargs, model_kwargs, f.num_rows)
 
