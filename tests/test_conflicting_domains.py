@@ -1,22 +1,25 @@
 """Every multi-domain mechanism earns its keep on conflicting domains, and only it does.
 
-Data: ``data_prep.synthetic.conflict_arrays`` ("conflict": 5 domains of 50/20/15/9/6 %
-of the rows, the two smallest with the item taste of the largest reversed), 3,000 rows.
-Every model is built with ``embed_domain=False``, so the domain reaches it only through
-its mechanism. The DNN then ranks the two reversed domains backwards (its mean-of-domain
-test AUC is ~0.55; a domain-aware model reaches ~0.8, docs/conflicting_domains.md).
+Data and protocol: ``experiments.conflicting_domains.arrays_data`` /
+``train_on_arrays`` (``ARRAYS_PROTOCOL``: 3,000 rows of the "conflict" scenario, 5
+domains of 50/20/15/9/6 %, the two smallest with the item taste of the largest
+reversed; 2,048 training rows, 6 epochs of Adam 5e-3, batch 128). Every model is built
+with ``embed_domain=False``, so the domain reaches it only through its mechanism; the
+DNN then ranks the reversed domains backwards (mean-of-domain test AUC ~0.53).
 
 For each model of the registry the test asserts
-  1. the model beats the DNN's mean-of-domain test AUC by ``MARGIN``, and
+  1. it beats the DNN's mean-of-domain test AUC by its stated margin, and
   2. the same model with its mechanism neutralised from outside
      (``experiments.conflicting_domains.NEUTRALISERS``: LoRA B ≡ 0, W_d ≡ 1, gates ≡ 1,
-     towers / experts tied, ...) predicts the same for every domain (exactly) and does
-     not beat the DNN by more than ``NEUTRAL_SLACK``.
+     towers / experts tied, ...) predicts the same for every domain (to 1e-6), ranks both
+     reversed domains backwards (AUC < 0.5) and stays below half the margin.
 
-``MARGIN`` = 0.10: in docs/conflicting_domains.md (same data family, 8,000 rows) every
-model that passes beats the DNN by ≥ 0.2 in every seed, and at this file's size the
-smallest margin over seeds 0-2 was 0.17 (PEPNet); a neutralised model is domain-blind, so
-its margin is the DNN's seed noise (|·| < 0.02 measured).
+Margins (docs/conflicting_domains.md, same protocol, seeds 0-2): ``MARGIN = 0.10`` where
+the smallest measured margin is ≥ 0.20 (MLoRA, MI-DPG, DPG, HierRec, Shared-Bottom, MMoE,
+PLE, STAR, M2M, APG, SAR-Net); ``SLOW_MARGIN = 0.05`` for the models that reverse the
+taste slowly, whose smallest margin is 0.10-0.13 (HAMUR's per-domain towers; PEPNet,
+EPNet and AdaSparse's unit gates): a safety factor of about 2 everywhere. Neutralised
+models measured within ±0.045 of the DNN (HAMUR), ±0.025 for the others.
 """
 
 from __future__ import annotations
@@ -30,10 +33,8 @@ import pytest
 from experiments.conflicting_domains import ARRAYS_PROTOCOL, arrays_data, train_on_arrays
 
 MARGIN = 0.10
-# The unit-gate family reverses a taste slowly (docs/conflicting_domains.md): its smallest
-# margin over seeds 0-2 is ~0.10 (AdaSparse, seed 1), so its stated margin is half that.
-GATE_MARGIN = 0.05
-GATED = ("pepnet", "epnet", "adasparse")
+SLOW_MARGIN = 0.05
+SLOW = ("hamur", "pepnet", "epnet", "adasparse")
 REVERSED = (3, 4)  # the two smallest domains (flip = -1)
 SEED = int(os.environ.get("MDR_CONFLICT_TEST_SEED", "0"))  # 0 in CI; 1, 2 were checked too
 
@@ -78,7 +79,7 @@ def test_mechanism_beats_dnn_and_neutralised_does_not(name, data, dnn_auc):
     auc, neutral_auc = float(aucs.mean()), float(neutral_aucs.mean())
     print(f"\n{name}: margin {auc - dnn_auc:+.4f}, neutralised {neutral_auc - dnn_auc:+.4f}; reversed domains "
           f"{aucs[list(REVERSED)].round(3)} / neutralised {neutral_aucs[list(REVERSED)].round(3)}")
-    margin = GATE_MARGIN if name in GATED else MARGIN
+    margin = SLOW_MARGIN if name in SLOW else MARGIN
     assert auc - dnn_auc > margin, f"{name}: {auc:.4f} vs DNN {dnn_auc:.4f}"
     assert _domain_blind(neutral, data[0]) < 1e-6, f"{name}~neutral still depends on the domain"
     assert neutral_auc - dnn_auc < margin / 2, f"{name}~neutral: {neutral_auc:.4f} vs DNN {dnn_auc:.4f}"
