@@ -90,3 +90,23 @@ def test_ppnet_without_domain_input_is_domain_blind(data, dnn_auc):
     aucs, model = _train("ppnet", data)
     assert _domain_blind(model, data[0]) < 1e-6
     assert abs(float(aucs.mean()) - dnn_auc) < MARGIN / 2
+
+
+def test_conflict_data_is_deterministic_and_reversed():
+    from data_prep.synthetic import conflict_arrays
+
+    from mdr_tf import metrics as M
+
+    a, b = conflict_arrays(num_rows=4000, seed=3), conflict_arrays(num_rows=4000, seed=3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    np.testing.assert_array_equal(a["flips"], [1, 1, 1, -1, -1])
+    np.testing.assert_allclose(np.bincount(a["domain"]) / 4000, [0.50, 0.20, 0.15, 0.09, 0.06], atol=0.02)
+    # The item taste alone ranks the kept domains forwards and the reversed ones backwards.
+    taste = a["item_taste"][a["item"]]
+    for k in range(5):
+        auc = M.auc(a["label"][a["domain"] == k], taste[a["domain"] == k])
+        assert (auc > 0.7) if k < 3 else (auc < 0.3), (k, auc)
+    many = conflict_arrays(num_rows=2000, scenario="many_small", seed=0)
+    assert len(many["flips"]) == 20 and set(np.unique(many["flips"])) == {-1.0, 1.0}
+    with pytest.raises(ValueError, match="unknown conflict scenario"):
+        conflict_arrays(scenario="nope")
