@@ -158,8 +158,10 @@ def _n_ple(m) -> None:
 
 
 def _n_m2m(m) -> None:
-    # s = LeakyReLU(e_s W + b) with W ≡ 0: one scenario vector for all, every meta unit shared.
+    # s = LeakyReLU(e_s W + b) with W ≡ 0: one scenario vector for all, every meta unit
+    # shared; likewise the task vector t when it is read from the scenario embedding.
     freeze(m, "scenario/kernel")
+    freeze(m, "task/kernel", required=False)
 
 
 def _n_gates(m) -> None:
@@ -216,7 +218,7 @@ NEUTRALISERS: dict[str, tuple[dict, Callable, str]] = {
     "mmoe": ({}, _n_mmoe, "gates and towers tied"),
     "ple": ({}, _n_ple, "specific experts, gates and towers tied"),
     "star": ({"partitioned_norm": False}, _n_star, "W_d ≡ 1, b_d ≡ 0 frozen, no PN, aux output ≡ 0"),
-    "m2m": ({}, _n_m2m, "scenario vector constant: meta units shared"),
+    "m2m": ({}, _n_m2m, "scenario (and task) vector constant: meta units shared"),
     "pepnet": ({}, _n_gates, "every gate ≡ 1 (output layer zero, frozen)"),
     "ppnet": ({}, _n_gates, "every gate ≡ 1"),
     "epnet": ({}, _n_gates, "gate ≡ 1"),
