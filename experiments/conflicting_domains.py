@@ -56,11 +56,11 @@ def freeze(model, suffix: str, value: float = 0.0, required: bool = True) -> int
     return len(vs)
 
 
-def _tie_fn(shape: Sequence[int], groups: int, axis: int, block: bool) -> Callable:
+def _tie_fn(shape: Sequence[int], groups: int, axis: int) -> Callable:
     """Averages the ``groups`` slices of a weight and broadcasts the mean back.
 
-    ``block=False``: the slices are ``groups`` consecutive equal parts of ``axis``
-    (domain-major stacks ``[D·P, ...]`` or column blocks ``[n, D·w]``).
+    The slices are ``groups`` consecutive equal parts of ``axis`` (domain-major stacks
+    ``[D·P, ...]`` or column blocks ``[n, D·w]``).
     """
     from keras import ops
 
@@ -82,7 +82,7 @@ def tie(model, suffix: str, groups: int, axis: int = 0, required: bool = True) -
     """Ties the ``groups`` per-domain slices of every weight whose path ends with ``suffix``."""
     vs = _weights(model, suffix, required)
     for v in vs:
-        fn = _tie_fn(v.shape, groups, axis, block=False)
+        fn = _tie_fn(v.shape, groups, axis)
         v.assign(fn(v))
         v.constraint = fn
     return len(vs)
@@ -172,7 +172,7 @@ def _n_gates(m) -> None:
 
 def _n_adasparse(m) -> None:
     # π = β σ(α v), v = [e_d ; h] W ≡ 0: π = 2σ(0) = 1 for every unit (fusion form).
-    n = freeze(m, "kernel", required=False) if False else 0  # noqa: SIM108 (explicit loop below)
+    n = 0
     for v in m.weights:
         if "/adasparse_" in v.path and v.path.endswith("/kernel"):
             v.assign(v * 0)
