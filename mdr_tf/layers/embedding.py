@@ -40,6 +40,11 @@ class FeatureEmbedding(keras.layers.Layer):
       assignment: optional embedding assignment policy for streaming, the keyword
         arguments of ``mdr_tf.layers.assignment.EmbeddingAssignment`` (e.g.
         ``{"policy": "autoassign"}``); None or ``{"policy": "full"}``: one row per id.
+      embedding_precision: "fp" (float32 table, default) or a low-precision table
+        ("lpt_dr", "lpt_sr", "alpt"; ``mdr_tf.layers.quantized_embedding``, ALPT, AAAI 2023).
+      embedding_bits: bit width of a low-precision table (2-16).
+      quantization: further ``QuantizedEmbedding`` arguments (step, grad_scale,
+        delta_init, delta_lr, rounding, ...).
     """
 
     def __init__(
@@ -50,6 +55,9 @@ class FeatureEmbedding(keras.layers.Layer):
         embeddings_initializer: Any = "random_normal",
         embeddings_regularizer: Any = None,
         assignment: dict[str, Any] | None = None,
+        embedding_precision: str = "fp",
+        embedding_bits: int = 8,
+        quantization: dict[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -71,14 +79,36 @@ class FeatureEmbedding(keras.layers.Layer):
 
             self.assignment = EmbeddingAssignment(schema, embedding_dim=self.embedding_dim, name="assignment",
                                                   **assignment)
+        self.embedding_precision = str(embedding_precision)
+        self.embedding_bits = int(embedding_bits)
+        self.quantization = dict(quantization or {})
+        self.quantized = None  # QuantizedEmbedding when embedding_precision != "fp"
+        if self.embedding_precision != "fp":
+            from mdr_tf.layers.quantized_embedding import QuantizedEmbedding
+
+            if self.embeddings_regularizer is not None:
+                raise ValueError("FeatureEmbedding: an embeddings regularizer (embedding_l2) is not supported with "
+                                 f"embedding_precision={self.embedding_precision!r}")
+            self.quantized = QuantizedEmbedding(self.total_rows, self.embedding_dim, self.embedding_precision,
+                                                self.embedding_bits, embeddings_initializer=embeddings_initializer,
+                                                name="quantized_table", **self.quantization)
 
     def build(self, input_shape=None):
-        self.table = self.add_weight(name="table", shape=(self.total_rows, self.embedding_dim),
-                                     initializer=self.embeddings_initializer,
-                                     regularizer=self.embeddings_regularizer)
+        if self.quantized is not None:
+            self.quantized.build(None)
+        else:
+            self.table = self.add_weight(name="table", shape=(self.total_rows, self.embedding_dim),
+                                         initializer=self.embeddings_initializer,
+                                         regularizer=self.embeddings_regularizer)
         if self.assignment is not None:
             self.assignment.build(None)
         self.built = True
+
+    def lookup(self, rows):
+        """Rows of the fused table (de-quantised for a low-precision table)."""
+        if self.quantized is not None:
+            return self.quantized.lookup(rows)
+        return ops.take(self.table, rows, axis=0)
 
     def table_rows(self, name: str) -> tuple[int, int]:
         """Row range ``[start, end)`` of a feature (or ``"domain_id"``) in the fused table."""
@@ -117,7 +147,7 @@ class FeatureEmbedding(keras.layers.Layer):
         if self.assignment is not None:  # streaming policies: id -> row remap (threshold, hash)
             rows = self.assignment.remap(rows)
         rows = rows + ops.convert_to_tensor(self.offsets, dtype="int32")
-        gathered = ops.take(self.table, rows, axis=0)  # [B, F+1, d]
+        gathered = self.lookup(rows)  # [B, F+1, d]
         if self.assignment is not None:  # autoassign: shared mixtures for ids not in the kept set
             gathered = self.assignment.transform(local, gathered, training=training)
         gathered = ops.cast(gathered, self.compute_dtype)
@@ -171,6 +201,9 @@ class FeatureEmbedding(keras.layers.Layer):
             "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer)
             if self.embeddings_regularizer else None,
         })
+        if self.embedding_precision != "fp":
+            config.update(embedding_precision=self.embedding_precision, embedding_bits=self.embedding_bits,
+                          quantization=self.quantization)
         if self.assignment_config:
             config["assignment"] = self.assignment_config
         return config

@@ -63,6 +63,12 @@ class MultiDomainModel(keras.Model):
         ``embed_with``) and ``SequenceInterest`` arguments (``attention_units``,
         ``enhance``, ...). "STAR + TEM4CTR interest" is ``STAR(schema, interest={"mode":
         "tem4ctr"})``. See docs/models/tem4ctr.md.
+      embedding_precision: "fp" (float32 table, default), or a low-precision table
+        trained with "lpt_dr" / "lpt_sr" (LPT, deterministic / stochastic rounding) or
+        "alpt" (learned step size); ALPT, AAAI 2023, docs/models/alpt.md.
+      embedding_bits: bit width of a low-precision table (2-16; int8 storage up to 8).
+      embedding_quantization: further ``QuantizedEmbedding`` arguments (``step``,
+        ``grad_scale``, ``delta_init``, ``delta_lr``, ``rounding``).
     """
 
     def __init__(
@@ -74,6 +80,9 @@ class MultiDomainModel(keras.Model):
         embedding_l2: float = 0.0,
         embedding_assignment: dict[str, Any] | None = None,
         interest: dict[str, Any] | None = None,
+        embedding_precision: str = "fp",
+        embedding_bits: int = 8,
+        embedding_quantization: dict[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,11 +94,15 @@ class MultiDomainModel(keras.Model):
             "class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 1e-4}}
         self.embedding_l2 = float(embedding_l2)
         self.embedding_assignment = dict(embedding_assignment) if embedding_assignment else None
+        self.embedding_precision = str(embedding_precision)
+        self.embedding_bits = int(embedding_bits)
+        self.embedding_quantization = dict(embedding_quantization or {})
         self.embedding = FeatureEmbedding(
             schema, embedding_dim=self.embedding_dim, embed_domain=self.embed_domain,
             embeddings_initializer=keras.initializers.get(self.embeddings_initializer),
             embeddings_regularizer=keras.regularizers.L2(self.embedding_l2 / 2) if self.embedding_l2 else None,
-            assignment=self.embedding_assignment, name="embedding")
+            assignment=self.embedding_assignment, embedding_precision=self.embedding_precision,
+            embedding_bits=self.embedding_bits, quantization=self.embedding_quantization, name="embedding")
         self.context_dims = self.embedding.output_dims
         self.interest = dict(interest) if interest else None
         self.interest_layer = None
@@ -125,6 +138,34 @@ class MultiDomainModel(keras.Model):
         self.embedding.build(None)
         self.call(self.dummy_inputs(max(2, self.num_domains)), training=False)
         self.built = True
+
+    # --- low-precision embedding training (LPT / ALPT); a float table uses Keras' own ---
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        q = self.embedding.quantized
+        if q is not None and self.optimizer is not None:
+            # The optimizer also updates the float rows of the low-precision table (a
+            # training scratch that is not a model weight): build it on them now.
+            if not self.built:
+                self.build()
+            if not self.optimizer.built:
+                self.optimizer.build(list(self.trainable_variables) + [q.work])
+            if q.precision == "alpt":
+                q.make_delta_optimizer(self.optimizer)
+
+    def train_step(self, data):
+        q = self.embedding.quantized
+        if q is None:
+            return super().train_step(data)
+        from mdr_tf.layers.quantized_embedding import lpt_train_step
+
+        return lpt_train_step(self, q, data)
+
+    def extra_optimizer_variables(self) -> list:
+        """Training state outside ``self.optimizer`` (ALPT's Δ optimizer), for checkpoints."""
+        q = self.embedding.quantized
+        opt = q.delta_optimizer if q is not None else None
+        return list(opt.variables) if opt is not None else []
 
     def compute_logit(self, inputs: dict[str, Any], ctx: dict[str, Any], training: bool | None = None):
         raise NotImplementedError
@@ -164,6 +205,8 @@ class MultiDomainModel(keras.Model):
             "embedding_l2": self.embedding_l2,
             **({"embedding_assignment": self.embedding_assignment} if self.embedding_assignment else {}),
             **({"interest": self.interest} if self.interest else {}),
+            **({"embedding_precision": self.embedding_precision, "embedding_bits": self.embedding_bits,
+                "embedding_quantization": self.embedding_quantization} if self.embedding_precision != "fp" else {}),
         }
 
     @classmethod

@@ -116,7 +116,9 @@ class HierRec(MultiDomainModel):
     def scenario_table(self):
         """Scenario-id embeddings of all D scenarios, [D, d] (rows of the fused table)."""
         start, end = self.embedding.table_rows(self.schema.domain_key)
-        return ops.cast(self.embedding.table[start:end], self.compute_dtype)
+        rows = (self.embedding.table[start:end] if self.embedding.quantized is None
+                else self.embedding.lookup(ops.arange(start, end)))  # a low-precision table (ALPT)
+        return ops.cast(rows, self.compute_dtype)
 
     def _explicit_condition(self, row_by_row: bool = True):
         # At inference one scenario at a time: a scenario's condition then does not depend
