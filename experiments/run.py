@@ -60,6 +60,23 @@ def parse_model_args(text: str) -> dict[str, Any]:
         raise app.UsageError(f"--model_args is not valid JSON: {e}")
 
 
+def embedding_kwargs(precision: str, bits: int, quantization: str | dict = "{}") -> dict[str, Any]:
+    """Model arguments of a low-precision embedding table (none for "fp", so fp trial keys are unchanged)."""
+    if precision == "fp":
+        return {}
+    if not 2 <= bits <= 16:
+        raise app.UsageError(f"--embedding_bits={bits}: expected 2..16")
+    q = quantization
+    if isinstance(q, str):
+        try:
+            q = json.loads(q)
+        except json.JSONDecodeError as e:
+            raise app.UsageError(f"--embedding_quantization is not valid JSON: {e}")
+    if not isinstance(q, dict):
+        raise app.UsageError(f"--embedding_quantization: expected a JSON object, got {q!r}")
+    return {"embedding_precision": precision, "embedding_bits": int(bits), "embedding_quantization": q}
+
+
 def define_flags() -> None:
     define_data_flags()
     define_training_flags(epochs=4)  # the main job's default keeps it under 15 min
@@ -77,6 +94,12 @@ def define_flags() -> None:
     flags.DEFINE_boolean("tensorboard", False, "Log every trial to <output_dir>/tensorboard/.")
     flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker_mirrored"],
                       "tf.distribute strategy (--batch_size is the global batch).")
+    flags.DEFINE_enum("embedding_precision", "fp", ["fp", "lpt_dr", "lpt_sr", "alpt"],
+                      "Embedding table precision: float32, or low-precision training with deterministic / "
+                      "stochastic rounding (LPT) or a learned step size (ALPT); docs/models/alpt.md.")
+    flags.DEFINE_integer("embedding_bits", 8, "Bit width of a low-precision embedding table (2-16).")
+    flags.DEFINE_string("embedding_quantization", "{}", 'JSON: further QuantizedEmbedding arguments, e.g. '
+                        '{"step": "table", "delta_lr": 1e-5, "grad_scale": "mpe"}.')
     flags.DEFINE_boolean("checkpoint", True, "Checkpoint every epoch under <output_dir>/checkpoints so a "
                          "killed run resumes mid-trial.")
 
@@ -379,6 +402,7 @@ def _main(f: flags.FlagValues) -> None:
     model_kwargs: dict[str, Any] = {"embedding_dim": f.embedding_dim}
     if f.hidden_units:
         model_kwargs["hidden_units"] = [int(u) for u in f.hidden_units]
+    model_kwargs.update(embedding_kwargs(f.embedding_precision, f.embedding_bits, f.embedding_quantization))
     train_kwargs = train_kwargs_from_flags(f, monitor=f.monitor, mode=f.mode, strategy=f.strategy)
     flags_record = {flag.name: flag.value for flag in f.get_flags_for_module(sys.modules[__name__])}
     run(dataset=f.dataset, raw_path=f.raw_path, data_dir=f.data_dir,

@@ -23,7 +23,9 @@ def is_per_domain(variable) -> bool:
 
 def parameter_report(model: keras.Model) -> dict[str, int]:
     """Counts ``total``, ``trainable``, ``shared``, ``per_domain`` (all domains together),
-    ``per_domain_each`` (per_domain / D) and ``generated_per_sample``."""
+    ``per_domain_each`` (per_domain / D), ``generated_per_sample`` and ``table_bytes``
+    (the stored embedding table: float32, or integers + float32 Δ for a low-precision
+    table, ``QuantizedEmbedding.table_bytes``)."""
     total = trainable = per_domain = 0
     for v in model.weights:
         n = math.prod(v.shape)
@@ -38,6 +40,11 @@ def parameter_report(model: keras.Model) -> dict[str, int]:
         if callable(fn):
             generated += int(fn())
     d = getattr(model, "num_domains", 1) or 1
+    table_bytes = 0
+    for layer in model._flatten_layers(include_self=False):
+        if hasattr(layer, "quantized") and hasattr(layer, "total_rows"):  # FeatureEmbedding
+            table_bytes += (layer.quantized.table_bytes() if layer.quantized is not None
+                            else 4 * layer.total_rows * layer.embedding_dim)
     return {"total": int(total), "trainable": int(trainable), "shared": int(trainable - per_domain),
             "per_domain": int(per_domain), "per_domain_each": int(per_domain // d),
-            "generated_per_sample": int(generated)}
+            "generated_per_sample": int(generated), "table_bytes": int(table_bytes)}

@@ -359,6 +359,12 @@ def reseed_layers(model: keras.Model, seed: int) -> None:
             i += 1
 
 
+def _optimizer_variables(model: keras.Model) -> list:
+    """The optimizer's variables plus any the model keeps elsewhere (ALPT's Δ optimizer)."""
+    extra = getattr(model, "extra_optimizer_variables", None)
+    return list(model.optimizer.variables) + (list(extra()) if callable(extra) else [])
+
+
 def _save_state(model: keras.Model, stopper: ExactEarlyStopping, epoch: int, directory: str) -> None:
     """Writes the training state after ``epoch`` into ``directory`` atomically."""
     import json
@@ -369,7 +375,7 @@ def _save_state(model: keras.Model, stopper: ExactEarlyStopping, epoch: int, dir
     os.makedirs(directory, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".state.tmp-", dir=directory)
     model.save_weights(os.path.join(tmp, "model.weights.h5"))
-    np.savez(os.path.join(tmp, "optimizer.npz"), *[np.asarray(v) for v in model.optimizer.variables])
+    np.savez(os.path.join(tmp, "optimizer.npz"), *[np.asarray(v) for v in _optimizer_variables(model)])
     if stopper.best_weights is not None:
         np.savez(os.path.join(tmp, "best.npz"), *stopper.best_weights)
     with open(os.path.join(tmp, "state.json"), "w") as f:
@@ -399,10 +405,11 @@ def _load_state(model: keras.Model, stopper: ExactEarlyStopping, directory: str)
     model.optimizer.build(model.trainable_variables)
     with np.load(os.path.join(final, "optimizer.npz")) as z:
         values = [z[f"arr_{i}"] for i in range(len(z.files))]
-    if len(values) != len(model.optimizer.variables):
+    opt_vars = _optimizer_variables(model)
+    if len(values) != len(opt_vars):
         raise ValueError(f"{final}: checkpoint has {len(values)} optimizer variables, the model "
-                         f"{len(model.optimizer.variables)}; was it written by another model?")
-    for v, x in zip(model.optimizer.variables, values):
+                         f"{len(opt_vars)}; was it written by another model?")
+    for v, x in zip(opt_vars, values):
         v.assign(x)
     stopper.load_state(state["stopper"])
     best = os.path.join(final, "best.npz")

@@ -166,14 +166,17 @@ class QuantizedEmbedding(keras.layers.Layer):
       rounding: re-quantisation rounding, "stochastic" or "deterministic"; default by
         precision (LPT-DR deterministic, LPT-SR and ALPT stochastic). Also used at build.
       min_delta: lower bound kept on Δ after each ALPT update.
-      embeddings_initializer: initializer of the float table ``E₀`` that is quantised
-        at build.
+      init_stddev: the float table ``E₀`` quantised at build is N(0, init_stddev²)
+        (mpe: 0.003); None uses ``embeddings_initializer`` instead (mdr_tf's float
+        default N(0, 1e-4²) would give Δ₀ ≈ 1e-5 at 8 bits, a range of ±0.002, far below
+        the ≈0.02-0.15 magnitudes a float table reaches on ML-100k).
+      embeddings_initializer: initializer of ``E₀`` when ``init_stddev`` is None.
       seed: seed of stochastic rounding.
     """
 
     def __init__(self, input_dim: int, output_dim: int, precision: str = "alpt", bits: int = 8,
                  step: str = "row", grad_scale: str = "lsq", delta_init: Any = "mpe", delta_lr: float = 1e-6,
-                 rounding: str | None = None, min_delta: float = 1e-10,
+                 rounding: str | None = None, min_delta: float = 1e-10, init_stddev: float | None = 0.003,
                  embeddings_initializer: Any = "random_normal", seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if precision not in PRECISIONS or precision == "fp":
@@ -193,6 +196,7 @@ class QuantizedEmbedding(keras.layers.Layer):
         self.precision, self.bits, self.step = precision, int(bits), step
         self.grad_scale, self.delta_init, self.delta_lr = grad_scale, delta_init, float(delta_lr)
         self.rounding, self.min_delta = rounding, float(min_delta)
+        self.init_stddev = None if init_stddev is None else float(init_stddev)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -206,7 +210,9 @@ class QuantizedEmbedding(keras.layers.Layer):
 
     def build(self, input_shape=None):
         n, d = self.input_dim, self.output_dim
-        e0 = np.asarray(keras.ops.convert_to_numpy(self.embeddings_initializer((n, d), "float32")), np.float32)
+        init = (self.embeddings_initializer if self.init_stddev is None
+                else keras.initializers.RandomNormal(0.0, self.init_stddev, seed=self.seed))
+        e0 = np.asarray(keras.ops.convert_to_numpy(init((n, d), "float32")), np.float32)
         if self.delta_init == "mpe":
             d0 = 2.0 * float(np.mean(np.abs(e0))) / math.sqrt(2 ** (self.bits - 1))
             d0 = d0 if d0 > 0 else 1e-4
@@ -329,6 +335,7 @@ class QuantizedEmbedding(keras.layers.Layer):
             "input_dim": self.input_dim, "output_dim": self.output_dim, "precision": self.precision,
             "bits": self.bits, "step": self.step, "grad_scale": self.grad_scale, "delta_init": self.delta_init,
             "delta_lr": self.delta_lr, "rounding": self.rounding, "min_delta": self.min_delta,
+            "init_stddev": self.init_stddev,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer), "seed": self.seed,
         })
         return config

@@ -1,0 +1,220 @@
+"""ALPT / LPT measurement: AUC, LogLoss, training speed and table bytes per embedding precision.
+
+For every model and every configuration (fp32, and {LPT-DR, LPT-SR, ALPT} × bit widths)
+runs ``experiments.run`` trials (one resumable trial log per configuration under
+``<output_dir>/<config>/``), then writes one table (``table.md``, ``table.csv``): test AUC and
+LogLoss mean ± std over trials, the AUC difference to fp32 with Welch's p, the stored table
+bytes and the SavedModel size. ``--speed`` also measures training samples/s of every
+configuration relative to fp32, interleaved in this process (fused XLA training path, one
+epoch of each configuration per round, median over rounds).
+
+  python -m experiments.alpt --models=dnn,mlora,star --trials=3 --epochs=2
+  python -m experiments.alpt --aggregate_only      # rebuild the table from the trial logs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+from absl import flags
+
+from experiments.run import (_atomic_write, _parse_options, define_data_flags, define_training_flags, embedding_kwargs,
+                             run, train_kwargs_from_flags)
+
+
+def configs(modes: Sequence[str], bits: Sequence[int]) -> list[tuple[str, int]]:
+    """``("fp", 32)`` then every (mode, bits)."""
+    return [("fp", 32)] + [(m, int(b)) for b in bits for m in modes]
+
+
+def config_name(mode: str, bits: int) -> str:
+    return "fp32" if mode == "fp" else f"{mode}-{bits}"
+
+
+def _welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def saved_model_bytes(model) -> int:
+    """Bytes of the exported SavedModel's variables (``mdr_tf.export``)."""
+    from mdr_tf.export import export_saved_model
+
+    with tempfile.TemporaryDirectory() as d:
+        path = export_saved_model(model, d, version=1)
+        var_dir = os.path.join(path, "variables")
+        return sum(os.path.getsize(os.path.join(var_dir, f)) for f in os.listdir(var_dir))
+
+
+def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant: dict, batch_size: int,
+          steps_per_execution: int, rounds: int, log=print) -> dict[str, dict[str, float]]:
+    """Training samples/s per (model, config), interleaved: one epoch of each per round, medians.
+
+    Uses the default fused training path (``mdr_tf.training.fit``: K steps in one XLA
+    program gathering from in-memory columns). Also records the SavedModel size.
+    """
+    import keras
+
+    from mdr_tf import registry
+    from mdr_tf.data import in_memory_index_batches
+    from mdr_tf.fused import install_on_columns
+    from mdr_tf.params import parameter_report
+    from mdr_tf.training import TrainConfig, compile_model
+
+    out: dict[str, dict[str, float]] = {}
+    for name in models:
+        epochs = {}
+        for mode, bits in cfgs:
+            keras.utils.set_random_seed(0)
+            model = registry.get(name).build(schema, **embedding_kwargs(mode, bits, quant))
+            model.build()
+            compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1))
+
+            def blocks():
+                return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
+                                               domains=list(range(schema.num_domains)),
+                                               label_key=schema.label_keys[0], drop_remainder=True)
+
+            feats, labels, _ = blocks()
+            install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
+            ds = blocks()[2].batch(steps_per_execution)
+            n_fit = (len(labels) // batch_size) * batch_size
+            key = config_name(mode, bits)
+            out[f"{name}/{key}"] = {"saved_model_bytes": saved_model_bytes(model),
+                                    "table_bytes": parameter_report(model)["table_bytes"]}
+
+            def epoch(model=model, ds=ds, n=n_fit):
+                model.fit(ds, epochs=1, verbose=0)
+                return n
+
+            epoch()  # compile + warm-up
+            epochs[key] = epoch
+        rates: dict[str, list[float]] = {k: [] for k in epochs}
+        for r in range(rounds):
+            for key, fn in epochs.items():
+                t = time.perf_counter()
+                rates[key].append(fn() / (time.perf_counter() - t))
+            log(f"speed {name}: round {r + 1}/{rounds} done")
+        fp = statistics.median(rates["fp32"])
+        for key, rs in rates.items():
+            med = statistics.median(rs)
+            out[f"{name}/{key}"].update(samples_per_s=med, relative_to_fp32=med / fp)
+            log(f"speed {name:>8} {key:>10}: {med:,.0f} samples/s ({med / fp:.2f}× fp32), SavedModel "
+                f"{out[f'{name}/{key}']['saved_model_bytes']:,} B")
+        keras.backend.clear_session()
+    return out
+
+
+def table(rows_by_cfg: dict[str, list[dict]], models: Sequence[str], cfgs: Sequence[tuple[str, int]],
+          speeds: dict[str, dict[str, float]]) -> tuple[str, str]:
+    """Markdown and CSV: per model × config AUC / LogLoss mean ± std, ΔAUC vs fp32 (Welch p), bytes, speed."""
+    import numpy as np
+
+    md = ["| model | config | AUC | LogLoss | ΔAUC vs fp32 | p (Welch) | table bytes | SavedModel bytes | "
+          "train speed vs fp32 | trials |", "|" + "---|" * 10]
+    csv = ["model,config,auc_mean,auc_std,logloss_mean,logloss_std,dauc,p_welch,table_bytes,saved_model_bytes,"
+           "speed_rel,trials"]
+    for name in models:
+        fp = [r for r in rows_by_cfg.get("fp32", []) if r["model"] == name]
+        fp_auc = [r["test_auc"] for r in fp]
+        for mode, bits in cfgs:
+            key = config_name(mode, bits)
+            rs = [r for r in rows_by_cfg.get(key, []) if r["model"] == name]
+            if not rs:
+                continue
+            auc = [r["test_auc"] for r in rs]
+            ll = [r["test_logloss"] for r in rs]
+            sp = speeds.get(f"{name}/{key}", {})
+            dauc = float(np.mean(auc) - np.mean(fp_auc)) if fp_auc else float("nan")
+            p = _welch_p(auc, fp_auc) if key != "fp32" else float("nan")
+            tb = rs[0].get("params_table_bytes", sp.get("table_bytes", 0))
+            smb = sp.get("saved_model_bytes")
+            rel = sp.get("relative_to_fp32")
+            md.append(f"| {name} | {key} | {np.mean(auc):.4f} ± {np.std(auc, ddof=1) if len(auc) > 1 else 0:.4f} | "
+                      f"{np.mean(ll):.4f} ± {np.std(ll, ddof=1) if len(ll) > 1 else 0:.4f} | "
+                      f"{'' if key == 'fp32' else f'{dauc:+.4f}'} | {'' if key == 'fp32' else f'{p:.3f}'} | "
+                      f"{tb:,} | {'' if smb is None else f'{smb:,}'} | {'' if rel is None else f'{rel:.2f}×'} | "
+                      f"{len(rs)} |")
+            csv.append(",".join(str(v) for v in [
+                name, key, np.mean(auc), np.std(auc, ddof=1) if len(auc) > 1 else 0, np.mean(ll),
+                np.std(ll, ddof=1) if len(ll) > 1 else 0, dauc, p, tb, "" if smb is None else smb,
+                "" if rel is None else rel, len(rs)]))
+    return "\n".join(md) + "\n", "\n".join(csv) + "\n"
+
+
+def define_flags() -> None:
+    define_data_flags()
+    define_training_flags(epochs=2)
+    flags.DEFINE_list("models", ["dnn", "mlora", "star"], "Models.")
+    flags.DEFINE_list("modes", ["lpt_dr", "lpt_sr", "alpt"], "Low-precision modes.")
+    flags.DEFINE_list("bits", ["16", "8", "4", "2"], "Bit widths.")
+    flags.DEFINE_integer("trials", 3, "Trials per model and configuration.")
+    flags.DEFINE_integer("seed_base", 0, "Trial t uses seed seed_base + t.")
+    flags.DEFINE_string("embedding_quantization", "{}", "JSON: QuantizedEmbedding arguments for every config.")
+    flags.DEFINE_string("output_dir", "results/alpt", "Results folder (one trial log per config below it).")
+    flags.DEFINE_boolean("speed", True, "Measure training samples/s relative to fp32 (interleaved) and sizes.")
+    flags.DEFINE_integer("speed_rounds", 3, "Interleaved rounds (one epoch of every config each).")
+    flags.DEFINE_boolean("accuracy", True, "Run the trials (off: speed only).")
+    flags.DEFINE_boolean("aggregate_only", False, "Rebuild the table from the trial logs without training.")
+
+
+def _main(f: flags.FlagValues) -> None:
+    import mdr_tf  # noqa: F401
+    from experiments.run import _git_commit, _versions, prepare_dataset
+    from mdr_tf.schema import Schema
+
+    quant = json.loads(f.embedding_quantization)
+    cfgs = configs(f.modes, [int(b) for b in f.bits])
+    os.makedirs(f.output_dir, exist_ok=True)
+    commit = _git_commit()
+    t0 = time.time()
+    train_kwargs = train_kwargs_from_flags(f)
+    rows_by_cfg: dict[str, list[dict]] = {}
+    for i, (mode, bits) in enumerate(cfgs):
+        key = config_name(mode, bits)
+        if not f.accuracy and not f.aggregate_only:
+            break
+        print(f"=== config {i + 1}/{len(cfgs)}: {key} ({time.time() - t0:.0f}s elapsed)", flush=True)
+        res = run(dataset=f.dataset, raw_path=f.raw_path, data_dir=f.data_dir,
+                  dataset_options=_parse_options(f.dataset_options), models=f.models, trials=f.trials,
+                  seed_base=f.seed_base, train_kwargs=train_kwargs, model_kwargs=embedding_kwargs(mode, bits, quant),
+                  output_dir=os.path.join(f.output_dir, key), aggregate_only=f.aggregate_only,
+                  log=lambda s: print(s, flush=True) if not s.startswith("\n#") else None)
+        rows_by_cfg[key] = res["rows"]
+    speeds: dict[str, dict[str, float]] = {}
+    speed_path = os.path.join(f.output_dir, "speed.json")
+    if f.speed and not f.aggregate_only:
+        schema = Schema.load(prepare_dataset(f.dataset, f.data_dir, f.raw_path, _parse_options(f.dataset_options)))
+        speeds = speed(schema, f.models, cfgs, quant, f.batch_size, f.steps_per_execution, f.speed_rounds)
+        _atomic_write(speed_path, json.dumps(speeds, indent=2) + "\n")
+    elif os.path.exists(speed_path):
+        with open(speed_path) as fh:
+            speeds = json.load(fh)
+    md, csv = table(rows_by_cfg, f.models, cfgs, speeds)
+    title = (f"# ALPT / LPT on {f.dataset}: test metrics, mean ± std over {f.trials} trials, {f.epochs} epochs\n\n")
+    _atomic_write(os.path.join(f.output_dir, "table.md"), title + md)
+    _atomic_write(os.path.join(f.output_dir, "table.csv"), csv)
+    meta = {"git_commit": commit, "versions": _versions(), "argv": sys.argv,
+            "flags": {fl.name: fl.value for fl in f.get_flags_for_module(sys.modules[__name__])},
+            "train": train_kwargs, "quantization": quant, "wall_seconds": round(time.time() - t0, 1)}
+    _atomic_write(os.path.join(f.output_dir, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
+    print("\n" + title + md, flush=True)
+
+
+def cli() -> None:
+    from data_prep.common import run_cli
+
+    run_cli(define_flags, _main, errors=(ValueError,))
+
+
+if __name__ == "__main__":
+    cli()
