@@ -350,6 +350,14 @@ class QuantizedEmbedding(keras.layers.Layer):
             self.work.assign(self.dequantize(tf.range(self.input_dim)))
 
 
+def check_single_replica() -> None:
+    """Raises a clear error under a ``tf.distribute`` strategy with more than one replica."""
+    if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        raise ValueError("low-precision embeddings (LPT/ALPT) train on one replica only: each replica reads and "
+                         "re-quantises its own batch's rows, and those scatter updates are not synchronised "
+                         "across replicas; use strategy='default' or embedding_precision='fp'")
+
+
 def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str, Any]:
     """One LPT / ALPT training step of ``model`` whose embedding table is ``q`` (steps 1-4 above).
 
@@ -359,10 +367,7 @@ def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str,
     from keras.src.trainers.data_adapters import data_adapter_utils
     from keras.src import tree
 
-    if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        raise ValueError("low-precision embeddings (LPT/ALPT) train on one replica only: the re-quantisation "
-                         "of each replica's rows is not synchronised across replicas; use strategy='default' "
-                         "or embedding_precision='fp'")
+    check_single_replica()
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
     batch = tf.shape(next(i for i in tree.flatten(x) if i is not None))[0]
     with q.training_pass("work") as touched:

@@ -143,6 +143,10 @@ class MultiDomainModel(keras.Model):
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
         q = self.embedding.quantized
+        if q is not None:
+            from mdr_tf.layers.quantized_embedding import check_single_replica
+
+            check_single_replica()
         if q is not None and self.optimizer is not None:
             # The optimizer also updates the float rows of the low-precision table (a
             # training scratch that is not a model weight): build it on them now.
