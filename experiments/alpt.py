@@ -89,8 +89,7 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
             ds = blocks()[2].batch(steps_per_execution)
             n_fit = (len(labels) // batch_size) * batch_size
             key = config_name(mode, bits)
-            out[f"{name}/{key}"] = {"saved_model_bytes": saved_model_bytes(model),
-                                    "table_bytes": parameter_report(model)["table_bytes"]}
+            out[f"{name}/{key}"] = {"table_bytes": parameter_report(model)["table_bytes"]}
 
             def epoch(model=model, ds=ds, n=n_fit):
                 model.fit(ds, epochs=1, verbose=0)
@@ -108,8 +107,34 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
         for key, rs in rates.items():
             med = statistics.median(rs)
             out[f"{name}/{key}"].update(samples_per_s=med, relative_to_fp32=med / fp)
-            log(f"speed {name:>8} {key:>10}: {med:,.0f} samples/s ({med / fp:.2f}× fp32), SavedModel "
-                f"{out[f'{name}/{key}']['saved_model_bytes']:,} B")
+            log(f"speed {name:>8} {key:>10}: {med:,.0f} samples/s ({med / fp:.2f}× fp32)")
+        keras.backend.clear_session()
+    return out
+
+
+def sizes(schema, models: Sequence[str], bits: Sequence[int], quant: dict, log=print) -> dict[str, dict[str, int]]:
+    """SavedModel variable bytes and stored table bytes per model: fp32 and ALPT at each bit width.
+
+    The storage does not depend on the training mode (LPT and ALPT store the same codes + Δ).
+    """
+    import keras
+
+    from mdr_tf import registry
+    from mdr_tf.params import parameter_report
+
+    out: dict[str, dict[str, int]] = {}
+    for name in models:
+        for mode, b in [("fp", 32)] + [("alpt", int(b)) for b in bits]:
+            keras.utils.set_random_seed(0)
+            model = registry.get(name).build(schema, **embedding_kwargs(mode, b, quant))
+            model.build()
+            key = "fp32" if mode == "fp" else f"{b}bit"
+            q = model.embedding.quantized
+            out[f"{name}/{key}"] = {"saved_model_bytes": saved_model_bytes(model),
+                                    "table_bytes": parameter_report(model)["table_bytes"],
+                                    "table_bytes_packed": q.table_bytes(packed=True) if q is not None
+                                    else parameter_report(model)["table_bytes"]}
+            log(f"size {name:>8} {key:>6}: {out[f'{name}/{key}']}")
         keras.backend.clear_session()
     return out
 
@@ -133,7 +158,12 @@ def table(rows_by_cfg: dict[str, list[dict]], models: Sequence[str], cfgs: Seque
                 continue
             auc = [r["test_auc"] for r in rs]
             ll = [r["test_logloss"] for r in rs]
-            sp = speeds.get(f"{name}/{key}", {})
+            sp = dict(speeds.get(f"{name}/{key}", {}))
+            sp.update(speeds.get(f"{name}/{'fp32' if key == 'fp32' else f'{bits}bit'}", {}))
+            if key != "fp32" and f"{name}/{mode}-{bits}" not in speeds:  # speed measured at one bit width
+                other = [k for k in speeds if k.startswith(f"{name}/{mode}-") and "relative_to_fp32" in speeds[k]]
+                if other:
+                    sp["relative_to_fp32"] = speeds[other[0]]["relative_to_fp32"]
             dauc = float(np.mean(auc) - np.mean(fp_auc)) if fp_auc else float("nan")
             p = _welch_p(auc, fp_auc) if key != "fp32" else float("nan")
             tb = rs[0].get("params_table_bytes", sp.get("table_bytes", 0))
@@ -163,7 +193,11 @@ def define_flags() -> None:
     flags.DEFINE_string("output_dir", "results/alpt", "Results folder (one trial log per config below it).")
     flags.DEFINE_boolean("speed", True, "Measure training samples/s relative to fp32 (interleaved) and sizes.")
     flags.DEFINE_integer("speed_rounds", 3, "Interleaved rounds (one epoch of every config each).")
+    flags.DEFINE_integer("speed_bits", 8, "Bit width of the speed runs (speed does not depend on it; the "
+                         "table shows this figure for every bit width).")
     flags.DEFINE_boolean("accuracy", True, "Run the trials (off: speed only).")
+    flags.DEFINE_boolean("include_fp", True, "Run the fp32 trials too (off: split a sweep over processes "
+                         "by bit width, the fp32 trials run by one of them).")
     flags.DEFINE_boolean("aggregate_only", False, "Rebuild the table from the trial logs without training.")
 
 
@@ -183,6 +217,8 @@ def _main(f: flags.FlagValues) -> None:
         key = config_name(mode, bits)
         if not f.accuracy and not f.aggregate_only:
             break
+        if mode == "fp" and not f.include_fp and not f.aggregate_only:
+            continue
         print(f"=== config {i + 1}/{len(cfgs)}: {key} ({time.time() - t0:.0f}s elapsed)", flush=True)
         res = run(dataset=f.dataset, raw_path=f.raw_path, data_dir=f.data_dir,
                   dataset_options=_parse_options(f.dataset_options), models=f.models, trials=f.trials,
@@ -194,7 +230,9 @@ def _main(f: flags.FlagValues) -> None:
     speed_path = os.path.join(f.output_dir, "speed.json")
     if f.speed and not f.aggregate_only:
         schema = Schema.load(prepare_dataset(f.dataset, f.data_dir, f.raw_path, _parse_options(f.dataset_options)))
-        speeds = speed(schema, f.models, cfgs, quant, f.batch_size, f.steps_per_execution, f.speed_rounds)
+        speeds = speed(schema, f.models, configs(f.modes, [f.speed_bits]), quant, f.batch_size,
+                       f.steps_per_execution, f.speed_rounds)
+        speeds.update(sizes(schema, f.models, [int(b) for b in f.bits], quant))
         _atomic_write(speed_path, json.dumps(speeds, indent=2) + "\n")
     elif os.path.exists(speed_path):
         with open(speed_path) as fh:
