@@ -130,6 +130,9 @@ def _instantiate(model: keras.Model, schema_cfg: dict[str, Any]) -> keras.Model:
 def _check_model(model: keras.Model) -> None:
     if not hasattr(model, "schema_config") or not hasattr(model, "num_domains"):
         raise ValueError(f"{type(model).__name__}: onboarding needs a MultiDomainModel (schema config, num_domains)")
+    if getattr(getattr(model, "embedding", None), "quantized", None) is not None:
+        raise ValueError(f"{type(model).__name__}: onboarding a domain needs a float embedding table; this model "
+                         f"has a low-precision one (embedding_precision={model.embedding.embedding_precision!r})")
     if not model.built:
         model.build()
 
