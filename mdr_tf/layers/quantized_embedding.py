@@ -166,6 +166,9 @@ class QuantizedEmbedding(keras.layers.Layer):
       rounding: re-quantisation rounding, "stochastic" or "deterministic"; default by
         precision (LPT-DR deterministic, LPT-SR and ALPT stochastic). Also used at build.
       min_delta: lower bound kept on Δ after each ALPT update.
+      rerounded: rows re-quantised after each step: "touched" (the rows the batch read,
+        Hetu; default) or "all" (the whole table, mpe: the optimizer's momentum then also
+        moves rows the batch did not read, as in float training).
       init_stddev: the float table ``E₀`` quantised at build is N(0, init_stddev²)
         (mpe: 0.003); None uses ``embeddings_initializer`` instead (mdr_tf's float
         default N(0, 1e-4²) would give Δ₀ ≈ 1e-5 at 8 bits, a range of ±0.002, far below
@@ -177,6 +180,7 @@ class QuantizedEmbedding(keras.layers.Layer):
     def __init__(self, input_dim: int, output_dim: int, precision: str = "alpt", bits: int = 8,
                  step: str = "row", grad_scale: str = "lsq", delta_init: Any = "mpe", delta_lr: float = 1e-6,
                  rounding: str | None = None, min_delta: float = 1e-10, init_stddev: float | None = 0.003,
+                 rerounded: str = "touched",
                  embeddings_initializer: Any = "random_normal", seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if precision not in PRECISIONS or precision == "fp":
@@ -196,6 +200,9 @@ class QuantizedEmbedding(keras.layers.Layer):
         self.precision, self.bits, self.step = precision, int(bits), step
         self.grad_scale, self.delta_init, self.delta_lr = grad_scale, delta_init, float(delta_lr)
         self.rounding, self.min_delta = rounding, float(min_delta)
+        if rerounded not in ("touched", "all"):
+            raise ValueError(f"QuantizedEmbedding: rerounded must be touched or all, got {rerounded!r}")
+        self.rerounded = rerounded
         self.init_stddev = None if init_stddev is None else float(init_stddev)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.seed = seed
@@ -335,7 +342,7 @@ class QuantizedEmbedding(keras.layers.Layer):
             "input_dim": self.input_dim, "output_dim": self.output_dim, "precision": self.precision,
             "bits": self.bits, "step": self.step, "grad_scale": self.grad_scale, "delta_init": self.delta_init,
             "delta_lr": self.delta_lr, "rounding": self.rounding, "min_delta": self.min_delta,
-            "init_stddev": self.init_stddev,
+            "init_stddev": self.init_stddev, "rerounded": self.rerounded,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer), "seed": self.seed,
         })
         return config
@@ -387,5 +394,9 @@ def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str,
                 y2 = model(x, training=True)
                 loss2 = model._compute_loss(x=x, y=y, y_pred=y2, sample_weight=sample_weight, training=True)
         q.update_delta(tape2.gradient(loss2, q.delta.value), rows)
-    q.requantize(rows)
+    if q.rerounded == "all":
+        q.requantize(tf.range(q.input_dim))
+        q.work.assign(q.dequantize(tf.range(q.input_dim)))  # the float rows are the stored values again
+    else:
+        q.requantize(rows)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

@@ -229,3 +229,17 @@ def test_checkpoint_keeps_the_delta_optimizer_state(synth_schema, tmp_path):
     # the float rows are re-synchronised from the loaded integers
     q = fresh.embedding.quantized
     np.testing.assert_array_equal(q.work.numpy(), q.codes.numpy() * q.delta.numpy())
+
+
+def test_rerounding_the_whole_table_moves_unread_rows_by_momentum(synth_schema):
+    m = _model(synth_schema, "lpt_dr", 8, rerounded="all")
+    q = m.embedding.quantized
+    x, y = _batch(synth_schema, 32, seed=0)
+    m.train_on_batch(x, y)
+    x2, y2 = _batch(synth_schema, 32, seed=1)
+    unread = np.setdiff1d(np.arange(q.input_dim), sorted(_rows_read(m, x2)))
+    moved = np.setdiff1d(unread, np.setdiff1d(np.arange(q.input_dim), sorted(_rows_read(m, x))))  # read only at step 1
+    codes0 = q.codes.numpy().copy()
+    m.train_on_batch(x2, y2)
+    assert (q.codes.numpy()[moved] != codes0[moved]).any()  # Adam's momentum reaches them (mpe)
+    np.testing.assert_array_equal(q.work.numpy(), q.codes.numpy() * q.delta.numpy())
