@@ -86,6 +86,9 @@ class FeatureEmbedding(keras.layers.Layer):
         if self.embedding_precision != "fp":
             from mdr_tf.layers.quantized_embedding import QuantizedEmbedding
 
+            if self.assignment is not None:
+                raise ValueError("FeatureEmbedding: an embedding assignment policy is not supported with "
+                                 f"embedding_precision={self.embedding_precision!r}")
             if self.embeddings_regularizer is not None:
                 raise ValueError("FeatureEmbedding: an embeddings regularizer (embedding_l2) is not supported with "
                                  f"embedding_precision={self.embedding_precision!r}")
@@ -104,7 +107,7 @@ class FeatureEmbedding(keras.layers.Layer):
             self.assignment.build(None)
         self.built = True
 
-    def lookup(self, rows):
+    def gather_rows(self, rows):
         """Rows of the fused table (de-quantised for a low-precision table)."""
         if self.quantized is not None:
             return self.quantized.lookup(rows)
@@ -147,7 +150,7 @@ class FeatureEmbedding(keras.layers.Layer):
         if self.assignment is not None:  # streaming policies: id -> row remap (threshold, hash)
             rows = self.assignment.remap(rows)
         rows = rows + ops.convert_to_tensor(self.offsets, dtype="int32")
-        gathered = self.lookup(rows)  # [B, F+1, d]
+        gathered = self.gather_rows(rows)  # [B, F+1, d]
         if self.assignment is not None:  # autoassign: shared mixtures for ids not in the kept set
             gathered = self.assignment.transform(local, gathered, training=training)
         gathered = ops.cast(gathered, self.compute_dtype)
@@ -189,7 +192,7 @@ class FeatureEmbedding(keras.layers.Layer):
         start, end = self.table_rows(name)
         ids = ops.cast(ids, "int32")
         ids = ops.where((ids < 0) | (ids >= end - start), 0, ids) + start
-        return ops.cast(ops.take(self.table, ids, axis=0), self.compute_dtype)
+        return ops.cast(self.gather_rows(ids), self.compute_dtype)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -117,7 +117,7 @@ class HierRec(MultiDomainModel):
         """Scenario-id embeddings of all D scenarios, [D, d] (rows of the fused table)."""
         start, end = self.embedding.table_rows(self.schema.domain_key)
         rows = (self.embedding.table[start:end] if self.embedding.quantized is None
-                else self.embedding.lookup(ops.arange(start, end)))  # a low-precision table (ALPT)
+                else self.embedding.gather_rows(ops.arange(start, end)))  # a low-precision table (ALPT)
         return ops.cast(rows, self.compute_dtype)
 
     def _explicit_condition(self, row_by_row: bool = True):
