@@ -187,6 +187,29 @@ def _serialize_rows(
         yield tf.train.Example(features=tf.train.Features(feature=f)).SerializeToString()
 
 
+def check_finite(arrays: dict[str, np.ndarray], row_offset: int = 0, what: str = "") -> None:
+    """Raises ``DataError`` naming the column and row of the first NaN / inf in float ``arrays``.
+
+    Non-finite feature values or labels would train a model to ``loss nan`` and reach the
+    results table silently; they are rejected where the dataset is written.
+
+    Args:
+      arrays: column name -> 1-D array (non-float columns are skipped).
+      row_offset: row number of element 0 (for writers that receive batches).
+      what: where the rows come from, for the message (e.g. the input file).
+    """
+    for name, arr in arrays.items():
+        a = np.asarray(arr)
+        if a.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(a)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{what + ': ' if what else ''}column {name!r}: non-finite value {a[i]!r} at row "
+                            f"{row_offset + i} ({int(bad.sum())} non-finite values in this column); fix or drop "
+                            "these rows before writing the dataset")
+
+
 class AtomicDir:
     """Context manager: yields a temp dir next to ``final``; renames it into place on success."""
 
@@ -275,6 +298,7 @@ def write_dataset(
     num_domains = len(domain_names)
     if n and (domain.min() < 0 or domain.max() >= num_domains):
         raise DataError(f"domain ids must lie in 0..{num_domains - 1}")
+    check_finite({**columns, **labels}, what=dataset)
     label_names = list(labels)
     primary = labels[label_names[0]]
     counts: dict[str, dict[str, dict[str, float]]] = {}
@@ -545,6 +569,7 @@ class ShardSetWriter:
         self.label_keys, self.domain_key = list(label_keys), domain_key
         self.counts = _empty_counts(num_domains, label_keys)
         self._files: dict[tuple[int, str], Any] = {}
+        self.rows_seen = 0  # rows received so far (row numbers in error messages)
 
     def _path(self, d: int, split: str) -> str:
         return os.path.join(self.root, f"domain_{d}", shard_name(split, self.index, self.num_shards))
@@ -557,6 +582,8 @@ class ShardSetWriter:
             return
         if domain.min() < 0 or domain.max() >= self.num_domains:
             raise DataError(f"domain ids must lie in 0..{self.num_domains - 1}")
+        check_finite({**{k: columns[k] for k in self.float_features}, **labels}, self.rows_seen)
+        self.rows_seen += n
         records = encode_examples(
             [(k, columns[k]) for k in self.int_features] + [(self.domain_key, domain)],
             [(k, columns[k]) for k in self.float_features] + [(k, labels[k]) for k in self.label_keys])
@@ -622,6 +649,7 @@ class StreamingWriter:
     def write(self, columns: dict[str, np.ndarray], domain: np.ndarray, split: np.ndarray,
               labels: dict[str, np.ndarray]) -> None:
         n = len(domain)
+        check_finite({**{k: columns[k] for k in self.writers[0].float_features}, **labels}, self.rows)
         shard = (self.rows + np.arange(n)) % self.num_shards
         self.rows += n
         for i, w in enumerate(self.writers):

@@ -65,7 +65,7 @@ def define_flags() -> None:
     flags.DEFINE_boolean("apg", True, "Add APG at matched parameter counts.")
     flags.DEFINE_enum("apg_match", "r", ["rc", "r", "c"], "DPG variant whose parameter count APG matches.")
     flags.DEFINE_float("sweep_mir_weight", 0.0, "λ1 of the sweep models (paper: DPG, i.e. 0).")
-    flags.DEFINE_integer("trials", 2, "Trials per sweep point (the paper: 10).")
+    flags.DEFINE_integer("trials", 2, "Trials per sweep point (the paper: 10).", lower_bound=1)
     flags.DEFINE_integer("seed_base", 0, "Trial t uses seed seed_base + t.")
     flags.DEFINE_enum("metric", "auc", ["auc", "mean_auc", "wauc"], "Test metric plotted in Fig. 2.")
     flags.DEFINE_string("shard", "0/1", "i/n: run only sweep points p with p % n == i (t-SNE runs on shard 0).")

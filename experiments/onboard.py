@@ -44,7 +44,7 @@ def define_flags() -> None:
     flags.DEFINE_string("init_from", "mean", "New domain's slices: 'mean', 'init' or an existing domain id.")
     flags.DEFINE_boolean("unseen_ids", True, "Also onboard with the embedding rows of ids only the held-out domain "
                          "has trainable.")
-    flags.DEFINE_integer("trials", 2, "Trials (seeds).")
+    flags.DEFINE_integer("trials", 2, "Trials (seeds).", lower_bound=1)
     flags.DEFINE_integer("seed_base", 0, "Trial t uses seed seed_base + t.")
     flags.DEFINE_integer("onboard_epochs", None, "Maximum epochs of onboarding (default: --epochs).")
     flags.DEFINE_string("model_args", "{}", "JSON: extra constructor arguments of the model.")

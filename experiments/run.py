@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -35,14 +36,33 @@ def define_data_flags() -> None:
 
 def define_training_flags(epochs: int) -> None:
     """The training flags the scripts share; ``train_kwargs_from_flags`` reads them."""
-    flags.DEFINE_integer("epochs", epochs, "Maximum epochs per training (early stopping decides).")
-    flags.DEFINE_integer("patience", 2, "Early-stopping patience (epochs).")
-    flags.DEFINE_integer("batch_size", 512, "Training batch size (papers: 512).")
-    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (papers: 1e-3).")
-    flags.DEFINE_integer("embedding_dim", 16, "Embedding size.")
-    flags.DEFINE_integer("steps_per_execution", 16, "Train steps per compiled call.")
+    flags.DEFINE_integer("epochs", epochs, "Maximum epochs per training (early stopping decides).", lower_bound=1)
+    flags.DEFINE_integer("patience", 2, "Early-stopping patience (epochs).", lower_bound=0)
+    flags.DEFINE_integer("batch_size", 512, "Training batch size (papers: 512).", lower_bound=1)
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (papers: 1e-3); finite, > 0.")
+    flags.register_validator("learning_rate", lambda v: v is not None and math.isfinite(v) and v > 0,
+                             "--learning_rate must be a finite number > 0")
+    flags.DEFINE_integer("embedding_dim", 16, "Embedding size.", lower_bound=1)
+    flags.DEFINE_integer("steps_per_execution", 16, "Train steps per compiled call.", lower_bound=1)
     flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step.")
     flags.DEFINE_integer("verbose", 0, "Keras fit verbosity (0 = one line per epoch from mdr_tf).")
+
+
+def validate_model_list(flag_name: str = "models") -> None:
+    """Rejects an empty ``--models=`` (it would silently mean "all") and a name listed twice."""
+
+    def check(value) -> bool:
+        if value is None:
+            return True
+        if not value or any(not v.strip() for v in value):
+            raise flags.ValidationError(f"--{flag_name} is empty or has an empty entry; omit the flag for the "
+                                        "default list")
+        twice = sorted({v for v in value if value.count(v) > 1})
+        if twice:
+            raise flags.ValidationError(f"--{flag_name}: {', '.join(twice)} listed twice")
+        return True
+
+    flags.register_validator(flag_name, check)
 
 
 def train_kwargs_from_flags(f: flags.FlagValues, **extra: Any) -> dict[str, Any]:
@@ -81,7 +101,8 @@ def define_flags() -> None:
     define_data_flags()
     define_training_flags(epochs=4)  # the main job's default keeps it under 15 min
     flags.DEFINE_list("models", None, "Models to run (default: the registry's main table).")
-    flags.DEFINE_integer("trials", 2, "Trials per model (the papers use 10).")
+    validate_model_list("models")
+    flags.DEFINE_integer("trials", 2, "Trials per model (the papers use 10).", lower_bound=1)
     flags.DEFINE_integer("seed_base", 0, "Trial t uses seed seed_base + t.")
     flags.DEFINE_enum("monitor", "auc", ["auc", "mean_auc", "wauc"], "Validation metric for early stopping.")
     flags.DEFINE_list("hidden_units", None, "Override the models' hidden widths (default per model: 128,64,32).")
@@ -200,8 +221,15 @@ def _trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
                         "builder": spec.builder, "procedure": spec.procedure, "data": data_fp})
 
 
+class TrialsFailed(ValueError):
+    """Some trials failed (e.g. a non-finite loss); the tables hold only the others."""
+
+
 class TrialLog:
     """Append-only JSONL of finished trials; the key makes reruns skip finished work.
+
+    A failed trial is logged with ``"status": "failed"`` and its error; it is kept apart
+    (``failed``), left out of the tables and run again by a rerun.
 
     Reads every ``trials*.jsonl`` in the folder (shards of one sweep written by several
     processes or machines and copied together), appends to its own file only.
@@ -212,6 +240,7 @@ class TrialLog:
 
         self.path = path
         self.rows: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []
         seen = set()
         for p in sorted(glob.glob(os.path.join(os.path.dirname(path) or ".", pattern))):
             self._read(p, seen)
@@ -228,6 +257,9 @@ class TrialLog:
                     except json.JSONDecodeError:
                         # A line cut by a kill mid-write: ignore it (the trial reruns).
                         print(f"warning: {path}:{lineno}: unreadable line skipped", file=sys.stderr)
+                        continue
+                    if row.get("status") == "failed":
+                        self.failed.append(row)
                         continue
                     if row.get("key") not in seen:
                         seen.add(row.get("key"))
@@ -250,7 +282,7 @@ class TrialLog:
             f.write(("\n" if cut else "") + json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self.rows.append(row)
+        (self.failed if row.get("status") == "failed" else self.rows).append(row)
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -299,11 +331,17 @@ def run(
     import mdr_tf  # noqa: F401  (sets the Keras backend)
     from mdr_tf import registry, report
     from mdr_tf.schema import Schema
-    from mdr_tf.training import TrainConfig, run_trial
+    from mdr_tf.training import NonFiniteLossError, TrainConfig, run_trial
     if dataset == "ml100k_multibehavior":  # top-N data (no CTR schema): its own runner
         raise ValueError("--dataset=ml100k_multibehavior is a top-N ranking dataset: run it with "
                          "`python -m experiments.topn` (docs/models/cigf.md)")
+    if models is not None and not list(models):
+        raise ValueError("models: empty list (pass None for the registry's main table)")
     models = list(models or registry.names(main_table_only=True))
+    if len(set(models)) != len(models):
+        raise ValueError(f"models: {sorted({m for m in models if models.count(m) > 1})} listed twice")
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
     for m in models:
         registry.get(m)  # fail fast on unknown names
     data_path = prepare_dataset(dataset, data_dir, raw_path, dict(dataset_options or {}))
@@ -346,8 +384,15 @@ def run(
                 continue
             log(f"[{idx}/{total}] {name} trial {t} (seed {seed}) ...")
             t0 = time.time()
-            row, model = run_trial(name, schema, cfg, kwargs, log=log if cfg.verbose == 0 else None,
-                                   return_model=True)
+            try:
+                row, model = run_trial(name, schema, cfg, kwargs, log=log if cfg.verbose == 0 else None,
+                                       return_model=True)
+            except NonFiniteLossError as e:
+                trial_log.append({"model": name, "seed": seed, "key": key, "trial": t, "dataset": dataset,
+                                  "status": "failed", "error": str(e),
+                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                log(f"[{idx}/{total}] {name} trial {t}: FAILED: {e}")
+                continue
             row.update({"key": key, "trial": t, "dataset": dataset, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
             if export_dir and t == 0:
                 from mdr_tf.export import export_saved_model
@@ -365,6 +410,7 @@ def run(
                 f"(best epoch {row['best_epoch']}, {time.time() - t0:.1f}s; ETA {eta / 60:.1f} min)")
             del model
     rows = [r for r in trial_log.rows if r.get("key") in keys]
+    failed = {r["key"]: r for r in trial_log.failed if r.get("key") in keys and not trial_log.done(r["key"])}
     summary = report.aggregate(rows, models, schema.num_domains)
     base = base_model or ("dnn" if "dnn" in models else models[0])
     report.add_significance(summary, rows, base_model=base)
@@ -375,6 +421,10 @@ def run(
              f"Domains: {', '.join(f'd{k} = {n}' for k, n in enumerate(schema.domain_names))}. "
              f"Exact AUC; WAUC = test-size-weighted mean of domain AUCs. RelaImpr vs {base}. "
              f"* = AUC better than the best other non-seed model (Welch's t-test over trials, p < 0.05).\n\n")
+    if failed:
+        title += (f"**{len(failed)} trial(s) failed and are not in the table:** "
+                  + "; ".join(f"{r['model']} trial {r['trial']} ({r['error'].split(':')[0]})" for r in failed.values())
+                  + f" (details in {os.path.basename(log_path)}).\n\n")
     _atomic_write(os.path.join(output_dir, "table.md"), title + md)
     _atomic_write(os.path.join(output_dir, "table.csv"), report.csv_table(summary, schema.num_domains))
     meta = {"git_commit": commit, "versions": _versions(), "flags": flags_record or {},
@@ -387,6 +437,9 @@ def run(
     log("\n" + title + md)
     log(f"results: {os.path.abspath(output_dir)}/table.md, table.csv, trials.jsonl, run_meta.json "
         f"({time.time() - t_start:.0f}s)")
+    if failed:
+        raise TrialsFailed(f"{len(failed)} of {len(keys)} trials failed: "
+                           + "; ".join(f"{r['model']} trial {r['trial']}: {r['error']}" for r in failed.values()))
     return {"summary": summary, "table_md": md, "output_dir": output_dir, "rows": rows, "data_dir": data_path}
 
 

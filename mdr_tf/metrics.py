@@ -12,10 +12,28 @@ from typing import Sequence
 import numpy as np
 
 
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC-AUC; ties in ``scores`` count one half. NaN when only one class is present."""
-    y = np.asarray(labels).reshape(-1) > 0.5
+def check_finite_scores(scores: np.ndarray, what: str = "scores") -> np.ndarray:
+    """``scores`` as float64 [N]; raises ``ValueError`` if any is NaN or infinite.
+
+    A model that diverged predicts NaN; ranking NaN would give an AUC near 0.5 that looks
+    like a real result, so metrics refuse such scores.
+    """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise ValueError(f"{what}: {int(bad.sum())} of {len(s)} non-finite values (first at index "
+                         f"{int(np.flatnonzero(bad)[0])}); the model diverged or its input holds NaN/inf")
+    return s
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC-AUC; ties in ``scores`` count one half. NaN when only one class is present.
+
+    Raises:
+      ValueError: a score is NaN or infinite.
+    """
+    y = np.asarray(labels).reshape(-1) > 0.5
+    s = check_finite_scores(scores)
     n_pos = int(y.sum())
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -35,7 +53,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-15) -> float:
     """Mean binary cross-entropy with probabilities clipped to [eps, 1 - eps] (sklearn's rule)."""
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    p = np.clip(np.asarray(probs, dtype=np.float64).reshape(-1), eps, 1 - eps)
+    p = np.clip(check_finite_scores(probs, "probabilities"), eps, 1 - eps)
     if len(y) == 0:
         return float("nan")
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
@@ -54,7 +72,7 @@ def evaluate(labels: np.ndarray, probs: np.ndarray, domains: np.ndarray, num_dom
     MLoRA's headline) and per domain ``auc_d{k}``, ``logloss_d{k}``, ``n_d{k}``.
     """
     y = np.asarray(labels).reshape(-1)
-    p = np.asarray(probs).reshape(-1)
+    p = check_finite_scores(probs, "probabilities")
     d = np.asarray(domains).reshape(-1)
     out: dict[str, float] = {"auc": auc(y, p), "logloss": logloss(y, p), "n": int(len(y))}
     aucs, ns = [], []

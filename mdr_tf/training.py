@@ -69,6 +69,31 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     strategy: str = "default"
 
+    def __post_init__(self) -> None:
+        check_train_numbers(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                            patience=self.patience, steps_per_execution=self.steps_per_execution,
+                            eval_batch_size=self.eval_batch_size, adam_epsilon=self.adam_epsilon)
+
+
+def check_train_numbers(**values: float) -> None:
+    """Raises ``ValueError`` naming the setting when a training number is out of range.
+
+    ``epochs``, ``batch_size``, ``steps_per_execution``, ``eval_batch_size``: integers >= 1;
+    ``patience``: integer >= 0; ``learning_rate``, ``adam_epsilon``: finite and > 0.
+    """
+    for name, v in values.items():
+        if name in ("learning_rate", "adam_epsilon"):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        else:
+            lo = 0 if name == "patience" else 1
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss: the trial stops and is marked failed."""
+
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 
@@ -162,6 +187,12 @@ class ExactEarlyStopping(keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            self.model.stop_training = True
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss}) in epoch {epoch + 1}: training diverged (learning rate too "
+                "high?) or the data holds NaN/inf; the trial is stopped")
         res = evaluate_split(self.model, self.schema, "valid", self.batch_size, domains=self.domains)
         value = res[self.monitor]
         row = {"epoch": epoch + 1, "val_auc": res["auc"], "val_mean_auc": res["mean_auc"],

@@ -70,3 +70,131 @@ sys.exit(1 if bad else 0)
     r = _subprocess(code)
     assert r.returncode == 0, f"models that do not load after `import mdr_tf`:\n{r.stdout}\n{r.stderr[-2000:]}"
     assert len(want) == len(registry.names()) >= 31
+
+
+# --- item 9: NaN / inf never pass silently from data to the results table ---
+
+def _synth_frame(n: int = 40):
+    from data_prep.common import FeatureDef
+
+    rng = np.random.default_rng(0)
+    feats = [FeatureDef("user_id", "categorical", 5, "user", True), FeatureDef("price", "dense", 0, "item")]
+    cols = {"user_id": rng.integers(0, 5, n).astype(np.int64), "price": rng.random(n).astype(np.float32)}
+    return feats, cols, (np.arange(n) % 2).astype(np.int64), {"label": (rng.random(n) > 0.5).astype(np.float32)}
+
+
+@pytest.mark.parametrize("column,bad", [("price", np.nan), ("price", np.inf), ("label", -np.inf)])
+def test_writer_rejects_non_finite_values_naming_column_and_row(tmp_path, column, bad):
+    from data_prep.common import DataError, write_dataset
+
+    feats, cols, dom, labels = _synth_frame()
+    (labels if column == "label" else cols)[column][17] = bad
+    with pytest.raises(DataError, match=rf"column {column!r}.*row 17"):
+        write_dataset(str(tmp_path / "out"), dataset="t", features=feats, columns=cols, domain=dom,
+                      domain_names=["a", "b"], labels=labels, split=np.zeros(len(dom), np.int8),
+                      vocabs={"user_id": ["<OOV>", "1", "2", "3", "4"]}, fp="x", metadata={},
+                      progress=lambda m: None)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_streaming_writer_rejects_non_finite_values_naming_column_and_row(tmp_path):
+    from data_prep.common import DataError, StreamingWriter
+
+    feats, cols, dom, labels = _synth_frame()
+    w = StreamingWriter(str(tmp_path), 2, 2, ["user_id"], ["price"], ["label"])
+    w.write(cols, dom, np.zeros(len(dom), np.int8), labels)  # 40 good rows
+    cols["price"][3] = np.nan
+    with pytest.raises(DataError, match=r"column 'price'.*row 43"):
+        w.write(cols, dom, np.zeros(len(dom), np.int8), labels)
+    w.abort()
+
+
+def test_metrics_refuse_non_finite_scores():
+    from mdr_tf import metrics as M
+
+    y = np.array([0, 1, 0, 1], np.float32)
+    with pytest.raises(ValueError, match="non-finite"):
+        M.auc(y, np.array([0.1, np.nan, 0.3, 0.4]))
+    with pytest.raises(ValueError, match="non-finite"):
+        M.logloss(y, np.array([0.1, 0.2, np.inf, 0.4]))
+    with pytest.raises(ValueError, match="non-finite"):
+        M.evaluate(y, np.full(4, np.nan), np.zeros(4, np.int64), 1)
+    assert M.auc(y, np.array([0.1, 0.9, 0.3, 0.4])) == 1.0  # control: finite scores still score
+
+
+def _nan_model_kwargs():
+    return {"hidden_units": [8], "embedding_dim": 4,
+            "embeddings_initializer": {"class_name": "Constant", "config": {"value": float("nan")}}}
+
+
+def test_trial_stops_on_non_finite_loss_with_a_message(synth_schema):
+    from mdr_tf import training
+
+    cfg = training.TrainConfig(epochs=3, batch_size=256, steps_per_execution=4)
+    with pytest.raises(training.NonFiniteLossError, match=r"non-finite training loss.*epoch 1"):
+        training.run_trial("dnn", synth_schema, cfg, _nan_model_kwargs())
+
+
+def test_run_marks_a_non_finite_trial_failed_and_exits_non_zero(tmp_path):
+    from experiments import run as runner
+
+    logs = []
+    args = dict(dataset="synthetic", data_dir=str(tmp_path / "data"), models=["dnn"], trials=1,
+                train_kwargs=dict(epochs=2, batch_size=256, steps_per_execution=4),
+                per_model_args={"dnn": _nan_model_kwargs()}, output_dir=str(tmp_path / "res"),
+                dataset_options={"num_rows": 3000}, log=logs.append)
+    with pytest.raises(runner.TrialsFailed, match=r"1 of 1 trials failed.*dnn trial 0.*non-finite"):
+        runner.run(**args)
+    rows = [json.loads(line) for line in open(tmp_path / "res" / "trials.jsonl")]
+    assert len(rows) == 1 and rows[0]["status"] == "failed" and "non-finite" in rows[0]["error"]
+    assert "test_auc" not in rows[0]
+    table = open(tmp_path / "res" / "table.md").read()
+    assert "| dnn |" not in table and "failed" in table
+    assert any("FAILED" in line for line in logs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(learning_rate=float("nan")), "learning_rate"), (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(batch_size=0), "batch_size"), (dict(epochs=0), "epochs")])
+def test_train_config_rejects_bad_numbers(kwargs, match):
+    from mdr_tf.training import TrainConfig
+
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+# --- item 14: numeric and list flags are validated when the flags are parsed ---
+
+def _cli(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "experiments.run", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_flags_are_rejected_at_parse_time(tmp_path):
+    cases = [("--batch_size=0", "batch_size"), ("--batch_size=-1", "batch_size"), ("--epochs=0", "epochs"),
+             ("--trials=0", "trials"), ("--learning_rate=nan", "learning_rate"),
+             ("--learning_rate=-0.1", "learning_rate"), ("--models=", "models"),
+             ("--models=dnn,dnn", "listed twice")]
+    # All in one interpreter (absl parses each argv afresh): one start-up instead of eight.
+    code = f"""
+import sys
+from absl import flags
+from experiments import run
+run.define_flags()
+for arg in {[c[0] for c in cases]!r}:
+    try:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(['run', arg, '--output_dir={tmp_path}'])
+        print(arg, 'ACCEPTED')
+    except flags.Error as e:
+        print(arg, 'REJECTED', str(e).replace(chr(10), ' '))
+flags.FLAGS.unparse_flags()
+flags.FLAGS(['run', '--models=dnn,mlora', '--batch_size=1', '--trials=1', '--learning_rate=0.01'])
+print('good ACCEPTED')
+"""
+    r = _subprocess(code, timeout=120)
+    out = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
+    assert out.get("good") == "ACCEPTED", r.stdout + r.stderr
+    for arg, match in cases:
+        assert out[arg].startswith("REJECTED") and match in out[arg], (arg, out[arg])
