@@ -184,7 +184,8 @@ def _serialize_rows(
         f.update({k: feat(float_list=f32(value=[float(v[i])])) for k, v in dense.items()})
         f["domain_id"] = feat(int64_list=i64(value=[int(domain[i])]))
         f.update({k: feat(float_list=f32(value=[float(v[i])])) for k, v in labels.items()})
-        yield tf.train.Example(features=tf.train.Features(feature=f)).SerializeToString()
+        # deterministic: map entries sorted by key (the default order varies between processes)
+        yield tf.train.Example(features=tf.train.Features(feature=f)).SerializeToString(deterministic=True)
 
 
 def check_finite(arrays: dict[str, np.ndarray], row_offset: int = 0, what: str = "") -> None:

@@ -198,3 +198,105 @@ print('good ACCEPTED')
     assert out.get("good") == "ACCEPTED", r.stdout + r.stderr
     for arg, match in cases:
         assert out[arg].startswith("REJECTED") and match in out[arg], (arg, out[arg])
+
+
+# --- items 11 and 16: ids >= 2**31 read the OOV row; Keras and serving agree on bad inputs ---
+
+@pytest.fixture(scope="module")
+def tiny_exported(tmp_path_factory):
+    from mdr_tf.export import export_saved_model
+    from mdr_tf.models.backbones import BackboneModel
+
+    import tensorflow as tf
+
+    m = BackboneModel(TINY, hidden_units=[8])
+    m.build()
+    # Non-trivial embeddings so that reading the wrong row changes the output.
+    m.embedding.table.assign(np.random.default_rng(1).normal(size=m.embedding.table.shape).astype(np.float32))
+    path = export_saved_model(m, str(tmp_path_factory.mktemp("exp")), version=1)
+    return m, tf.saved_model.load(path)
+
+
+def _three_paths(m, sm, x):
+    """Probabilities from Keras, the raw-tensor signature and the tf.Example signature."""
+    import tensorflow as tf
+
+    from mdr_tf.export import serialize_examples
+
+    keras_p = np.asarray(m(x, training=False)).reshape(-1)
+    raw = sm.signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})["probability"].numpy()
+    ex = sm.serve_examples(tf.constant(serialize_examples(m.schema, x)))["probability"].numpy()
+    return keras_p, raw, ex
+
+
+@pytest.mark.parametrize("big", [2**32 + 5, 2**31, 2**31 + 5, -(2**32) + 5, 2**63 - 1])
+def test_ids_beyond_int32_read_the_oov_row_everywhere(tiny_exported, big):
+    m, sm = tiny_exported
+    x = tiny_inputs()
+    x["user_id"] = np.full(6, 5, np.int64)
+    oov = dict(x, user_id=np.full(6, big, np.int64))
+    zero = dict(x, user_id=np.zeros(6, np.int64))
+    want = np.asarray(m(zero, training=False)).reshape(-1)
+    assert not np.allclose(want, np.asarray(m(x, training=False)).reshape(-1))  # control: row 5 differs
+    for got in _three_paths(m, sm, oov):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 2**32 + 1])
+def test_out_of_range_domain_is_rejected_by_keras_and_serving_alike(tiny_exported, bad):
+    import tensorflow as tf
+
+    m, sm = tiny_exported
+    x = tiny_inputs()
+    x["domain_id"][2] = bad
+    with pytest.raises(tf.errors.InvalidArgumentError, match="domain_id"):
+        m(x, training=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="domain_id"):
+        m.predict(x, verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="domain_id"):
+        sm.signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_dense_input_is_rejected_by_keras_and_serving_alike(tiny_exported, bad):
+    import tensorflow as tf
+
+    from mdr_tf.export import serialize_examples
+
+    m, sm = tiny_exported
+    x = tiny_inputs()
+    x["price"][1] = bad
+    with pytest.raises(tf.errors.InvalidArgumentError, match="price.*finite"):
+        m(x, training=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="price.*finite"):
+        sm.signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="price.*finite"):
+        sm.serve_examples(tf.constant(serialize_examples(m.schema, x)))
+    ok = _three_paths(m, sm, tiny_inputs())  # control: finite inputs are served, all paths equal
+    np.testing.assert_allclose(ok[1], ok[0], atol=1e-6)
+    np.testing.assert_allclose(ok[2], ok[0], atol=1e-6)
+
+
+# --- item 5: identical input, options and seed give byte-identical TFRecords across processes ---
+
+def test_tfrecords_are_byte_identical_across_processes(tmp_path):
+    import glob
+
+    code = """
+import sys
+from data_prep.synthetic import generate
+generate(sys.argv[1], num_rows=600, num_domains=3, num_users=20, num_items=10, num_context=4, seed=3)
+"""
+    outs = []
+    for i, hashseed in enumerate(["1", "2"]):  # protobuf map order follows a per-process hash seed
+        out = str(tmp_path / f"run{i}")
+        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO,
+                   PYTHONHASHSEED=hashseed)
+        r = subprocess.run([sys.executable, "-c", code, out], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append(out)
+    files = sorted(os.path.relpath(p, outs[0]) for p in glob.glob(os.path.join(outs[0], "*", "*.tfrecord")))
+    assert len(files) == 9
+    differ = [f for f in files if open(os.path.join(outs[0], f), "rb").read() != open(os.path.join(outs[1], f), "rb").read()]
+    assert not differ, f"{len(differ)} of {len(files)} TFRecord files differ between two processes: {differ}"

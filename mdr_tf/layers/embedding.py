@@ -11,6 +11,41 @@ from keras import ops
 from mdr_tf.schema import Schema
 
 
+def check_inputs(inputs: dict[str, Any], schema: Schema) -> None:
+    """Rejects (``InvalidArgumentError``) a ``domain_id`` outside ``[0, D)`` and a NaN/inf dense value.
+
+    Same checks and messages as the serving signatures (``mdr_tf.export``), so Keras and
+    serving agree. They are TF ``Assert`` ops: they run in eager calls, ``predict`` and
+    any graph that is not XLA-compiled; inside XLA-compiled steps (``jit_compile``
+    training) TF drops ``Assert``, and there an out-of-range domain id is clipped to
+    ``[0, D)`` (training data is checked when written: ``data_prep``).
+    """
+    import tensorflow as tf  # Assert ops: the package runs on the TensorFlow backend only
+
+    if not tf.executing_eagerly() and tf.inside_function() and _in_xla_context():
+        return
+    d = tf.convert_to_tensor(inputs[schema.domain_key])
+    d = tf.cast(d, tf.int64)
+    tf.debugging.Assert(tf.reduce_all((d >= 0) & (d < schema.num_domains)),
+                        [f"domain_id must be in [0, {schema.num_domains}); got", tf.reduce_min(d), tf.reduce_max(d)])
+    for f in schema.dense:
+        v = tf.convert_to_tensor(inputs[f.name])
+        if v.dtype.is_floating:
+            tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(v)),
+                                [f"dense feature {f.name!r} must be finite (no NaN/inf)"])
+
+
+def _in_xla_context() -> bool:
+    """Whether the graph being built is XLA-compiled (where ``Assert`` is dropped anyway)."""
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+
+        return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+    except (ImportError, AttributeError):
+        return False
+
+
 @keras.saving.register_keras_serializable(package="mdr_tf")
 class FeatureEmbedding(keras.layers.Layer):
     """Embeds a schema's inputs and returns a context dict of named views.
@@ -139,13 +174,16 @@ class FeatureEmbedding(keras.layers.Layer):
 
     def call(self, inputs: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
         s = self.schema
-        # Out-of-range ids: a feature id outside [0, vocab) reads the OOV row 0; a domain
-        # id outside [0, D) is clipped (serving signatures reject it before this point).
-        domain = ops.clip(ops.cast(ops.reshape(inputs[s.domain_key], [-1]), "int32"), 0, s.num_domains - 1)
-        ids = [ops.cast(ops.reshape(inputs[f.name], [-1]), "int32") for f in s.categorical] + [domain]
+        # Out-of-range ids: a feature id outside [0, vocab) reads the OOV row 0 (checked in
+        # int64, so 2**32 + 5 is not read as 5); a domain id outside [0, D) or a NaN/inf dense
+        # value is rejected (check_inputs), as by the serving signatures.
+        check_inputs(inputs, s)
+        domain = ops.clip(ops.cast(ops.reshape(inputs[s.domain_key], [-1]), "int64"), 0, s.num_domains - 1)
+        ids = [ops.cast(ops.reshape(inputs[f.name], [-1]), "int64") for f in s.categorical] + [domain]
         rows = ops.stack(ids, axis=1)  # [B, F+1]
-        sizes = ops.convert_to_tensor([f.vocab_size for f in s.categorical] + [s.num_domains], dtype="int32")
-        rows = ops.where((rows < 0) | (rows >= sizes), 0, rows)
+        sizes = ops.convert_to_tensor([f.vocab_size for f in s.categorical] + [s.num_domains], dtype="int64")
+        rows = ops.cast(ops.where((rows < 0) | (rows >= sizes), 0, rows), "int32")
+        domain = ops.cast(domain, "int32")
         local = rows
         if self.assignment is not None:  # streaming policies: id -> row remap (threshold, hash)
             rows = self.assignment.remap(rows)
