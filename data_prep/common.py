@@ -211,6 +211,27 @@ def check_finite(arrays: dict[str, np.ndarray], row_offset: int = 0, what: str =
                             "these rows before writing the dataset")
 
 
+#: ``--allow_empty_splits`` of the command-line scripts: an empty split is a warning, not an error.
+ALLOW_EMPTY_SPLITS = False
+
+
+def check_splits_not_empty(examples_per_split: dict[str, int], what: str) -> None:
+    """Raises ``DataError`` when a split (over all domains) has no examples.
+
+    An empty valid or test split would train without early stopping or report metrics of
+    nothing with exit status 0. With ``ALLOW_EMPTY_SPLITS`` it is a loud warning instead.
+    """
+    empty = [s for s in SPLITS if examples_per_split.get(s, 0) == 0]
+    if not empty:
+        return
+    msg = (f"{what}: " + ", ".join(f"split {s!r} is empty" for s in empty)
+           + f" (examples per split: {dict(examples_per_split)}); check the input files and split options")
+    if ALLOW_EMPTY_SPLITS:
+        log("WARNING: " + msg + " (kept: --allow_empty_splits)")
+        return
+    raise DataError(msg + ", or pass --allow_empty_splits")
+
+
 class AtomicDir:
     """Context manager: yields a temp dir next to ``final``; renames it into place on success."""
 
@@ -300,6 +321,7 @@ def write_dataset(
     if n and (domain.min() < 0 or domain.max() >= num_domains):
         raise DataError(f"domain ids must lie in 0..{num_domains - 1}")
     check_finite({**columns, **labels}, what=dataset)
+    check_splits_not_empty({s: int((split == i).sum()) for i, s in enumerate(SPLITS)}, f"{dataset} → {output_dir}")
     label_names = list(labels)
     primary = labels[label_names[0]]
     counts: dict[str, dict[str, dict[str, float]]] = {}
@@ -380,6 +402,7 @@ import io
 import multiprocessing
 import tarfile
 import zipfile
+import zlib
 
 OOV_TOKEN = "<OOV>"
 
@@ -771,6 +794,8 @@ def finish_streamed_dataset(
                 p = os.path.join(work.out, f"domain_{d}", shard_name(s, i, num_shards))
                 if not os.path.exists(p):
                     raise DataError(f"internal error: shard {p} was not written")
+    check_splits_not_empty({s: sum(per[s]["examples"] for per in counts.values()) for s in SPLITS},
+                           f"{dataset} → {work.output_dir}")
     n = sum(c["examples"] for per in counts.values() for c in per.values())
     pos = sum(c["positives"] for per in counts.values() for c in per.values())
     schema = {
@@ -805,10 +830,15 @@ class StreamSource:
     name and opened as binary streams, decompressing on the fly."""
 
     ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz")
+    #: Default of ``full_hash`` (``--full_hash`` of the command-line scripts sets it).
+    FULL_HASH = False
+    #: Files up to this size are always hashed whole by ``identity``.
+    WHOLE_HASH_MAX = 64 << 20
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, full_hash: bool | None = None):
         if not os.path.exists(path):
             raise DataError(f"{path}: no such file or directory")
+        self.full_hash = self.FULL_HASH if full_hash is None else bool(full_hash)
         self.path = os.path.abspath(path)
         self._plain: dict[str, str] = {}  # base name -> file path
         self._archives: list[str] = []
@@ -877,27 +907,43 @@ class StreamSource:
     def open(self, name: str) -> io.BufferedIOBase:
         """Binary stream of the (decompressed) content of ``name``."""
         path, member, gz = self._require(name)
-        if member is None:
-            f = open(path, "rb")
-        elif path.endswith(".zip"):
-            f = zipfile.ZipFile(path).open(member)
-        else:
-            t = tarfile.open(path)
-            f = t.extractfile(member)
-        return gzip.GzipFile(fileobj=f) if gz else f
+        where = self.where(name)
+        try:
+            if member is None:
+                f = open(path, "rb")
+            elif path.endswith(".zip"):
+                f = zipfile.ZipFile(path).open(member)
+            else:
+                t = tarfile.open(path)
+                f = t.extractfile(member)
+        except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as e:
+            raise DataError(f"{where}: cannot open ({type(e).__name__}: {e})") from e
+        return CheckedReader(gzip.GzipFile(fileobj=f) if gz else f, where)
 
     def identity(self, name: str) -> dict:
-        """Cheap content identity for fingerprints: size and sha256 of the first and last MiB
-        of the file (or of the archive holding it) — hashing tens of GB would take minutes."""
+        """Content identity for fingerprints: changes whenever the content changes.
+
+        Files up to ``WHOLE_HASH_MAX`` (64 MiB), and every file with ``full_hash``, are
+        hashed whole (sha256, ~0.45 GB/s on one core). Larger files get size, mtime
+        (ns) and the sha256 of the first and last MiB: any edit that goes through the file
+        system changes the mtime; only an edit that keeps size and mtime and spares both
+        ends goes unseen (use ``full_hash`` / ``--full_hash`` then). Of a file inside an
+        archive, the archive is identified.
+        """
         path, member, _ = self._require(name)
-        size = os.path.getsize(path)
+        st = os.stat(path)
+        size = st.st_size
         h = hashlib.sha256()
         with open(path, "rb") as f:
+            if self.full_hash or size <= self.WHOLE_HASH_MAX:
+                for b in iter(lambda: f.read(16 << 20), b""):
+                    h.update(b)
+                return {"file": os.path.basename(path), "member": member, "size": size, "sha256": h.hexdigest()}
             h.update(f.read(1 << 20))
-            if size > (2 << 20):
-                f.seek(size - (1 << 20))
-                h.update(f.read(1 << 20))
-        return {"file": os.path.basename(path), "member": member, "size": size, "head_tail_sha256": h.hexdigest()}
+            f.seek(size - (1 << 20))
+            h.update(f.read(1 << 20))
+        return {"file": os.path.basename(path), "member": member, "size": size, "mtime_ns": st.st_mtime_ns,
+                "head_tail_sha256": h.hexdigest()}
 
     def plain_path(self, name: str) -> str | None:
         """Path of ``name`` when it is an uncompressed file on disk (seekable), else None."""
@@ -940,10 +986,54 @@ class StreamSource:
     def _copy(self, name: str, f, dest_dir: str, progress, already_decompressed: bool = False) -> None:
         target = os.path.join(dest_dir, name)
         gz = self._require(name)[2] and not already_decompressed
-        src = gzip.GzipFile(fileobj=f) if gz else f
-        with open(target + ".part", "wb") as out:
-            shutil.copyfileobj(src, out, 16 << 20)
+        src = CheckedReader(gzip.GzipFile(fileobj=f), self.where(name)) if gz else f
+        try:
+            with open(target + ".part", "wb") as out:
+                shutil.copyfileobj(src, out, 16 << 20)
+        except BaseException:
+            if os.path.exists(target + ".part"):  # no half-extracted copy is left behind
+                os.remove(target + ".part")
+            raise
         os.replace(target + ".part", target)
+
+
+class CheckedReader(io.BufferedIOBase):
+    """A binary stream that turns read errors of compressed input (truncated gzip, bad zip
+    member, corrupt tar) into ``DataError`` naming the user's file (``where``)."""
+
+    _ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError)
+
+    def __init__(self, raw, where: str):
+        super().__init__()
+        self._raw, self.where = raw, where
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except self._ERRORS as e:
+            raise DataError(f"{self.where}: cannot read ({type(e).__name__}: {e}); truncated download or "
+                            "not a valid compressed file?") from e
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._guard(self._raw.read, -1 if size is None else size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._guard(getattr(self._raw, "read1", self._raw.read), size)
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._raw.close()
+            finally:
+                super().close()
 
 
 def byte_ranges(path: str, n: int) -> list[tuple[int, int]]:
@@ -1270,6 +1360,13 @@ def run_cli(define_flags: Callable[[], None], body: Callable[[Any], Any], requir
     from absl import app, flags
 
     define_flags()
+    if "full_hash" not in flags.FLAGS:
+        flags.DEFINE_boolean("full_hash", False, "Identify raw input files by a sha256 of their whole content "
+                             "(default: whole for files up to 64 MiB; larger ones by size, mtime, first and "
+                             "last MiB). Decides whether a finished output is reused.")
+    if "allow_empty_splits" not in flags.FLAGS:
+        flags.DEFINE_boolean("allow_empty_splits", False, "Write a dataset whose train, valid or test split "
+                             "is empty (with a warning) instead of failing.")
 
     def main(argv: Sequence[str]) -> None:
         del argv
@@ -1277,6 +1374,9 @@ def run_cli(define_flags: Callable[[], None], body: Callable[[Any], Any], requir
         if missing:
             raise app.UsageError(" and ".join(f"--{name}" for name in required)
                                  + (" are required" if len(required) > 1 else " is required"))
+        global ALLOW_EMPTY_SPLITS
+        StreamSource.FULL_HASH = bool(flags.FLAGS.full_hash)
+        ALLOW_EMPTY_SPLITS = bool(flags.FLAGS.allow_empty_splits)
         try:
             body(flags.FLAGS)
         except errors as e:

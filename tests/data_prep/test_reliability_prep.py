@@ -1,0 +1,141 @@
+"""Issue 19 (data preparation): no stale reuse, clear errors for broken input, no empty splits."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from data_prep import aliccp, ijcai18, kuairand
+from data_prep.common import DataError, StreamSource
+
+
+# --- item 1: the identity of a raw file changes whenever its content changes ---
+
+def _flip(path: str, pos: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 1]))
+
+
+def test_identity_changes_with_content_past_the_first_mib(tmp_path):
+    p = tmp_path / "round1_ijcai_18_train_20180301.txt"
+    p.write_bytes(np.random.default_rng(0).integers(32, 127, 1_900_000, dtype=np.uint8).tobytes())
+    before = StreamSource(str(p)).identity(p.name)
+    st = os.stat(p)
+    _flip(str(p), 1_500_000)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only the content differs
+    assert StreamSource(str(p)).identity(p.name) != before
+
+
+def test_large_files_identity_uses_mtime_and_full_hash_sees_everything(tmp_path, monkeypatch):
+    monkeypatch.setattr(StreamSource, "WHOLE_HASH_MAX", 1 << 20)  # stand-in for a file above 64 MiB
+    p = tmp_path / "big.csv"
+    p.write_bytes(np.random.default_rng(1).integers(32, 127, 3 << 20, dtype=np.uint8).tobytes())
+    st = os.stat(p)
+    quick, full = StreamSource(str(p)).identity(p.name), StreamSource(str(p), full_hash=True).identity(p.name)
+    _flip(str(p), 3 << 19)  # the middle: neither head nor tail
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert StreamSource(str(p)).identity(p.name) == quick  # the documented blind spot of the quick identity
+    assert StreamSource(str(p), full_hash=True).identity(p.name) != full
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # any ordinary edit moves the mtime
+    assert StreamSource(str(p)).identity(p.name) != quick
+
+
+def test_changed_label_past_the_first_mib_is_not_reused(tmp_path):
+    """End to end: an IJCAI-18 file of ~1.9 MB; one is_trade flipped near the end is seen."""
+    from tests.data_prep.test_ijcai18 import FILE, make_rows, write_file
+
+    rows = make_rows(7800)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_file(str(raw / FILE), rows)
+    assert 1.2e6 < os.path.getsize(raw / FILE) < 2.1e6
+    out = str(tmp_path / "out")
+    s1 = ijcai18.prepare(out, raw_path=str(raw), num_shards=1)
+    r = len(rows) - 5
+    rows[r]["is_trade"] = "1" if rows[r]["is_trade"] == "0" else "0"
+    write_file(str(raw / FILE), rows)
+    s2 = ijcai18.prepare(out, raw_path=str(raw), num_shards=1)
+    assert s2["fingerprint"] != s1["fingerprint"]
+    pos = lambda s: sum(c["positives"] for per in s["counts"].values() for c in per.values())  # noqa: E731
+    assert abs(pos(s2) - pos(s1)) == 1
+
+
+# --- item 2: a truncated .gz gives an error naming the user's file, and leaves nothing behind ---
+
+def _truncate_gz(path: str) -> str:
+    gz = path + ".gz"
+    with open(path, "rb") as f, gzip.open(gz, "wb") as g:
+        g.write(f.read())
+    os.remove(path)
+    data = open(gz, "rb").read()
+    open(gz, "wb").write(data[: len(data) // 2])
+    return gz
+
+
+def _no_part_files(root) -> list[str]:
+    return glob.glob(os.path.join(str(root), "**", "*.part"), recursive=True)
+
+
+def test_truncated_gz_aliccp(tmp_path):
+    from tests.data_prep.test_aliccp import write_fixture
+
+    raw = tmp_path / "raw"
+    write_fixture(str(raw))
+    gz = _truncate_gz(str(raw / "sample_skeleton_train.csv"))
+    with pytest.raises(DataError, match=rf"{gz}: cannot read \(EOFError"):
+        aliccp.prepare(str(tmp_path / "out"), raw_path=str(raw), min_freq=1, num_shards=1, workers=1)
+    assert not _no_part_files(tmp_path)
+
+
+def test_truncated_gz_ijcai18(tmp_path):
+    from tests.data_prep.test_ijcai18 import FILE, make_rows, write_file
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_file(str(raw / FILE), make_rows(300))
+    gz = _truncate_gz(str(raw / FILE))
+    with pytest.raises(DataError, match=rf"{gz}: cannot read \(EOFError"):
+        ijcai18.prepare(str(tmp_path / "out"), raw_path=str(raw), num_shards=1)
+
+
+def test_truncated_gz_kuairand(tmp_path):
+    from tests.data_prep.test_kuairand import write_fixture
+
+    data = tmp_path / "raw" / "KuaiRand-1K" / "data"
+    write_fixture(str(data), n_logs=400)
+    gz = _truncate_gz(str(data / "log_standard_4_22_to_5_08_1k.csv"))
+    with pytest.raises(DataError, match=rf"{gz}: cannot read \(EOFError"):
+        kuairand.prepare(str(tmp_path / "out"), raw_path=str(tmp_path / "raw"), num_shards=1)
+
+
+# --- item 3: a split that comes out empty is an error ---
+
+def test_aliccp_empty_test_file_is_an_error(tmp_path):
+    from tests.data_prep.test_aliccp import write_fixture
+
+    raw = tmp_path / "raw"
+    write_fixture(str(raw))
+    open(raw / "sample_skeleton_test.csv", "w").close()
+    with pytest.raises(DataError, match=r"split 'valid' is empty.*split 'test' is empty|split 'valid' is empty"):
+        aliccp.prepare(str(tmp_path / "out"), raw_path=str(raw), min_freq=1, num_shards=1, workers=1)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_empty_split_of_the_whole_array_writer_is_an_error(tmp_path):
+    from data_prep.common import FeatureDef, write_dataset
+
+    n = 20
+    with pytest.raises(DataError, match=r"split 'test' is empty"):
+        write_dataset(str(tmp_path / "out"), dataset="t", features=[FeatureDef("u", "categorical", 3)],
+                      columns={"u": np.arange(n) % 3}, domain=np.zeros(n, np.int64), domain_names=["a"],
+                      labels={"label": np.ones(n, np.float32)}, split=(np.arange(n) % 2).astype(np.int8),
+                      vocabs={"u": ["<OOV>", "1", "2"]}, fp="x", metadata={}, progress=lambda m: None)
+    assert not os.path.exists(tmp_path / "out")
