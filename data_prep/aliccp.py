@@ -208,20 +208,27 @@ def parse_feature_block(block: bytes, n_head: int, check_num: bool) -> dict[str,
     uniq, first_rev = np.unique(flat[::-1], return_index=True)
     chosen = ent[len(flat) - 1 - first_rev]
     crow_, cfield = uniq // NF, uniq % NF
-    idv, ok = parse_int_spans(b, p2[chosen] + 1, p3[chosen])
+    sel = len(flat) - 1 - first_rev  # position in ``ent`` of each chosen (last) entry
+    # Every entry of a kept field is validated (not only the last, which is the one used).
+    idv_all, ok = parse_int_spans(b, p2[ent] + 1, p3[ent])
     if not ok.all():
-        raise _Bad(_bad(rows_line[crow_], ~ok,
-                        lambda i: f"field {SPARSE_FIELDS[cfield[i]]}: feature id is not a non-negative integer"))
+        raise _Bad(_bad(rows_line[erow[ent]], ~ok,
+                        lambda i: f"field {SPARSE_FIELDS[fidx[i]]}: feature id is not a non-negative integer"))
+    idv = idv_all[sel]
     ids = np.full((n, NF), -1, np.int64)
     ids[crow_, cfield] = idv
     vals = np.zeros((n, len(DENSE_FIELDS)), np.float32)
     dpos = np.full(NF, -1)
     dpos[DENSE_POS] = np.arange(len(DENSE_FIELDS))
     isd = dpos[cfield] >= 0
-    dv, ok = parse_float_spans(b, p3[chosen[isd]] + 1, eend[chosen[isd]])
+    dent = np.flatnonzero(dpos[fidx] >= 0)  # entries (in ``ent``) of dense fields
+    dv_all, ok = parse_float_spans(b, p3[ent[dent]] + 1, eend[ent[dent]])
     if not ok.all():
-        raise _Bad(_bad(rows_line[crow_[isd]], ~ok,
-                        lambda i: f"field {SPARSE_FIELDS[cfield[isd][i]]}: value is not a number"))
+        raise _Bad(_bad(rows_line[erow[ent[dent]]], ~ok,
+                        lambda i: f"field {SPARSE_FIELDS[fidx[dent[i]]]}: value is not a number"))
+    in_dent = np.full(len(ent), -1)
+    in_dent[dent] = np.arange(len(dent))
+    dv = dv_all[in_dent[sel[isd]]]
     vals[crow_[isd], dpos[cfield[isd]]] = dv
     return {"line": rows_line, "head": head, "buf": b, "ids": ids, "vals": vals, "num_entries": nent}
 

@@ -17,7 +17,7 @@ closest public code to MI-DPG, which uses this data; MI-DPG's own choices are un
     ``item_category_1``), ``--top_k_domains`` keeps the k most frequent values;
   * features: MMLRec's 18 sparse columns + the scenario column, and 4 dense columns
     (shop review rate / service / delivery / description scores, min-max scaled on
-    train). Our deviation (a flag): ``context_timestamp`` is replaced by the derived
+    train; the missing marker -1 is left out of the range and written as -1.0). Our deviation (a flag): ``context_timestamp`` is replaced by the derived
     ``context_hour`` (a raw-timestamp category is unseen in any later day);
   * nested fields (``--list_mode``): ``whole`` (MMLRec: each whole string is one
     category) or ``split`` (``item_category_1/2``, the first ``max_list_items``
@@ -52,7 +52,7 @@ from data_prep.common import (SPLITS, DataError, FeatureDef, StreamingWriter, St
                               iter_line_blocks, log, parse_float_spans, parse_int_spans, split_delimited,
                               write_vocab_file, run_cli)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the dense missing marker -1 is kept as -1.0, not min-max scaled
 TRAIN_FILES = {"1": ("round1_ijcai_18_train_20180301.txt",), "2": ("round2_train.txt",)}
 COLUMNS = ("instance_id", "item_id", "item_category_list", "item_property_list", "item_brand_id", "item_city_id",
            "item_price_level", "item_sales_level", "item_collected_level", "item_pv_level", "user_id",
@@ -60,6 +60,10 @@ COLUMNS = ("instance_id", "item_id", "item_category_list", "item_property_list",
            "context_timestamp", "context_page_id", "predict_category_property", "shop_id", "shop_review_num_level",
            "shop_review_positive_rate", "shop_star_level", "shop_score_service", "shop_score_delivery",
            "shop_score_description", "is_trade")
+#: The missing marker of the dense shop columns (their real values are rates / scores >= 0).
+#: It is excluded from the min-max range and written as -1.0 (outside the [0, 1] of scaled
+#: train values), with ``--dense=raw`` as well.
+MISSING_DENSE = -1.0
 DENSE = ("shop_review_positive_rate", "shop_score_service", "shop_score_delivery", "shop_score_description")
 NESTED = ("item_category_list", "item_property_list", "predict_category_property")
 # MMLRec's sparse feature columns, context_timestamp replaced by context_hour (ours).
@@ -356,8 +360,9 @@ def prepare(
                     cols[f] = np.where(_missing(raw, missing_as_oov and f != domain_field), 0, vocabs[f].encode(raw))
                 for j, c in enumerate(dense_names):
                     v = p.dense[c][idx]
-                    if dense == "minmax":
-                        v = (v - dlo[j]) / (dhi[j] - dlo[j] if dhi[j] > dlo[j] else 1.0)
+                    if dense == "minmax":  # real values scaled by their train range; missing stays -1
+                        v = np.where(v == MISSING_DENSE, MISSING_DENSE,
+                                     (v - dlo[j]) / (dhi[j] - dlo[j] if dhi[j] > dlo[j] else 1.0))
                     cols[c] = v.astype(np.float32)
                 split = split_of_day[np.searchsorted(day_arr, p.day[idx])]
                 writer.write(cols, domain[idx].astype(np.int64), split, {"is_trade": p.label[idx]})
@@ -426,7 +431,9 @@ def _pass1(work: WorkDir, src: StreamSource, files, features, domain_field, bloc
                 dc[f].add(v[v != b""])
             dv_ = dom[sel]
             dom_counts.setdefault(int(d), ValueCounts()).add(dv_[dv_ != b""])
-            lo, hi = dv[sel].min(axis=0), dv[sel].max(axis=0)
+            real = dv[sel] != MISSING_DENSE  # -1 = missing: not part of the range
+            lo = np.where(real, dv[sel], np.inf).min(axis=0)
+            hi = np.where(real, dv[sel], -np.inf).max(axis=0)
             dmin[int(d)] = np.minimum(dmin.get(int(d), lo), lo)
             dmax[int(d)] = np.maximum(dmax.get(int(d), hi), hi)
         if stats.get("lines", 0) and stats["lines"] % 1_000_000 < p.n:
@@ -477,6 +484,8 @@ def _pass1(work: WorkDir, src: StreamSource, files, features, domain_field, bloc
     os.replace(work.file("pass1.part.npz"), work.file("pass1.npz"))
     lo = np.min([dmin[d] for d in train_days], axis=0)
     hi = np.max([dmax[d] for d in train_days], axis=0)
+    none = ~np.isfinite(lo)  # a column missing on every train row: identity scaling
+    lo, hi = np.where(none, 0.0, lo), np.where(none, 1.0, hi)
     info = {"days": days, "day_split": split, "domains": domains, "rows": int(len(all_ids)),
             "duplicates": duplicates, "rows_outside_domains": rows_outside, "bad_rows": int(stats.get("bad_rows", 0)),
             "dmin": lo.tolist(), "dmax": hi.tolist()}

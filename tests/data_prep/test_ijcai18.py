@@ -81,8 +81,8 @@ def reference(rows: list[dict], features, domain_field="user_gender_id") -> dict
     split_of = dict(zip(days, split))
     train = [r for r, d in zip(rows, day) if split_of[d] == "train"]
     counts = {f: Counter(feat(r, f) for r in train) for f in features}
-    lo = {c: min(float(r[c]) for r in train) for c in ijcai18.DENSE}
-    hi = {c: max(float(r[c]) for r in train) for c in ijcai18.DENSE}
+    lo = {c: min(float(r[c]) for r in train if r[c] != "-1") for c in ijcai18.DENSE}  # -1 = missing
+    hi = {c: max(float(r[c]) for r in train if r[c] != "-1") for c in ijcai18.DENSE}
     doms = sorted({r[domain_field] for r in rows}, key=int)
     seen, out = set(), {}
     for r, d in zip(rows, day):
@@ -94,7 +94,8 @@ def reference(rows: list[dict], features, domain_field="user_gender_id") -> dict
             v = feat(r, f)
             missing = v == "" or (v == "-1" and f != domain_field)
             vals.append("<OOV>" if missing or counts[f][v] < 1 else v)
-        dense = [float(np.float32((float(r[c]) - lo[c]) / (hi[c] - lo[c]))) for c in ijcai18.DENSE]
+        dense = [-1.0 if r[c] == "-1" else float(np.float32((float(r[c]) - lo[c]) / (hi[c] - lo[c])))
+                 for c in ijcai18.DENSE]
         out.setdefault((doms.index(r[domain_field]), split_of[d]), []).append(
             tuple(vals) + tuple(dense) + (int(r["is_trade"]),))
     return {k: sorted(v) for k, v in out.items()}

@@ -139,3 +139,49 @@ def test_empty_split_of_the_whole_array_writer_is_an_error(tmp_path):
                       labels={"label": np.ones(n, np.float32)}, split=(np.arange(n) % 2).astype(np.int8),
                       vocabs={"u": ["<OOV>", "1", "2"]}, fp="x", metadata={}, progress=lambda m: None)
     assert not os.path.exists(tmp_path / "out")
+
+
+# --- item 6: Ali-CCP validates every entry of a kept field, not only the last one ---
+
+def _line(entries) -> bytes:
+    fl = "\x01".join(f"{f}\x02{i}\x03{v}" for f, i, v in entries)
+    return f"7,1,0,abc,{len(entries)},{fl}\n".encode()
+
+
+@pytest.mark.parametrize("entries,needle", [
+    ([("109_14", 500, "abc"), ("109_14", 501, "2.0"), ("205", 9, "1")], "109_14: value is not a number"),
+    ([("210", "x1", "1"), ("210", 112, "1"), ("205", 9, "1")], "210: feature id is not a non-negative integer"),
+    ([("205", 9, "1"), ("508", 3, "1e"), ("508", 4, "0.5")], "508: value is not a number"),
+])
+def test_aliccp_rejects_a_bad_entry_that_is_not_the_last_of_its_field(entries, needle):
+    good = _line([("205", 9, "1"), ("109_14", 500, "0.5"), ("109_14", 501, "2.0")])
+    rows = aliccp.parse_feature_block(good, 5, True)  # control: valid repeated entries, the last one wins
+    assert rows["vals"][0, aliccp.DENSE_FIELDS.index("109_14")] == 2.0
+    with pytest.raises(aliccp._Bad) as e:
+        aliccp.parse_feature_block(good + _line(entries), 5, True)
+    assert list(e.value.lines) == [1] and needle in e.value.lines[1]
+
+
+# --- item 4: IJCAI-18's missing marker -1 in a dense shop column stays missing ---
+
+def test_ijcai18_missing_dense_value_is_not_scaled_as_a_number(tmp_path):
+    from mdr_tf.data import load_arrays
+    from mdr_tf.schema import Schema
+    from tests.data_prep.test_ijcai18 import FILE, make_rows, write_file
+
+    rows = make_rows()
+    rows[0]["shop_score_service"] = "-1"  # day 0: a train row
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_file(str(raw / FILE), rows)
+    out = str(tmp_path / "out")
+    ijcai18.prepare(out, raw_path=str(raw), num_shards=1)
+    schema = Schema.load(out)
+    x, _ = load_arrays(schema, "train")
+    v = x["shop_score_service"]
+    missing = np.isclose(v, -1.0)
+    assert missing.sum() == 1  # the missing row keeps the documented fill
+    real = v[~missing]
+    assert real.min() == 0.0 and real.max() == 1.0  # real values keep the full [0, 1] range
+    lo, hi = schema.raw["normalizers"]["shop_score_service"]["minmax"]
+    assert lo > 0.5  # the range comes from real scores (>= 0.9 here), not from -1
