@@ -261,16 +261,51 @@ def load_arrays(schema: Schema, split: str, label_key: str | None = None,
     """
     feats: dict[str, list[np.ndarray]] = {}
     labels = []
-    for x, y in make_dataset(schema, split, 8192, shuffle=False, label_key=label_key, domains=domains,
-                             in_memory=False, with_timestamps=with_timestamps):
-        for k, v in x.items():
-            feats.setdefault(k, []).append(v.numpy())
-        labels.append(y.numpy()[:, 0])
+    try:
+        for x, y in make_dataset(schema, split, 8192, shuffle=False, label_key=label_key, domains=domains,
+                                 in_memory=False, with_timestamps=with_timestamps):
+            for k, v in x.items():
+                feats.setdefault(k, []).append(v.numpy())
+            labels.append(y.numpy()[:, 0])
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        raise_corrupt_file(schema.files(split, domains), e)
     if not labels:
-        out = {n: np.zeros([0]) for n in schema.input_names}
-        out.update({k: np.zeros([0, n], np.int64) for k, n in sequence_keys(schema, with_timestamps).items()})
-        return out, np.zeros([0], np.float32)
-    return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
+        empty = {n: np.zeros([0]) for n in schema.input_names}
+        empty.update({k: np.zeros([0, n], np.int64) for k, n in sequence_keys(schema, with_timestamps).items()})
+        out = empty, np.zeros([0], np.float32)
+    else:
+        out = {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
+    check_split_counts(schema, split, out[0][schema.domain_key], domains)
+    return out
+
+
+def check_split_counts(schema: Schema, split: str, domain_ids: np.ndarray, domains: list[int] | None = None) -> None:
+    """Raises ``ValueError`` naming the files when a split's per-domain example counts differ from schema.json.
+
+    A TFRecord cut at a record boundary reads without any error; only the counts that
+    ``data_prep`` recorded show that examples are missing.
+    """
+    if not schema.raw or "counts" not in schema.raw:
+        return
+    want = schema.counts(split)
+    got = np.bincount(np.asarray(domain_ids, np.int64), minlength=schema.num_domains)
+    for d in range(schema.num_domains) if domains is None else domains:
+        if int(got[d]) != int(want[d]):
+            files = ", ".join(schema.files(split, [d]))
+            raise ValueError(f"{files}: {int(got[d]):,} examples of domain {d} in split {split!r}, but schema.json "
+                             f"records {int(want[d]):,}; the files are truncated or were replaced, re-run data_prep")
+
+
+def raise_corrupt_file(files: list[str], error: Exception) -> None:
+    """Re-raises a TFRecord read error as ``ValueError`` naming the first file that fails to read."""
+    for path in files:
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                pass
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            raise ValueError(f"{path}: corrupt or truncated TFRecord ({e.message.splitlines()[0][:200]}); "
+                             "re-run data_prep") from e
+    raise ValueError(f"cannot read {', '.join(files)}: {error}") from error
 
 
 def iterate_numpy(features: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:

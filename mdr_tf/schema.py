@@ -105,8 +105,15 @@ class Schema:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no schema.json; prepare the dataset first (python -m data_prep...)")
         with open(path) as f:
-            raw = json.load(f)
-        s = cls.from_config(raw)
+            try:
+                raw = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e}); re-run data_prep") from e
+        try:
+            s = cls.from_config(raw)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            raise ValueError(f"{path}: invalid schema.json ({what}); re-run data_prep") from e
         return dataclasses.replace(s, directory=directory, raw=raw)
 
     @classmethod

@@ -300,3 +300,68 @@ generate(sys.argv[1], num_rows=600, num_domains=3, num_users=20, num_items=10, n
     assert len(files) == 9
     differ = [f for f in files if open(os.path.join(outs[0], f), "rb").read() != open(os.path.join(outs[1], f), "rb").read()]
     assert not differ, f"{len(differ)} of {len(files)} TFRecord files differ between two processes: {differ}"
+
+
+# --- items 12 and 13: split sizes verified against schema.json; corrupt files named ---
+
+def _copy_dataset(src: str, dst) -> str:
+    import shutil
+
+    shutil.copytree(src, str(dst))
+    return str(dst)
+
+
+def _first_records(path: str, keep: int) -> None:
+    import tensorflow as tf
+
+    recs = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+    with tf.io.TFRecordWriter(path) as w:
+        for r in recs[:keep]:
+            w.write(r)
+
+
+def test_split_cut_at_a_record_boundary_is_detected(synth_dir, tmp_path):
+    from mdr_tf.data import load_arrays
+    from mdr_tf.training import evaluate_split
+
+    d = _copy_dataset(synth_dir, tmp_path / "ds")
+    schema = Schema.load(d)
+    n0 = schema.counts("test")[0]
+    path = schema.files("test", [0])[0]
+    _first_records(path, n0 - 37)
+    with pytest.raises(ValueError, match=rf"{path}.*{n0 - 37}.*schema.json.*{n0}"):
+        load_arrays(schema, "test")
+    from mdr_tf.models.backbones import BackboneModel
+
+    m = BackboneModel(schema.to_config(), hidden_units=[4])
+    m.build()
+    with pytest.raises(ValueError, match="schema.json"):
+        evaluate_split(m, schema, "test")
+    x, y = load_arrays(schema, "valid")  # control: an intact split loads
+    assert len(y) == sum(schema.counts("valid"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_tfrecord_error_names_the_file(synth_dir, tmp_path, damage):
+    from mdr_tf.data import load_arrays
+
+    d = _copy_dataset(synth_dir, tmp_path / "ds")
+    schema = Schema.load(d)
+    path = schema.files("train", [1])[0]
+    data = bytearray(open(path, "rb").read())
+    if damage == "truncate":
+        data = data[: len(data) // 2 + 3]  # cut inside a record
+    else:
+        data[len(data) // 2] ^= 0xFF  # CRC mismatch
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(ValueError, match=rf"{path}: corrupt or truncated TFRecord"):
+        load_arrays(schema, "train")
+
+
+@pytest.mark.parametrize("text,match", [("{not json", "not valid JSON"), ('{"features": []}', "num_domains"),
+                                        ('{"features": [{"name": "a"}], "num_domains": 2}', "kind")])
+def test_invalid_schema_json_error_names_the_file(synth_dir, tmp_path, text, match):
+    d = _copy_dataset(synth_dir, tmp_path / "ds")
+    open(os.path.join(d, "schema.json"), "w").write(text)
+    with pytest.raises(ValueError, match=rf"{os.path.join(d, 'schema.json')}: .*{match}"):
+        Schema.load(d)
