@@ -232,6 +232,19 @@ def check_splits_not_empty(examples_per_split: dict[str, int], what: str) -> Non
     raise DataError(msg + ", or pass --allow_empty_splits")
 
 
+def mkdtemp_honouring_umask(prefix: str, dir: str) -> str:
+    """``tempfile.mkdtemp`` whose directory gets the mode the umask gives (mkdtemp's is 0700).
+
+    The temp directory is renamed into place as the final output, which other users
+    (e.g. TF Serving running as another account) must be able to read.
+    """
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=dir)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    return tmp
+
+
 class AtomicDir:
     """Context manager: yields a temp dir next to ``final``; renames it into place on success."""
 
@@ -242,7 +255,7 @@ class AtomicDir:
     def __enter__(self) -> str:
         parent = os.path.dirname(self.final)
         os.makedirs(parent, exist_ok=True)
-        self.tmp = tempfile.mkdtemp(prefix=os.path.basename(self.final) + ".tmp-", dir=parent)
+        self.tmp = mkdtemp_honouring_umask(os.path.basename(self.final) + ".tmp-", parent)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -32,6 +32,19 @@ from mdr_tf.data import feature_spec, sequence_keys
 from mdr_tf.schema import Schema
 
 
+def mkdtemp_honouring_umask(prefix: str, dir: str) -> str:
+    """``tempfile.mkdtemp`` whose directory gets the mode the umask gives (mkdtemp's is 0700).
+
+    The temp directory is renamed into place as the final output, which other users
+    (e.g. TF Serving running as another account) must be able to read.
+    """
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=dir)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    return tmp
+
+
 def _input_signature(schema: Schema) -> dict[str, tf.TensorSpec]:
     sig = {f.name: tf.TensorSpec([None], tf.int64 if f.kind == "categorical" else tf.float32, name=f.name)
            for f in schema.features}
@@ -80,7 +93,7 @@ def export_saved_model(model: keras.Model, base_dir: str, version: int | None = 
     archive.add_endpoint("serve", serve)
     archive.add_endpoint("serve_examples", serve_examples)
     archive.add_endpoint("serving_default", serve)
-    tmp = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base_dir)
+    tmp = mkdtemp_honouring_umask(f".{version}.tmp-", base_dir)
     try:
         archive.write_out(tmp, verbose=False)
         if os.path.exists(final):

@@ -365,3 +365,23 @@ def test_invalid_schema_json_error_names_the_file(synth_dir, tmp_path, text, mat
     open(os.path.join(d, "schema.json"), "w").write(text)
     with pytest.raises(ValueError, match=rf"{os.path.join(d, 'schema.json')}: .*{match}"):
         Schema.load(d)
+
+
+# --- item 15: dataset and export directories honour the umask (TF Serving may run as another user) ---
+
+def test_dataset_and_export_directories_honour_the_umask(tmp_path):
+    from data_prep.synthetic import generate
+    from mdr_tf.export import export_saved_model
+    from mdr_tf.models.backbones import BackboneModel
+
+    old = os.umask(0o022)
+    try:
+        out = str(tmp_path / "data")
+        generate(out, num_rows=300, num_domains=2, num_users=5, num_items=5, num_context=2, seed=0)
+        m = BackboneModel(TINY, hidden_units=[4])
+        m.build()
+        exp = export_saved_model(m, str(tmp_path / "serving"), version=3)
+    finally:
+        os.umask(old)
+    for d in (out, os.path.join(out, "domain_0"), exp, os.path.join(exp, "variables")):
+        assert oct(os.stat(d).st_mode & 0o777) == oct(0o755), d
