@@ -633,6 +633,7 @@ def prepare(
     work = WorkDir(output_dir, fp)
     runner = UnitRunner(workers)
     peak: dict[str, float] = {}
+    paths: dict[str, str] = {}
     try:
         paths = src.materialize(names, os.path.join(work.path, "raw"))
         opt = dict(options, block_bytes=int(block_mb * (1 << 20)), label_keys=label_keys,
@@ -701,9 +702,20 @@ def prepare(
             work, dataset="aliccp", features=features,
             domain_names=[f"{DOMAIN_FIELD}={v}" for v in vocab_info["domains"]], label_keys=label_keys,
             counts=counts, num_shards=num_shards, fp=fp, metadata=metadata, keep_work=keep_work)
+    except DataError as e:
+        raise _with_user_paths(e, src, paths) from e
     finally:
         runner.close()
         work.release()
+
+
+def _with_user_paths(e: DataError, src: StreamSource, paths: dict[str, str]) -> DataError:
+    """The error with every extracted copy's path replaced by the user's file (line numbers agree)."""
+    msg = str(e)
+    for name, p in paths.items():
+        if p != src.plain_path(name):
+            msg = msg.replace(p, src.where(name))
+    return DataError(msg)
 
 
 RECHUB_HEADER = ("click", "purchase") + SPARSE_FIELDS + tuple(f"D{f}" for f in DENSE_FIELDS)

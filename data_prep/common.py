@@ -732,8 +732,7 @@ class WorkDir:
         stale = [p for p in os.listdir(parent) if p.startswith(os.path.basename(self.output_dir) + ".work-")
                  and os.path.join(parent, p) != self.path]
         for p in stale:
-            log(f"note: {os.path.join(parent, p)} is the work directory of a run with other inputs or options; "
-                "delete it if that run is abandoned")
+            _remove_stale_workdir(os.path.join(parent, p))
 
     def file(self, *parts: str) -> str:
         path = os.path.join(self.path, *parts)
@@ -770,6 +769,28 @@ class WorkDir:
         if not self._lock.closed:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
+
+
+def _remove_stale_workdir(path: str) -> None:
+    """Deletes the work directory of a run with other inputs or options unless a run holds its lock.
+
+    Its fingerprint no longer matches the input, so no rerun can resume from it.
+    """
+    try:
+        lock = open(os.path.join(path, "lock"), "a")
+    except OSError:
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        log(f"note: {path} is the work directory of a running job with other inputs or options; kept")
+        lock.close()
+        return
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+        log(f"removed {path}: work directory of an earlier run with other inputs or options")
+    finally:
+        lock.close()
 
 
 def write_vocab_file(path: str, values: Iterable[Any]) -> None:

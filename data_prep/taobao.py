@@ -116,11 +116,16 @@ def _split_emb_line(line: str) -> tuple[str, str]:
     return key.strip().strip('"'), vec.strip().strip('"')
 
 
-def embedding_ids(path: str) -> tuple[set[str], bool]:
-    """Ids present in an embedding file (first pass, cheap); and whether line 1 is a header."""
+def embedding_ids(path: str, strict: bool = False, rejected: set[str] | None = None) -> tuple[set[str], bool]:
+    """Ids present in an embedding file (first pass, cheap); and whether line 1 is a header.
+
+    With ``strict`` (``--skip_bad_rows``), only ids whose vector line is valid count; the
+    ids of malformed lines go into ``rejected``.
+    """
     lines = _lines(path)
     ids: set[str] = set()
     header = False
+    dim = None
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -132,6 +137,18 @@ def embedding_ids(path: str) -> tuple[set[str], bool]:
                 except (ValueError, IndexError):
                     header = True
                     continue
+            # Only ids whose line read_embeddings accepts count as having an embedding (a line
+            # skipped under --skip_bad_rows must not keep its clicks with a zero vector).
+            if strict:
+                try:
+                    v = np.array(vec.split(), dtype=np.float32)
+                except ValueError:
+                    v = np.zeros(0, np.float32)
+                if v.size == 0 or not np.isfinite(v).all() or v.size != (dim or v.size):
+                    if rejected is not None:
+                        rejected.add(key)
+                    continue
+                dim = v.size
         except ValueError:
             continue  # reported by read_embeddings
         ids.add(key)
@@ -271,8 +288,12 @@ def prepare(
     clicks, bad = read_clicks(files[CLICK_FILE], skip_bad_rows)
     meta: dict[str, Any] = {"skipped_bad_rows": bad, "clicks_read": int(len(clicks))}
     theme_rank = {t: i for i, t in enumerate(pd.unique(clicks["theme"]))}  # first appearance, whole log
-    user_ids, user_hdr = embedding_ids(files[USER_EMB_FILE])
-    item_ids, item_hdr = embedding_ids(files[ITEM_EMB_FILE])
+    rej_u: set[str] = set()
+    rej_i: set[str] = set()
+    user_ids, user_hdr = embedding_ids(files[USER_EMB_FILE], skip_bad_rows and require_embeddings, rej_u)
+    item_ids, item_hdr = embedding_ids(files[ITEM_EMB_FILE], skip_bad_rows and require_embeddings, rej_i)
+    # Malformed embedding lines of clicked ids, skipped here (their clicks go as "no embedding").
+    meta["skipped_bad_rows"] += len(rej_u & set(clicks["user"])) + len(rej_i & set(clicks["item"]))
     has = clicks["user"].isin(user_ids) & clicks["item"].isin(item_ids)
     meta["clicks_without_embedding"] = int((~has).sum())
     if require_embeddings:

@@ -185,3 +185,48 @@ def test_ijcai18_missing_dense_value_is_not_scaled_as_a_number(tmp_path):
     assert real.min() == 0.0 and real.max() == 1.0  # real values keep the full [0, 1] range
     lo, hi = schema.raw["normalizers"]["shop_score_service"]["minmax"]
     assert lo > 0.5  # the range comes from real scores (>= 0.9 here), not from -1
+
+
+# --- item 7: Taobao drops clicks whose embedding line was malformed; errors name the user's file ---
+
+def test_taobao_skipped_embedding_line_counts_as_no_embedding(tmp_path):
+    from data_prep import taobao
+    from tests.data_prep.test_taobao import write_raw
+
+    raw = write_raw(tmp_path / "dim", item_lines_extra=["999,0.5 0.5 0.5\n"])  # item 999: a 3-d line
+    s = taobao.prepare(str(tmp_path / "o"), raw_path=raw, skip_bad_rows=True)
+    assert s["skipped_bad_rows"] == 1
+    vocab = open(os.path.join(str(tmp_path / "o"), "vocab", "item_id.txt")).read().split("\n")
+    assert "999" not in vocab  # its clicks are dropped like those of an item without embedding
+    assert s["pretrained_embeddings"]["item_id"]["ids_without_embedding"] == 0
+    k = taobao.prepare(str(tmp_path / "k"), raw_path=raw, skip_bad_rows=True, require_embeddings=False)
+    assert "999" in open(os.path.join(str(tmp_path / "k"), "vocab", "item_id.txt")).read().split("\n")  # control
+
+
+def test_aliccp_error_in_a_compressed_input_names_the_users_file(tmp_path):
+    from tests.data_prep.test_aliccp import write_fixture
+
+    raw = tmp_path / "raw"
+    write_fixture(str(raw))
+    path = raw / "sample_skeleton_train.csv"
+    lines = path.read_text().split("\n")
+    lines[3] = lines[3].replace(",", ";", 1)  # line 4: too few comma fields
+    path.write_text("\n".join(lines))
+    with open(path, "rb") as f, gzip.open(str(path) + ".gz", "wb") as g:
+        g.write(f.read())
+    os.remove(path)
+    with pytest.raises(DataError, match=rf"^{raw}/sample_skeleton_train.csv.gz:4: "):
+        aliccp.prepare(str(tmp_path / "out"), raw_path=str(raw), min_freq=1, num_shards=1, workers=1)
+
+
+def test_stale_work_directory_of_changed_input_is_removed(tmp_path):
+    from data_prep.common import WorkDir
+
+    out = str(tmp_path / "out")
+    old = WorkDir(out, "aaaa")
+    old.release()  # a failed run: its work directory stays
+    held = WorkDir(out, "bbbb")  # a run still going on (lock held): kept
+    WorkDir(out, "cccc").release()
+    assert not os.path.exists(out + ".work-aaaa")
+    assert os.path.exists(out + ".work-bbbb")
+    held.release()
