@@ -156,7 +156,7 @@ def read_ml100k(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, d
     ratings = pd.DataFrame(r)
     users = pd.DataFrame(u)
     users["age_code"] = age_to_code(users["age"].to_numpy())
-    frame, orphans = _join(ratings, users, items, files, skip_bad)
+    frame, orphans = _join(ratings, users, items, files, skip_bad, src)
     return frame, {"checksums": checksums, "skipped_bad_rows": bad, "dropped_orphan_ratings": orphans}
 
 
@@ -199,29 +199,63 @@ def read_ml1m(src: RawSource, skip_bad: bool = False) -> tuple[pd.DataFrame, dic
     users["age"] = users["age_code"]  # ML-1M only has the codes; HAMUR uses them as the dense "age".
     users["occupation"] = users["occupation"].astype(str)
     items = pd.DataFrame({"item": m["item"], "genre": [g.split("|")[0] for g in m["genres"]]})
-    frame, orphans = _join(pd.DataFrame(r), users, items, ("ratings.dat", "users.dat", "movies.dat"), skip_bad)
+    frame, orphans = _join(pd.DataFrame(r), users, items, ("ratings.dat", "users.dat", "movies.dat"), skip_bad, src)
     return frame, {"checksums": checksums, "skipped_bad_rows": bad, "dropped_orphan_ratings": orphans}
 
 
+def _where(src: RawSource | None, name: str) -> str:
+    """The user's path of a raw file (``archive!member`` inside a zip)."""
+    if src is None:
+        return name
+    try:
+        return src.read_bytes(name)[1]
+    except DataError:
+        return name
+
+
+def _line_of(src: RawSource | None, name: str, value: int, nth: int, column: int = 0) -> str:
+    """1-based line number of the ``nth`` line of ``name`` whose field ``column`` is ``value`` (error path)."""
+    if src is None:
+        return "?"
+    data, _ = src.read_bytes(name)
+    text = data.decode("latin-1")
+    seen = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.replace("::", "\t").replace("|", "\t").split("\t")
+        if len(fields) > column and fields[column].strip() == str(value):
+            seen += 1
+            if seen == nth:
+                return str(lineno)
+    return "?"
+
+
 def _join(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, files: Sequence[str],
-          skip_bad: bool = False) -> tuple[pd.DataFrame, int]:
+          skip_bad: bool = False, src: RawSource | None = None) -> tuple[pd.DataFrame, int]:
     """Joins ratings with users and items; returns (frame, ratings dropped for a missing user/item).
 
     A rating whose user or item is missing is an error, unless ``skip_bad`` (then the
     user/item line was itself skipped as malformed and its ratings are dropped too).
     """
+    if len(ratings) == 0:
+        raise DataError(f"{_where(src, files[0])}: no ratings (the file is empty)")
     for df, f, key in ((users, files[1], "user"), (items, files[2], "item")):
         dup = df[key].duplicated()
         if dup.any():
-            raise DataError(f"{f}: duplicate {key} id {df[key][dup].iloc[0]}")
+            v = df[key][dup].iloc[0]
+            raise DataError(f"{_where(src, f)}:{_line_of(src, f, v, 2)}: duplicate {key} id {v} "
+                            f"(first on line {_line_of(src, f, v, 1)})")
     frame = ratings.merge(users, on="user", how="left", validate="many_to_one")
     frame = frame.merge(items, on="item", how="left", validate="many_to_one")
     no_user, no_item = frame["gender"].isna(), frame["genre"].isna()
     dropped = int((no_user | no_item).sum())
     if dropped and not skip_bad:
         if no_user.any():
-            raise DataError(f"{files[0]}: user {int(frame['user'][no_user].iloc[0])} is not in {files[1]}")
-        raise DataError(f"{files[0]}: item {int(frame['item'][no_item].iloc[0])} is not in {files[2]}")
+            v = int(frame['user'][no_user].iloc[0])
+            raise DataError(f"{_where(src, files[0])}:{_line_of(src, files[0], v, 1, column=0)}: user {v} is not "
+                            f"in {_where(src, files[1])}")
+        v = int(frame['item'][no_item].iloc[0])
+        raise DataError(f"{_where(src, files[0])}:{_line_of(src, files[0], v, 1, column=1)}: item {v} is not in "
+                        f"{_where(src, files[2])}")
     if dropped:
         frame = frame[~(no_user | no_item)].reset_index(drop=True)
     return frame, dropped

@@ -230,3 +230,27 @@ def test_stale_work_directory_of_changed_input_is_removed(tmp_path):
     assert not os.path.exists(out + ".work-aaaa")
     assert os.path.exists(out + ".work-bbbb")
     held.release()
+
+
+def test_movielens_join_errors_name_file_and_line(tmp_path):
+    from tests.data_prep.test_movielens import RATINGS_1M, USERS_1M, _prep, write_ml1m
+
+    raw = write_ml1m(tmp_path / "orphan.zip", extra_rating_lines=["99::3::3::978300000\n"])
+    n = len(RATINGS_1M) + 1
+    with pytest.raises(DataError, match=rf"orphan\.zip!ml-1m/ratings\.dat:{n}: user 99 is not in .*orphan\.zip!ml-1m/users\.dat"):
+        _prep(tmp_path / "o", raw, version="1m")
+    raw = write_ml1m(tmp_path / "empty.zip", ratings=[])
+    with pytest.raises(DataError, match=r"empty\.zip!ml-1m/ratings\.dat: no ratings \(the file is empty\)"):
+        _prep(tmp_path / "o2", raw, version="1m")
+    u = USERS_1M[1]
+    dup = str(tmp_path / "dup.zip")
+    import zipfile
+    with zipfile.ZipFile(write_ml1m(tmp_path / "d0.zip")) as z, zipfile.ZipFile(dup, "w") as out:
+        for name in z.namelist():
+            data = z.read(name)
+            if name.endswith("users.dat"):
+                data += "::".join(map(str, u)).encode() + b"\n"
+            out.writestr(name, data)
+    with pytest.raises(DataError, match=rf"dup\.zip!ml-1m/users\.dat:{len(USERS_1M) + 1}: duplicate user id {u[0]} "
+                                        r"\(first on line 2\)"):
+        _prep(tmp_path / "o3", dup, version="1m")
