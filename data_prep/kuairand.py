@@ -450,6 +450,9 @@ def _read_logs(work: WorkDir, src: StreamSource, logs: Sequence[str], users: _Ta
                 info["lines"] += n_lines
                 if info["lines"] // 2_000_000 != (info["lines"] - n_lines) // 2_000_000:
                     log(f"[pass 1] {info['lines']:,} lines ({info['lines'] / (time.time() - t0):,.0f} lines/s)")
+        if header is None:
+            raise DataError(f"{where}: empty file; expected a header line with the KuaiRand log columns "
+                            f"{list(LOG_COLUMNS)} and log rows")
     for f in outs.values():
         f.close()
     info["tab_first_appearance"] = [t for t, _ in sorted(first.items(), key=lambda kv: kv[1])]

@@ -106,6 +106,8 @@ def read_clicks(path: str, skip_bad: bool = False) -> tuple[pd.DataFrame, int]:
         cols["theme"].append(vals[1])
         cols["item"].append(vals[2])
         cols["time"].append(row[t].strip() if t is not None and t < len(row) else "")
+    if not cols["user"] and not bad:
+        raise DataError(f"{path}: no click rows (empty file?); expected user_id,theme_id,item_id,... lines")
     return pd.DataFrame(cols), bad
 
 
@@ -152,6 +154,8 @@ def embedding_ids(path: str, strict: bool = False, rejected: set[str] | None = N
         except ValueError:
             continue  # reported by read_embeddings
         ids.add(key)
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{path}: empty file; expected 'id,<space-separated floats>' lines")
     return ids, header
 
 

@@ -313,7 +313,7 @@ def test_bad_value_and_orphan_rating(tmp_path):
     with pytest.raises(DataError, match=r"ratings\.dat:32: .*rating in 1\.\.5"):
         _prep(tmp_path / "o", raw, version="1m")
     raw = write_ml1m(tmp_path / "orphan.zip", extra_rating_lines=["99::3::3::978300000\n"])
-    with pytest.raises(DataError, match=r"user 99 is not in users\.dat"):
+    with pytest.raises(DataError, match=r"ratings\.dat:32: user 99 is not in .*users\.dat"):
         _prep(tmp_path / "o", raw, version="1m")
     schema = _prep(tmp_path / "o", raw, version="1m", skip_bad_rows=True)
     assert schema["dropped_orphan_ratings"] == 1 and schema["num_examples"] == len(RATINGS_1M)

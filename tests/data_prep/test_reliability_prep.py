@@ -254,3 +254,22 @@ def test_movielens_join_errors_name_file_and_line(tmp_path):
     with pytest.raises(DataError, match=rf"dup\.zip!ml-1m/users\.dat:{len(USERS_1M) + 1}: duplicate user id {u[0]} "
                                         r"\(first on line 2\)"):
         _prep(tmp_path / "o3", dup, version="1m")
+
+
+def test_kuairand_and_taobao_empty_files_are_named_as_empty(tmp_path):
+    from pathlib import Path
+
+    from data_prep import taobao
+    from tests.data_prep.test_kuairand import write_fixture
+    from tests.data_prep.test_taobao import write_raw
+
+    data = tmp_path / "k" / "KuaiRand-1K" / "data"
+    write_fixture(str(data))
+    open(data / "log_standard_4_22_to_5_08_1k.csv", "w").close()
+    with pytest.raises(DataError, match=r"log_standard_4_22_to_5_08_1k\.csv: empty file"):
+        kuairand.prepare(str(tmp_path / "ko"), raw_path=str(tmp_path / "k"), num_shards=1)
+    for fn in (taobao.CLICK_FILE, taobao.USER_EMB_FILE, taobao.ITEM_EMB_FILE):
+        raw = write_raw(Path(tmp_path) / f"t-{fn}")
+        open(os.path.join(raw, fn), "w").close()
+        with pytest.raises(DataError, match=rf"{fn}: (empty file|no click rows \(empty file\?\))"):
+            taobao.prepare(str(tmp_path / f"o-{fn}"), raw_path=raw)
