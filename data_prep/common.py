@@ -1385,6 +1385,65 @@ def split_delimited(buf: np.ndarray, sep: int, ncols: int):
     return rows, cols, bad
 
 
+#: Lines TensorFlow's C++ runtime prints at start-up on every run (not errors).
+_TF_STARTUP_NOISE = (b"All log messages before absl::InitializeLog()", b"oneDNN custom operations are on",
+                     b"cpu_feature_guard", b"This TensorFlow binary is optimized",
+                     b"To enable the following instructions")
+
+
+def quiet_tensorflow_startup() -> None:
+    """Drops TensorFlow's C++ start-up lines (oneDNN, CPU features, absl pre-init notice) from stderr.
+
+    They are written by C++ before ``TF_CPP_MIN_LOG_LEVEL`` applies, so fd 2 is routed
+    through a pipe whose reader thread forwards every other line unchanged. Called by the
+    command-line entry points (``run_cli``); ``MDR_TF_TF_LOGS=1`` keeps the lines.
+    """
+    import atexit
+    import threading
+
+    if os.environ.get("MDR_TF_TF_LOGS") == "1" or getattr(quiet_tensorflow_startup, "active", False):
+        return
+    sys.stderr.flush()
+    orig = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+    quiet_tensorflow_startup.active = True
+
+    def forward(data: bytes) -> None:
+        if data:
+            os.write(orig, data)
+
+    def pump() -> None:
+        pending = b""
+        while True:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            forward(b"".join(x + b"\n" for x in lines if not any(n in x for n in _TF_STARTUP_NOISE)))
+            if pending and not pending.startswith((b"I0000", b"W0000", b"WARNING: All")):
+                forward(pending)  # a partial line (progress output): no delay
+                pending = b""
+        if pending and not any(n in pending for n in _TF_STARTUP_NOISE):
+            forward(pending)
+        os.close(r)
+
+    thread = threading.Thread(target=pump, name="tf-startup-filter", daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(orig, 2)  # the pipe's write end closes: the reader drains and ends
+        thread.join(timeout=2)
+
+    atexit.register(restore)
+
+
 def run_cli(define_flags: Callable[[], None], body: Callable[[Any], Any], required: Sequence[str] = (),
             errors: tuple[type[BaseException], ...] = (DataError,)) -> None:
     """Shared absl entry point of the preprocessors and experiment scripts: defines the
@@ -1393,6 +1452,7 @@ def run_cli(define_flags: Callable[[], None], body: Callable[[Any], Any], requir
     ``error: ...`` on stderr and exit status 1."""
     from absl import app, flags
 
+    quiet_tensorflow_startup()
     define_flags()
     if "full_hash" not in flags.FLAGS:
         flags.DEFINE_boolean("full_hash", False, "Identify raw input files by a sha256 of their whole content "
@@ -1415,5 +1475,9 @@ def run_cli(define_flags: Callable[[], None], body: Callable[[Any], Any], requir
             body(flags.FLAGS)
         except errors as e:
             raise SystemExit(f"error: {e}")
+        except KeyboardInterrupt:
+            print("\ninterrupted (Ctrl-C): finished work is kept; rerun the same command to resume",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
 
     app.run(main)

@@ -28,7 +28,9 @@ from absl import app, flags
 
 def define_data_flags() -> None:
     """``--dataset``, ``--raw_path``, ``--data_dir``, ``--dataset_options`` (shared by the scripts)."""
-    flags.DEFINE_string("dataset", "ml100k", "Dataset name (see data_prep/registry.py).")
+    from data_prep import registry as data_registry
+
+    flags.DEFINE_string("dataset", "ml100k", "Dataset name: " + ", ".join(sorted(data_registry.DATASETS)) + ".")
     flags.DEFINE_string("raw_path", None, "Raw data (zip or folder); ML-100k defaults to the recbole wheel copy.")
     flags.DEFINE_string("data_dir", "data", "Root folder of prepared datasets.")
     flags.DEFINE_list("dataset_options", [], "Extra prepare options as key=value (e.g. domain_scheme=gender).")
@@ -100,7 +102,11 @@ def embedding_kwargs(precision: str, bits: int, quantization: str | dict = "{}")
 def define_flags() -> None:
     define_data_flags()
     define_training_flags(epochs=4)  # the main job's default keeps it under 15 min
-    flags.DEFINE_list("models", None, "Models to run (default: the registry's main table).")
+    from mdr_tf import registry
+
+    flags.DEFINE_list("models", None, "Models to run (default: the registry's main table: "
+                      + ",".join(registry.names(main_table_only=True)) + "). All: " + ", ".join(registry.names())
+                      + ".")
     validate_model_list("models")
     flags.DEFINE_integer("trials", 2, "Trials per model (the papers use 10).", lower_bound=1)
     flags.DEFINE_integer("seed_base", 0, "Trial t uses seed seed_base + t.")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from typing import Any, Callable
 
 import keras
@@ -516,6 +518,29 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
         if cfg.checkpoint_dir else 0
     if start and log:
         log(f"  resumed from {cfg.checkpoint_dir} after epoch {start}")
+    with _quiet_keras_fit_warnings():
+        _fit_epochs(model, schema, cfg, cbs, stopper, fused, domains, start)
+    stopper.set_model(model)  # unset when a resumed run had no epoch left to fit
+    stopper.restore_best()
+    return stopper
+
+
+@contextlib.contextmanager
+def _quiet_keras_fit_warnings():
+    """Silences two Keras ``fit`` warnings that are expected here and read like failures.
+
+    "Your input ran out of data": every epoch is one finite pass (no ``steps_per_epoch``),
+    which Keras' multi-step loop reports at the end of each epoch; "``shuffle=True`` was
+    passed": datasets are shuffled by ``mdr_tf.data`` (seeded per epoch).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed", category=UserWarning)
+        yield
+
+
+def _fit_epochs(model, schema, cfg, cbs, stopper, fused, domains, start) -> None:
+    """The epoch loop of ``fit``."""
     for epoch in range(start, cfg.epochs):
         if stopper.stopped:
             break
@@ -552,9 +577,6 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
             model.fit(train, initial_epoch=epoch, epochs=epoch + 1, callbacks=cbs, verbose=cfg.verbose)
         if cfg.checkpoint_dir:
             _save_state(model, stopper, epoch, _checkpoint_dir_for_this_worker(cfg.checkpoint_dir))
-    stopper.set_model(model)  # unset when a resumed run had no epoch left to fit
-    stopper.restore_best()
-    return stopper
 
 
 def run_trial(model_name: str, schema: Schema, cfg: TrainConfig, model_kwargs: dict | None = None,
