@@ -423,3 +423,17 @@ def test_fit_emits_no_alarming_keras_warnings(synth_schema):
         training.fit(m, synth_schema, cfg)
     msgs = [str(w.message) for w in caught]
     assert not [x for x in msgs if "ran out of data" in x or "shuffle=True" in x], msgs
+
+
+def test_readme_snippet_runs(synth_dir, tmp_path, monkeypatch):
+    import re
+
+    text = open(os.path.join(REPO, "README.md")).read()
+    code = re.search(r"## Using it in your own code.*?```python\n(.*?)```", text, re.S).group(1)
+    assert "ExactEarlyStopping" in code and "evaluate_split" in code
+    code = code.replace('"data/ml100k"', repr(synth_dir)).replace("epochs=20", "epochs=1")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["stop"].best_epoch >= 1
+    assert os.path.exists(tmp_path / "model.keras") and os.path.isdir(tmp_path / "serving" / "mlora_dcn" / "1")
