@@ -11,9 +11,11 @@ Datasets with behaviour sequences (``schema.sequences``) add, per sequence, ``<n
 and ``<name>_mask`` as int64 ``[B, length]`` to the raw signature and as fixed-length
 int64 lists to the tf.Example (``serialize_examples`` writes them).
 
-Serving behaviour (documented, tested): a categorical id outside ``[0, vocab)`` is
-served as the out-of-vocabulary id 0; a ``domain_id`` outside ``[0, D)`` is rejected
-with ``InvalidArgumentError`` (a model cannot guess which domain's parameters to use).
+Serving behaviour (documented, tested): a categorical id outside ``[0, vocab)`` (checked
+in int64, so ids >= 2**31 too) is served as the out-of-vocabulary id 0; a ``domain_id``
+outside ``[0, D)`` and a NaN/inf dense value are rejected with ``InvalidArgumentError``
+(a model cannot guess which domain's parameters to use). The Keras model does the same
+(``mdr_tf.layers.embedding.check_inputs``), so both paths agree.
 
 Written into TF Serving's versioned layout ``<base_dir>/<version>/`` atomically.
 """

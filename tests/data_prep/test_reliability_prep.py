@@ -273,3 +273,15 @@ def test_kuairand_and_taobao_empty_files_are_named_as_empty(tmp_path):
         open(os.path.join(raw, fn), "w").close()
         with pytest.raises(DataError, match=rf"{fn}: (empty file|no click rows \(empty file\?\))"):
             taobao.prepare(str(tmp_path / f"o-{fn}"), raw_path=raw)
+
+
+# --- item 8: the documented line handling (split on "\n" only) holds ---
+
+def test_parse_lines_keeps_line_numbers_across_unicode_line_breaks():
+    from data_prep.sources import parse_lines
+
+    text = "1::a\x85b::3\n2::c\u2028d::4\n3::e::x\n"
+    with pytest.raises(DataError, match=r"f:3: field 'n' = 'x'"):
+        parse_lines(text, "f", "::", ["id", "t", "n"], {"id": int, "n": int})
+    cols, _ = parse_lines(text[:-9], "f", "::", ["id", "t", "n"], {"id": int, "n": int})
+    assert cols["t"] == ["a\x85b", "c\u2028d"]
