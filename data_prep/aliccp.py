@@ -126,6 +126,34 @@ def _bad(rows_lines: np.ndarray, mask: np.ndarray, reason) -> dict[int, str]:
     return out
 
 
+_DIGIT = np.zeros(256, bool)
+_DIGIT[48:58] = True
+_FLOAT_CHAR = _DIGIT.copy()
+_FLOAT_CHAR[list(b".-+eE")] = True
+
+
+def _span_count(mask: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Number of True bytes of ``mask`` in each span [start, end) (one cumulative sum)."""
+    c = np.zeros(len(mask) + 1, np.int32)
+    np.cumsum(mask, out=c[1:])
+    return c[end] - c[start]
+
+
+def _int_like(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Spans of 1..18 decimal digits (what ``parse_int_spans`` accepts), screened in one pass."""
+    n = end - start
+    return (n > 0) & (n <= 18) & (_span_count(~_DIGIT[buf], start, end) == 0)
+
+
+def _float_like(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Spans that look like a decimal number: only digits, '.', signs and exponent marks,
+    starting with a digit, sign or '.' and ending in a digit or '.'. A screen, not a parser
+    (the used entries are parsed in full): it rejects words like ``abc``, ``x1`` or ``1e``."""
+    n = end - start
+    first, last = buf[np.minimum(start, len(buf) - 1)], buf[np.maximum(end - 1, 0)]
+    return ((n > 0) & (_span_count(~_FLOAT_CHAR[buf], start, end) == 0)
+            & (first != 101) & (first != 69) & (_DIGIT[last] | (last == 46)))
+
 def parse_feature_block(block: bytes, n_head: int, check_num: bool) -> dict[str, Any]:
     """Parses a block of whole Ali-CCP lines (``n_head`` comma fields + a feature list).
 
@@ -208,27 +236,31 @@ def parse_feature_block(block: bytes, n_head: int, check_num: bool) -> dict[str,
     uniq, first_rev = np.unique(flat[::-1], return_index=True)
     chosen = ent[len(flat) - 1 - first_rev]
     crow_, cfield = uniq // NF, uniq % NF
-    sel = len(flat) - 1 - first_rev  # position in ``ent`` of each chosen (last) entry
-    # Every entry of a kept field is validated (not only the last, which is the one used).
-    idv_all, ok = parse_int_spans(b, p2[ent] + 1, p3[ent])
+    # Every entry of a kept field is validated, not only the last (the one used): a cheap
+    # vectorised character screen over all entries, the full parse for the chosen ones.
+    ok = _int_like(b, p2[ent] + 1, p3[ent])
     if not ok.all():
         raise _Bad(_bad(rows_line[erow[ent]], ~ok,
                         lambda i: f"field {SPARSE_FIELDS[fidx[i]]}: feature id is not a non-negative integer"))
-    idv = idv_all[sel]
+    dpos = np.full(NF, -1)
+    dpos[DENSE_POS] = np.arange(len(DENSE_FIELDS))
+    dent = ent[dpos[fidx] >= 0]
+    ok = _float_like(b, p3[dent] + 1, eend[dent])
+    if not ok.all():
+        dfield = fidx[dpos[fidx] >= 0]
+        raise _Bad(_bad(rows_line[erow[dent]], ~ok, lambda i: f"field {SPARSE_FIELDS[dfield[i]]}: value is not a number"))
+    idv, ok = parse_int_spans(b, p2[chosen] + 1, p3[chosen])
+    if not ok.all():
+        raise _Bad(_bad(rows_line[crow_], ~ok,
+                        lambda i: f"field {SPARSE_FIELDS[cfield[i]]}: feature id is not a non-negative integer"))
     ids = np.full((n, NF), -1, np.int64)
     ids[crow_, cfield] = idv
     vals = np.zeros((n, len(DENSE_FIELDS)), np.float32)
-    dpos = np.full(NF, -1)
-    dpos[DENSE_POS] = np.arange(len(DENSE_FIELDS))
     isd = dpos[cfield] >= 0
-    dent = np.flatnonzero(dpos[fidx] >= 0)  # entries (in ``ent``) of dense fields
-    dv_all, ok = parse_float_spans(b, p3[ent[dent]] + 1, eend[ent[dent]])
+    dv, ok = parse_float_spans(b, p3[chosen[isd]] + 1, eend[chosen[isd]])
     if not ok.all():
-        raise _Bad(_bad(rows_line[erow[ent[dent]]], ~ok,
-                        lambda i: f"field {SPARSE_FIELDS[fidx[dent[i]]]}: value is not a number"))
-    in_dent = np.full(len(ent), -1)
-    in_dent[dent] = np.arange(len(dent))
-    dv = dv_all[in_dent[sel[isd]]]
+        raise _Bad(_bad(rows_line[crow_[isd]], ~ok,
+                        lambda i: f"field {SPARSE_FIELDS[cfield[isd][i]]}: value is not a number"))
     vals[crow_[isd], dpos[cfield[isd]]] = dv
     return {"line": rows_line, "head": head, "buf": b, "ids": ids, "vals": vals, "num_entries": nent}
 

@@ -439,7 +439,7 @@ def test_fit_emits_no_alarming_keras_warnings(synth_schema):
 
     from mdr_tf import training
 
-    cfg = training.TrainConfig(epochs=1, batch_size=256, steps_per_execution=4, fused=False)
+    cfg = training.TrainConfig(epochs=1, batch_size=256, steps_per_execution=4, fused=False, jit_compile=False)
     m = registry.get("dnn").build(synth_schema, hidden_units=[4], embedding_dim=4)
     m.build()
     with warnings.catch_warnings(record=True) as caught:
