@@ -128,21 +128,31 @@ def _bad(rows_lines: np.ndarray, mask: np.ndarray, reason) -> dict[int, str]:
 
 _DIGIT = np.zeros(256, bool)
 _DIGIT[48:58] = True
-_FLOAT_CHAR = _DIGIT.copy()
-_FLOAT_CHAR[list(b".-+eE")] = True
+_NOT_DIGIT = (~_DIGIT).astype(np.uint8)
+_NOT_FLOAT_CHAR = _NOT_DIGIT.copy()
+_NOT_FLOAT_CHAR[list(b".-+eE")] = 0
 
 
-def _span_count(mask: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Number of True bytes of ``mask`` in each span [start, end) (one cumulative sum)."""
-    c = np.zeros(len(mask) + 1, np.int32)
-    np.cumsum(mask, out=c[1:])
-    return c[end] - c[start]
+def _span_count(lut: np.ndarray, buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Sum of ``lut[byte]`` over each span [start, end) of ``buf``; spans ordered and disjoint.
+
+    One table lookup and one ``np.add.reduceat`` over the interleaved (start, end)
+    boundaries: no buffer-sized cumulative array. Empty spans count 0.
+    """
+    if len(start) == 0:
+        return np.zeros(0, np.int64)
+    m = lut[buf]
+    bounds = np.stack([start, end], axis=1).ravel()
+    if bounds[-1] >= len(m):
+        m = np.concatenate([m, np.zeros(1, m.dtype)])
+    counts = np.add.reduceat(m, bounds, dtype=np.int32)[0::2]
+    return np.where(end > start, counts, 0)
 
 
 def _int_like(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
     """Spans of 1..18 decimal digits (what ``parse_int_spans`` accepts), screened in one pass."""
     n = end - start
-    return (n > 0) & (n <= 18) & (_span_count(~_DIGIT[buf], start, end) == 0)
+    return (n > 0) & (n <= 18) & (_span_count(_NOT_DIGIT, buf, start, end) == 0)
 
 
 def _float_like(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -151,7 +161,7 @@ def _float_like(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarr
     (the used entries are parsed in full): it rejects words like ``abc``, ``x1`` or ``1e``."""
     n = end - start
     first, last = buf[np.minimum(start, len(buf) - 1)], buf[np.maximum(end - 1, 0)]
-    return ((n > 0) & (_span_count(~_FLOAT_CHAR[buf], start, end) == 0)
+    return ((n > 0) & (_span_count(_NOT_FLOAT_CHAR, buf, start, end) == 0)
             & (first != 101) & (first != 69) & (_DIGIT[last] | (last == 46)))
 
 def parse_feature_block(block: bytes, n_head: int, check_num: bool) -> dict[str, Any]:

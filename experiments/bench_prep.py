@@ -135,6 +135,40 @@ def bench_encoder(n: int = 20_000) -> dict:
 
 
 FLAGS = flags.FLAGS
+def bench_entry_screen(lines: int = 4000, reps: int = 5, seed: int = 0) -> dict:
+    """CPU time of ``aliccp.parse_feature_block`` with and without the every-entry screen.
+
+    A common-features-like block (behaviour lists of 5..60 entries in each of the four
+    ``*_14`` fields, ~130 entries a line); the screen is switched off by making
+    ``_int_like`` / ``_float_like`` accept everything; interleaved, median of ``reps``.
+    """
+    from data_prep import aliccp
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in range(lines):
+        ents = [("101", 1000 + r, "1"), ("121", 11, "1"), ("124", 1, "1")]
+        for f in ("109_14", "110_14", "127_14", "150_14"):
+            ents += [(f, int(rng.integers(1, 10**6)), f"{rng.random():.4f}") for _ in range(int(rng.integers(5, 60)))]
+        out.append(f"k{r},{len(ents)}," + "\x01".join(f"{f}\x02{i}\x03{v}" for f, i, v in ents))
+    block = ("\n".join(out) + "\n").encode()
+    real = (aliccp._int_like, aliccp._float_like)
+    times: dict[str, list[float]] = {"screen": [], "no_screen": []}
+    try:
+        for _ in range(reps):
+            for name in times:
+                aliccp._int_like, aliccp._float_like = real if name == "screen" else (
+                    lambda b, s, e: np.ones(len(s), bool),) * 2
+                t0 = time.process_time()
+                aliccp.parse_feature_block(block, 2, True)
+                times[name].append(time.process_time() - t0)
+    finally:
+        aliccp._int_like, aliccp._float_like = real
+    a, b = float(np.median(times["screen"])), float(np.median(times["no_screen"]))
+    return {"block_mb": round(len(block) / 2**20, 1), "lines": lines, "cpu_s_screen": round(a, 3),
+            "cpu_s_no_screen": round(b, 3), "ratio": round(a / b, 2), "load_average": os.getloadavg()}
+
+
 flags.DEFINE_integer("rows", 3_000_000, "Train sample rows (the test file gets half as many).")
 flags.DEFINE_string("dir", "/tmp/aliccp_bench", "Where the raw files and the output go.")
 flags.DEFINE_integer("workers", 0, "Worker processes (0 = all cores).")
