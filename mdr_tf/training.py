@@ -519,7 +519,12 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
     if start and log:
         log(f"  resumed from {cfg.checkpoint_dir} after epoch {start}")
     with _quiet_keras_fit_warnings():
-        _fit_epochs(model, schema, cfg, cbs, stopper, fused, domains, start)
+        try:
+            _fit_epochs(model, schema, cfg, cbs, stopper, fused, domains, start)
+        except tf.errors.DataLossError as e:  # a corrupt streamed TFRecord: name the file
+            from mdr_tf.data import raise_corrupt_file
+
+            raise_corrupt_file(schema.files("train", domains), e)
     stopper.set_model(model)  # unset when a resumed run had no epoch left to fit
     stopper.restore_best()
     return stopper

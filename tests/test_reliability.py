@@ -461,3 +461,20 @@ def test_readme_snippet_runs(synth_dir, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["stop"].best_epoch >= 1
     assert os.path.exists(tmp_path / "model.keras") and os.path.isdir(tmp_path / "serving" / "mlora_dcn" / "1")
+
+
+def test_corrupt_tfrecord_while_streaming_training_names_the_file(synth_dir, tmp_path, monkeypatch):
+    from mdr_tf import data, training
+
+    d = _copy_dataset(synth_dir, tmp_path / "ds")
+    schema = Schema.load(d)
+    path = schema.files("train", [2])[0]
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    monkeypatch.setattr(data, "IN_MEMORY_MAX_VALUES", 0)  # the streaming input path (large datasets)
+    m = registry.get("dnn").build(schema, hidden_units=[4], embedding_dim=4)
+    m.build()
+    cfg = training.TrainConfig(epochs=1, batch_size=256, steps_per_execution=1, fused=False, jit_compile=False)
+    with pytest.raises(ValueError, match=rf"{path}: corrupt or truncated TFRecord"):
+        training.fit(m, schema, cfg)
