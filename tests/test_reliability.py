@@ -26,10 +26,21 @@ TINY = {
 }
 
 
-def tiny_inputs(n: int = 6) -> dict[str, np.ndarray]:
-    return {"user_id": np.arange(n, dtype=np.int64) % 7, "item_id": np.arange(n, dtype=np.int64) % 5,
-            "ctx": np.arange(n, dtype=np.int64) % 3, "price": np.linspace(0, 1, n).astype(np.float32),
-            "domain_id": np.arange(n, dtype=np.int64) % 3}
+#: TINY plus a click history [4] and unclick windows [4, 2] for the registry's sequence models.
+TINY_SEQ = {**TINY, "sequences": [
+    {"name": "click", "kind": "sequence", "shape": [4], "embed_with": "item_id"},
+    {"name": "unclick", "kind": "sequence", "shape": [4, 2], "embed_with": "item_id"}]}
+
+
+def tiny_inputs(n: int = 6, sequences: bool = False) -> dict[str, np.ndarray]:
+    x = {"user_id": np.arange(n, dtype=np.int64) % 7, "item_id": np.arange(n, dtype=np.int64) % 5,
+         "ctx": np.arange(n, dtype=np.int64) % 3, "price": np.linspace(0, 1, n).astype(np.float32),
+         "domain_id": np.arange(n, dtype=np.int64) % 3}
+    if sequences:
+        for name, length in (("click", 4), ("unclick", 8)):
+            x[f"{name}_ids"] = (np.arange(n * length, dtype=np.int64).reshape(n, length) % 5)
+            x[f"{name}_mask"] = (np.arange(n * length).reshape(n, length) % 3 != 0).astype(np.int64)
+    return x
 
 
 def _subprocess(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -41,25 +52,26 @@ def _subprocess(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
 # --- item 10: every registry model loads with keras.models.load_model after `import mdr_tf` ---
 
 def test_every_registry_model_loads_after_import_mdr_tf_only(tmp_path):
-    x = tiny_inputs()
     want = {}
     for name in registry.names():
-        m = registry.get(name).build(TINY)
+        seq = bool(getattr(registry.get(name), "needs_sequences", False))
+        m = registry.get(name).build(TINY_SEQ if seq else TINY)
         m.build()
-        want[name] = np.asarray(m(x, training=False)).reshape(-1).tolist()
+        want[name] = [seq, np.asarray(m(tiny_inputs(sequences=seq), training=False)).reshape(-1).tolist()]
         m.save(str(tmp_path / f"{name}.keras"))
-    np.savez(tmp_path / "x.npz", **x)
+    np.savez(tmp_path / "x.npz", **tiny_inputs())
+    np.savez(tmp_path / "xs.npz", **tiny_inputs(sequences=True))
     (tmp_path / "want.json").write_text(json.dumps(want))
     code = f"""
 import json, sys, numpy as np
 import keras, mdr_tf
 d = {str(tmp_path)!r}
-x = dict(np.load(d + '/x.npz'))
+xs = dict([(False, dict(np.load(d + '/x.npz'))), (True, dict(np.load(d + '/xs.npz')))])
 want = json.load(open(d + '/want.json'))
 bad = []
-for name, ref in want.items():
+for name, (seq, ref) in want.items():
     try:
-        got = np.asarray(keras.models.load_model(d + '/' + name + '.keras')(x, training=False)).reshape(-1)
+        got = np.asarray(keras.models.load_model(d + '/' + name + '.keras')(xs[seq], training=False)).reshape(-1)
         if not np.allclose(got, ref, atol=1e-6, rtol=0):
             bad.append(name + ': predictions differ')
     except Exception as e:
