@@ -36,14 +36,14 @@ class MIDPGModel(BackboneModel):
       l2_weight: λ2 of eq. 8, ``λ2·Σ_θ ||θ||²`` over all trainable weights, added in
         training calls (0 disables).
       output_dwm: the output layer (``n → 1``) is a DWM layer too (its ``b`` is 1);
-        False keeps a plain ``Dense(1)`` head.
+        False (default) keeps a plain ``Dense(1)`` head.
       block_config: ``DWMDense`` arguments of every DWM layer (``mir_weight`` is set
         from ``mir_weight`` / ``mir_reduction``).
       **kwargs: ``BackboneModel`` arguments (``block`` is always "dwm").
     """
 
     def __init__(self, schema: dict[str, Any], mir_weight: float = 0.1, mir_reduction: str = "mean",
-                 l2_weight: float = 0.0, output_dwm: bool = True, block_config: dict[str, Any] | None = None,
+                 l2_weight: float = 0.0, output_dwm: bool = False, block_config: dict[str, Any] | None = None,
                  **kwargs):
         if mir_reduction not in MIR_REDUCTIONS:
             raise ValueError(f"mir_reduction must be one of {MIR_REDUCTIONS}, got {mir_reduction!r}")
@@ -99,7 +99,7 @@ def build_midpg(
     mir_weight: float = 0.1,
     mir_reduction: str = "mean",
     l2_weight: float = 0.0,
-    output_dwm: bool = True,
+    output_dwm: bool = False,
     repeat: str = "tile",
     aux_units: Sequence[int] = (32,),
     mir_units: Sequence[int] = (32,),
@@ -121,7 +121,9 @@ def build_midpg(
       mir_weight: λ1 (ours, 0.1; 0 = DPG).
       mir_reduction: "mean" (one MIR term: the mean over the DWM layers; default) or "sum".
       l2_weight: λ2, L2 on all trainable weights (ours, 0: the paper's value was lost).
-      output_dwm: the output layer is a DWM layer too (default True: eq. 1 for every layer).
+      output_dwm: the output layer is a DWM layer too (eq. 1 read for every layer incl. the
+        output). Default False: hidden layers only; with it on, MI-DPG / DPG collapsed to the
+        majority solution on 3 of 6 conflicting-domains runs (docs/models/midpg.md).
       repeat: "tile" or "block" (``DWMDense``; default "tile", measured in docs/models/midpg.md).
       aux_units, mir_units: hidden widths of the aux net f and the discriminator T (ours).
       stop_gradient_inputs: stop gradients into f's inputs (ours, False).

@@ -155,7 +155,8 @@ def test_one_mir_term_mean_over_layers_and_absent_for_dpg(synth_schema):
     """Eq. 8 has one MIR term: λ1 · mean of the L layers' estimates (2 hidden + the DWM head)."""
     x = random_inputs(synth_schema, 8)
     lam = 0.6
-    m = build_midpg(synth_schema.to_config(), hidden_units=[8, 4], a=2, b=2, k=2, mir_weight=lam)
+    m = build_midpg(synth_schema.to_config(), hidden_units=[8, 4], a=2, b=2, k=2, mir_weight=lam,
+                    output_dwm=True)
     m.build()
     assert isinstance(m.head, DWMDense) and m.head.b == 1
     m(x, training=True)
@@ -255,7 +256,8 @@ def test_l2_term_over_all_trainable_weights(synth_schema):
 
 def test_dwm_head_weights_the_output_layer(synth_schema):
     x = random_inputs(synth_schema, 6)
-    m = build_midpg(synth_schema.to_config(), hidden_units=[8, 4], a=2, b=2, k=2, mir_weight=0.0)
+    m = build_midpg(synth_schema.to_config(), hidden_units=[8, 4], a=2, b=2, k=2, mir_weight=0.0,
+                    output_dwm=True)
     m.build()
     ctx = m.embedding(x)
     h = m.deep(ctx["all"], ctx)
@@ -265,8 +267,7 @@ def test_dwm_head_weights_the_output_layer(synth_schema):
     w = np.asarray(head.kernel)[:, 0] * np.tile(s[:, :, 0], (1, 2))  # [B, 4]: row i uses S[i mod a]
     logit = np.sum(np.asarray(h) * w, axis=1, keepdims=True) + np.asarray(head.bias)
     np.testing.assert_allclose(np.asarray(m(x)), _sigmoid(logit), rtol=1e-5, atol=1e-6)
-    plain = build_midpg(synth_schema.to_config(), hidden_units=[8, 4], a=2, b=2, k=2, mir_weight=0.0,
-                        output_dwm=False)
+    plain = build_midpg(synth_schema.to_config(), hidden_units=[8, 4], a=2, b=2, k=2, mir_weight=0.0)  # default
     plain.build()
     assert isinstance(plain.head, keras.layers.Dense) and len(dwm_layers(plain, include_head=True)) == 2
 
@@ -276,7 +277,7 @@ def test_config_and_roundtrip(synth_schema, tmp_path):
         m = build_midpg(synth_schema.to_config(), variant=variant, hidden_units=[8, 4], a=2, b=2, k=2)
         assert_config_json(m)
     m = build_midpg(synth_schema.to_config(), variant="r", hidden_units=[8, 4], a=2, b=2, k=2, repeat="block",
-                    l2_weight=1e-4, mir_weight=0.3)
+                    l2_weight=1e-4, mir_weight=0.3, output_dwm=True)
     m.build()
     assert isinstance(m, MIDPGModel)
     assert_config_json(dwm_layers(m)[0])
