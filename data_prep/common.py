@@ -370,24 +370,42 @@ def write_dataset(
                     written += len(sidx)
                 progress(f"domain {d} ({domain_names[d]}) {sname}: {len(idx)} examples "
                          f"[{written}/{n} written, {time.time() - t0:.1f}s]")
-        schema = {
-            "schema_version": SCHEMA_VERSION,
-            "dataset": dataset,
-            "fingerprint": fp,
-            "features": [f.to_json() for f in features],
-            "domain_key": "domain_id",
-            "num_domains": num_domains,
-            "domain_names": list(domain_names),
-            "label_keys": label_names,
-            "num_shards": num_shards,
-            "counts": counts,
-            "num_examples": int(n),
-            "positive_rate": float((primary > 0.5).mean()) if n else 0.0,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **metadata,
-        }
+        schema = whole_array_schema(dataset, fp, features, domain_names, label_names, num_shards,
+                                    counts, primary, metadata)
         write_json_atomic(os.path.join(tmp, SCHEMA_FILE), schema)
     progress(f"wrote {n} examples to {output_dir} in {time.time() - t0:.1f}s")
+    return schema
+
+
+def whole_array_schema(dataset: str, fp: str, features, domain_names, label_names, num_shards: int,
+                       counts: dict, primary: np.ndarray, metadata: dict,
+                       sequences: Sequence[dict] = ()) -> dict:
+    """The ``schema.json`` dict of a whole-array writer (``write_dataset``, ``data_prep.sequences``).
+
+    ``primary`` is the first label column (for the positive rate); ``sequences`` adds the
+    sequence features' entries after ``features`` when there are any.
+    """
+    n = len(primary)
+    schema = {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": dataset,
+        "fingerprint": fp,
+        "features": [f.to_json() for f in features],
+    }
+    if sequences:
+        schema["sequences"] = [dict(s, kind="sequence") for s in sequences]
+    schema.update({
+        "domain_key": "domain_id",
+        "num_domains": len(domain_names),
+        "domain_names": list(domain_names),
+        "label_keys": label_names,
+        "num_shards": num_shards,
+        "counts": counts,
+        "num_examples": int(n),
+        "positive_rate": float((primary > 0.5).mean()) if n else 0.0,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **metadata,
+    })
     return schema
 
 

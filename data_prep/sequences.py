@@ -32,9 +32,10 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags
 
-from data_prep.common import (SCHEMA_FILE, SCHEMA_VERSION, SPLITS, AtomicDir, DataError, FeatureDef, _varint,
+from data_prep.common import (SCHEMA_FILE, SPLITS, AtomicDir, DataError, FeatureDef, _varint,
                               _varint_matrix, check_split_ratios, encode_categorical, existing_output, fingerprint,
-                              frame_tfrecords, log, random_split, run_cli, write_json_atomic)
+                              frame_tfrecords, log, random_split, run_cli, whole_array_schema,
+                              write_json_atomic)
 
 SPLIT_MODES = ("temporal", "random")
 
@@ -236,23 +237,8 @@ def write_sequence_dataset(
                 written += len(idx)
                 progress(f"domain {d} ({domain_names[d]}) {sname}: {len(idx)} examples "
                          f"[{written}/{n} written, {time.time() - t0:.1f}s]")
-        schema = {
-            "schema_version": SCHEMA_VERSION,
-            "dataset": dataset,
-            "fingerprint": fp,
-            "features": [f.to_json() for f in features],
-            "sequences": [dict(s, kind="sequence") for s in sequences],
-            "domain_key": "domain_id",
-            "num_domains": num_domains,
-            "domain_names": list(domain_names),
-            "label_keys": label_names,
-            "num_shards": 1,
-            "counts": counts,
-            "num_examples": int(n),
-            "positive_rate": float((primary > 0.5).mean()) if n else 0.0,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **metadata,
-        }
+        schema = whole_array_schema(dataset, fp, features, domain_names, label_names, 1, counts, primary,
+                                    metadata, sequences=sequences)
         write_json_atomic(os.path.join(tmp, SCHEMA_FILE), schema)
     progress(f"wrote {n} examples to {output_dir} in {time.time() - t0:.1f}s")
     return schema
