@@ -56,10 +56,14 @@ def test_changed_label_past_the_first_mib_is_not_reused(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     write_file(str(raw / FILE), rows)
-    assert 1.2e6 < os.path.getsize(raw / FILE) < 2.1e6
+    r = len(rows) - 5
+    # Precondition of the regression: the whole file is under the old 2 MiB "head + tail"
+    # threshold and the flipped row starts past the first MiB (the old identity's blind spot).
+    lines = open(raw / FILE, "rb").read().split(b"\n")
+    row_offset = sum(len(line) + 1 for line in lines[: r + 1])  # header + rows before r
+    assert os.path.getsize(raw / FILE) < 2 * 2**20 and row_offset > 2**20
     out = str(tmp_path / "out")
     s1 = ijcai18.prepare(out, raw_path=str(raw), num_shards=1)
-    r = len(rows) - 5
     rows[r]["is_trade"] = "1" if rows[r]["is_trade"] == "0" else "0"
     write_file(str(raw / FILE), rows)
     s2 = ijcai18.prepare(out, raw_path=str(raw), num_shards=1)
