@@ -11,6 +11,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import mdr_tf  # noqa: E402,F401
 
+#: Fixtures that prepare or read real data: MovieLens-100k from the recbole wheel and the
+#: datasets built from it (ml100k_seq in tests/test_sequences.py, ml100k_multibehavior in
+#: tests/test_topn.py). A test using one is marked ``slow``; ``pytest -m "not slow"`` is
+#: the fast tier (synthetic data and hand-made fixtures only).
+REAL_DATA_FIXTURES = frozenset({"ml100k_dir", "ml100k_schema", "raw_ml100k", "seq_dir", "seq_schema", "ml100k_mb"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> str:

@@ -1,12 +1,14 @@
 """End to end on the real MovieLens-100k: the main job's path, learning beats trivial baselines."""
 
 import numpy as np
+import pytest
 
 from experiments import run as runner
 from mdr_tf import metrics as M
 from mdr_tf.data import load_arrays
 
 
+@pytest.mark.slow  # (also implied by its real-data fixtures, see tests/conftest.py)
 def test_dnn_on_real_ml100k_beats_trivial_baselines(ml100k_dir, ml100k_schema, tmp_path):
     import os
 

@@ -113,7 +113,7 @@ class FeatureEmbedding(keras.layers.Layer):
             from mdr_tf.layers.assignment import EmbeddingAssignment
 
             self.assignment = EmbeddingAssignment(schema, embedding_dim=self.embedding_dim, name="assignment",
-                                                  **assignment)
+                                                  dtype=self.dtype_policy, **assignment)
         self.embedding_precision = str(embedding_precision)
         self.embedding_bits = int(embedding_bits)
         self.quantization = dict(quantization or {})
@@ -129,7 +129,7 @@ class FeatureEmbedding(keras.layers.Layer):
                                  f"embedding_precision={self.embedding_precision!r}")
             self.quantized = QuantizedEmbedding(self.total_rows, self.embedding_dim, self.embedding_precision,
                                                 self.embedding_bits, embeddings_initializer=embeddings_initializer,
-                                                name="quantized_table", **self.quantization)
+                                                name="quantized_table", dtype=self.dtype_policy, **self.quantization)
 
     def build(self, input_shape=None):
         if self.quantized is not None:

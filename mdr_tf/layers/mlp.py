@@ -66,20 +66,26 @@ class DomainMLP(keras.layers.Layer):
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
         self.dropout = float(dropout)
+        # Every sublayer shares this layer's dtype policy (so "mixed_float16" on the MLP
+        # reaches its blocks and hooks even when the global policy is float32).
+        dtype = self.dtype_policy
         block_cls = block_class(block)
         self.blocks = [block_cls(units=u, num_domains=self.num_domains, context_dims=self.context_dims,
-                                 name=f"{block}_{i}", **self.block_config) for i, u in enumerate(self.units)]
+                                 name=f"{block}_{i}", dtype=dtype, **self.block_config)
+                       for i, u in enumerate(self.units)]
         self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                                      name=f"bn_{i}") for i in range(n)] if self.batch_norm else []
-        self.act = keras.layers.Activation(activation, name="act")
-        self.drop = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout > 0 else None
+                                                      name=f"bn_{i}", dtype=dtype)
+                      for i in range(n)] if self.batch_norm else []
+        self.act = keras.layers.Activation(activation, name="act", dtype=dtype)
+        self.drop = keras.layers.Dropout(self.dropout, name="dropout", dtype=dtype) if self.dropout > 0 else None
         if hook:
             hook_cls = hook_class(hook)
             if self.hook_on_input:
                 self.input_hook = hook_cls(num_domains=self.num_domains, context_dims=self.context_dims,
-                                           name=f"{hook}_input", **self.hook_config)
+                                           name=f"{hook}_input", dtype=dtype, **self.hook_config)
             self.hook_layers = [hook_cls(num_domains=self.num_domains, context_dims=self.context_dims,
-                                         name=f"{hook}_{p}", **self.hook_config) for p in self.hook_positions]
+                                         name=f"{hook}_{p}", dtype=dtype, **self.hook_config)
+                                for p in self.hook_positions]
         else:
             self.hook_layers = []
 

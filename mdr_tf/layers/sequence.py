@@ -61,9 +61,9 @@ class TargetAttention(keras.layers.Layer):
         self.units = [int(u) for u in units]
         self.activation = activation
         self.normalization = normalization
-        self.hidden = [keras.layers.Dense(u, activation=activation, name=f"hidden_{i}")
+        self.hidden = [keras.layers.Dense(u, activation=activation, name=f"hidden_{i}", dtype=self.dtype_policy)
                        for i, u in enumerate(self.units)]
-        self.score = keras.layers.Dense(1, name="score")
+        self.score = keras.layers.Dense(1, name="score", dtype=self.dtype_policy)
 
     def build(self, query_shape, keys_shape=None, mask_shape=None):
         width = 4 * int(query_shape[-1])
@@ -135,7 +135,7 @@ class SequenceInterest(keras.layers.Layer):
         self.normalization = normalization
         self.enhance = enhance
         self.eps = float(eps)
-        att = dict(units=self.attention_units, activation=activation)
+        att = dict(units=self.attention_units, activation=activation, dtype=self.dtype_policy)
         self.click_attention = TargetAttention(**att, normalization=normalization, name="click_attention")
         if mode == "tem4ctr":
             self.local_attention = TargetAttention(**att, normalization="softmax", name="local_attention")

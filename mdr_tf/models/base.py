@@ -12,8 +12,11 @@ from mdr_tf.layers.embedding import FeatureEmbedding
 from mdr_tf.schema import Schema
 
 
-def _make_interest(schema: Schema, cfg: dict[str, Any]):
-    """``(SequenceInterest, (target, clicks, unclicks or None))`` from an ``interest`` dict."""
+def _make_interest(schema: Schema, cfg: dict[str, Any], dtype: Any = None):
+    """``(SequenceInterest, (target, clicks, unclicks or None))`` from an ``interest`` dict.
+
+    ``dtype`` is the model's dtype policy, given to the interest layer.
+    """
     from mdr_tf.layers.sequence import SequenceInterest
 
     cfg = dict(cfg)
@@ -36,7 +39,7 @@ def _make_interest(schema: Schema, cfg: dict[str, Any]):
     target = cfg.pop("target", cq.embed_with)
     if target not in [f.name for f in schema.categorical]:
         raise ValueError(f"interest: target {target!r} is not a categorical feature")
-    return SequenceInterest(mode=mode, name="interest", **cfg), (target, clicks, unclicks)
+    return SequenceInterest(mode=mode, name="interest", dtype=dtype, **cfg), (target, clicks, unclicks)
 
 
 @keras.saving.register_keras_serializable(package="mdr_tf")
@@ -51,7 +54,9 @@ class MultiDomainModel(keras.Model):
       schema: ``Schema.to_config()`` dict (features, number of domains).
       embedding_dim: embedding size of every categorical feature (default 16).
       embed_domain: feed the domain id as an embedded field of the backbone input.
-      embeddings_initializer: embedding initializer (default N(0, 1e-4), HAMUR / SWR).
+      embeddings_initializer: embedding initializer: a name, a serialised dict or an
+        ``keras.initializers.Initializer`` (default N(0, 1e-4), HAMUR / Scenario-Wise-Rec).
+        ``get_config`` stores it serialised.
       embedding_l2: coupled L2 weight on the embedding tables (torch ``weight_decay``
         style, ``0.5 * wd * ||E||²`` per step on the whole table); 0 disables.
       embedding_assignment: optional streaming embedding-assignment policy
@@ -69,6 +74,8 @@ class MultiDomainModel(keras.Model):
       embedding_bits: bit width of a low-precision table (2-16; int8 storage up to 8).
       embedding_quantization: further ``QuantizedEmbedding`` arguments (``step``,
         ``grad_scale``, ``delta_init``, ``delta_lr``, ``rounding``).
+      **kwargs: ``keras.Model`` arguments (``name``, ``dtype``: a dtype policy such as
+        "mixed_float16", which every sublayer shares).
     """
 
     def __init__(
@@ -102,12 +109,13 @@ class MultiDomainModel(keras.Model):
             embeddings_initializer=keras.initializers.get(self.embeddings_initializer),
             embeddings_regularizer=keras.regularizers.L2(self.embedding_l2 / 2) if self.embedding_l2 else None,
             assignment=self.embedding_assignment, embedding_precision=self.embedding_precision,
-            embedding_bits=self.embedding_bits, quantization=self.embedding_quantization, name="embedding")
+            embedding_bits=self.embedding_bits, quantization=self.embedding_quantization, name="embedding",
+            dtype=self.dtype_policy)
         self.context_dims = self.embedding.output_dims
         self.interest = dict(interest) if interest else None
         self.interest_layer = None
         if self.interest:
-            self.interest_layer, self._interest_keys = _make_interest(self.schema, self.interest)
+            self.interest_layer, self._interest_keys = _make_interest(self.schema, self.interest, self.dtype_policy)
             w = self.interest_layer.output_width(self.embedding_dim)
             self.context_dims = {**self.context_dims, "all": self.context_dims["all"] + w, "interest": w}
 
@@ -199,13 +207,13 @@ class MultiDomainModel(keras.Model):
         return ops.sigmoid(ops.cast(ops.reshape(logit, [-1, 1]), "float32"))
 
     def get_config(self) -> dict[str, Any]:
+        # keras.Model's config: name, trainable and the dtype policy.
         return {
-            "name": self.name,
-            "trainable": self.trainable,
+            **super().get_config(),
             "schema": self.schema_config,
             "embedding_dim": self.embedding_dim,
             "embed_domain": self.embed_domain,
-            "embeddings_initializer": self.embeddings_initializer,
+            "embeddings_initializer": keras.initializers.serialize(keras.initializers.get(self.embeddings_initializer)),
             "embedding_l2": self.embedding_l2,
             **({"embedding_assignment": self.embedding_assignment} if self.embedding_assignment else {}),
             **({"interest": self.interest} if self.interest else {}),
@@ -215,4 +223,8 @@ class MultiDomainModel(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
+        config = dict(config)
+        init = config.get("embeddings_initializer")
+        if isinstance(init, dict):
+            config["embeddings_initializer"] = keras.initializers.deserialize(init)
         return cls(**config)

@@ -190,8 +190,9 @@ class CIGF(TopNModel):
         self.negative_slope = float(negative_slope)
         self.target_only = bool(target_only)
         k = len(self.behaviors)
-        self.cigcn = CIGCN(k, self.num_layers, mixing=self.mixing, negative_slope=self.negative_slope, name="cigcn")
-        self.mesi = MESI(k, scale=self.scale, use_gate=self.use_gate, name="mesi")
+        self.cigcn = CIGCN(k, self.num_layers, mixing=self.mixing, negative_slope=self.negative_slope, name="cigcn",
+                           dtype=self.dtype_policy)
+        self.mesi = MESI(k, scale=self.scale, use_gate=self.use_gate, name="mesi", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         self.cigcn.build((self.num_users + self.num_items, self.embedding_dim))

@@ -64,19 +64,21 @@ class STAR(MultiDomainModel):
         self.pn_epsilon = float(pn_epsilon)
         self.activation = activation
         self.dropout = float(dropout)
-        self.specific_initializer = specific_initializer
+        self.specific_initializer = keras.initializers.get(specific_initializer)
         self.routing = routing
         self.supports_jit = routing != "partition"  # dynamic partition: no XLA
-        star = {"specific_initializer": specific_initializer, "routing": routing}
-        self.pn = PartitionedNorm(self.num_domains, self.pn_momentum, self.pn_epsilon, name="pn") \
+        # The blocks get the serialised initializer (the DomainMLP's block_config stays JSON).
+        star = {"specific_initializer": keras.initializers.serialize(self.specific_initializer), "routing": routing}
+        dtype = self.dtype_policy
+        self.pn = PartitionedNorm(self.num_domains, self.pn_momentum, self.pn_epsilon, name="pn", dtype=dtype) \
             if self.partitioned_norm else None
         self.fcn = DomainMLP(self.hidden_units, num_domains=self.num_domains, context_dims=self.context_dims,
                              block="star", block_config=star, activation=activation, dropout=self.dropout,
-                             name="star_fcn")
+                             name="star_fcn", dtype=dtype)
         self.main_out = StarDense(1, num_domains=self.num_domains, context_dims=self.context_dims,
-                                  name="star_out", **star)
-        self.aux = DomainMLP(self.aux_units, activation=activation, name="aux")
-        self.aux_out = keras.layers.Dense(1, name="aux_out")
+                                  name="star_out", dtype=dtype, **star)
+        self.aux = DomainMLP(self.aux_units, activation=activation, name="aux", dtype=dtype)
+        self.aux_out = keras.layers.Dense(1, name="aux_out", dtype=dtype)
 
     def compute_logit(self, inputs, ctx, training=None):
         e = ctx["all"]
@@ -92,6 +94,6 @@ class STAR(MultiDomainModel):
             "hidden_units": self.hidden_units, "aux_units": self.aux_units,
             "partitioned_norm": self.partitioned_norm, "pn_momentum": self.pn_momentum,
             "pn_epsilon": self.pn_epsilon, "activation": self.activation, "dropout": self.dropout,
-            "specific_initializer": self.specific_initializer, "routing": self.routing,
+            "specific_initializer": keras.initializers.serialize(self.specific_initializer), "routing": self.routing,
         })
         return config

@@ -65,11 +65,12 @@ class SequenceCTR(MultiDomainModel):
         self.target_fields = [f.name for f in self.schema.categorical if f.group == "item"]
         if head_inputs == "target" and not self.target_fields:
             raise ValueError("head_inputs='target' needs categorical features of group 'item' in the schema")
-        self.norm = keras.layers.BatchNormalization(name="head_bn") if self.batch_norm else None
-        self.dense = [keras.layers.Dense(u, name=f"head_{i}") for i, u in enumerate(self.hidden_units)]
-        self.prelu = [keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.1), name=f"prelu_{i}")
-                      for i in range(len(self.hidden_units))]
-        self.out = keras.layers.Dense(1, name="logit")
+        dtype = self.dtype_policy
+        self.norm = keras.layers.BatchNormalization(name="head_bn", dtype=dtype) if self.batch_norm else None
+        self.dense = [keras.layers.Dense(u, name=f"head_{i}", dtype=dtype) for i, u in enumerate(self.hidden_units)]
+        self.prelu = [keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.1), name=f"prelu_{i}",
+                                         dtype=dtype) for i in range(len(self.hidden_units))]
+        self.out = keras.layers.Dense(1, name="logit", dtype=dtype)
 
     def compute_logit(self, inputs, ctx, training=None):
         if self.head_inputs == "all":

@@ -89,6 +89,7 @@ def test_protocol_flags():
         mb.build_protocol(u, i, r, t, U, I, num_negatives=11)
 
 
+@pytest.mark.slow  # real MovieLens-100k
 def test_ml100k_prepare_and_load(tmp_path):
     out = str(tmp_path / "mb")
     info = mb.prepare(out)

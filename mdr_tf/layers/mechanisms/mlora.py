@@ -106,7 +106,7 @@ class MLoRADense(DenseBlock):
         self.routing = routing
         self.single_domain_batches = bool(single_domain_batches)
         self.per_domain_inference = bool(per_domain_inference)
-        self.drop = keras.layers.Dropout(self.dropout, name="shared_dropout") if self.dropout > 0 else None
+        self.drop = keras.layers.Dropout(self.dropout, name="shared_dropout", dtype=self.dtype_policy) if self.dropout > 0 else None
 
     def build(self, input_shape):
         super().build(input_shape)
