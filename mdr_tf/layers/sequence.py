@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import keras
+import numpy as np
 from keras import ops
 
 PAD_SCORE = -(2.0 ** 32) + 1.0
@@ -33,9 +34,23 @@ ENHANCE = ("projection", "add", "none")
 
 
 def project_onto(u: Any, c: Any, eps: float = 1e-12) -> Any:
-    """``(⟨u, c⟩ / (‖c‖² + eps)) c`` along the last axis (TEM4CTR's projection; 0 for ``c = 0``)."""
+    """``(⟨u, c⟩ / (‖c‖² + eps)) c`` along the last axis (TEM4CTR's projection; 0 for ``c = 0``).
+
+    Computed in float32 and returned in ``c``'s dtype: in float16 ``eps = 1e-12`` is 0 and a
+    padded (zero) click would give 0 / 0.
+    """
+    dtype = c.dtype
+    u, c = ops.cast(u, "float32"), ops.cast(c, "float32")
     coef = ops.sum(u * c, axis=-1, keepdims=True) / (ops.sum(c * c, axis=-1, keepdims=True) + eps)
-    return coef * c
+    return ops.cast(coef * c, dtype)
+
+
+def pad_score(dtype: Any) -> float:
+    """The score of a padded key in ``dtype``: ``PAD_SCORE``, but −65504 (the most negative
+    finite value) in float16, where −2³² is −inf and a softmax over an all-padded window NaN."""
+    if keras.backend.standardize_dtype(dtype) == "float16":
+        return float(np.finfo(np.float16).min)
+    return PAD_SCORE
 
 
 @keras.saving.register_keras_serializable(package="mdr_tf")
@@ -92,7 +107,7 @@ class TargetAttention(keras.layers.Layer):
             h = ops.concatenate([q, keys, q - keys, q * keys], axis=-1)
         s = ops.squeeze(self.score(h), axis=-1)  # [..., K]
         if self.normalization == "softmax":
-            w = ops.softmax(ops.where(mask > 0, s, ops.cast(PAD_SCORE, s.dtype)), axis=-1)
+            w = ops.softmax(ops.where(mask > 0, s, ops.cast(pad_score(s.dtype), s.dtype)), axis=-1)
         else:
             w = s * mask
         return ops.sum(ops.expand_dims(w, -1) * keys, axis=-2)

@@ -54,10 +54,11 @@ class PartitionedNorm(keras.layers.Layer):
         self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
         self.gamma_d = self.add_weight(name="gamma_d", shape=(d, dim), initializer="ones")
         self.beta_d = self.add_weight(name="beta_d", shape=(d, dim), initializer="zeros")
+        # The moving statistics stay float32 under a mixed policy (no autocast), as Keras' BN.
         self.moving_mean = self.add_weight(name="moving_mean", shape=(d, dim), initializer="zeros",
-                                           trainable=False)
+                                           trainable=False, autocast=False)
         self.moving_variance = self.add_weight(name="moving_variance", shape=(d, dim), initializer="ones",
-                                               trainable=False)
+                                               trainable=False, autocast=False)
         for v in (self.gamma_d, self.beta_d, self.moving_mean, self.moving_variance):
             mark_per_domain(v)
         self.built = True
