@@ -10,19 +10,19 @@ import importlib
 from typing import Any, Callable
 
 DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
-    # --- MovieLens (issue 2) ---
+    # --- MovieLens (the main job's ml100k, MLoRA's ML-1M splits) ---
     "ml100k": ("data_prep.movielens:prepare", {"version": "100k", "domain_scheme": "age3", "label_rule": "gt3"}),
     "ml1m": ("data_prep.movielens:prepare", {"version": "1m", "domain_scheme": "age3", "label_rule": "gt3"}),
     "ml1m_mlora_gender": ("data_prep.movielens:prepare", {
         "version": "1m", "domain_scheme": "gender", "label_rule": "eq5", "split_mode": "stratified",
         "split_ratios": (0.6, 0.2, 0.2), "seed": 123, "features": ("user_id", "item_id")}),
     "synthetic": ("data_prep.synthetic:generate", {}),
-    # --- behaviour sequences (issue 15): ML-100k with TEM4CTR click histories + unclick windows ---
+    # --- behaviour sequences: ML-100k with TEM4CTR click histories + unclick windows (docs/datasets/sequences.md) ---
     "ml100k_seq": ("data_prep.sequences:prepare_ml100k_seq", {"history_length": 30, "window": 5,
                                                               "split_mode": "temporal"}),
     "synthetic_conflict": ("data_prep.synthetic:generate_conflict", {"scenario": "conflict"}),
     "synthetic_many_small": ("data_prep.synthetic:generate_conflict", {"scenario": "many_small"}),
-    # --- paper datasets (issue 5) ---
+    # --- the papers' own datasets (docs/datasets/) ---
     "aliccp": ("data_prep.aliccp:prepare", {"task": "ctr"}),  # HAMUR / SWR (rechub recipe), domain = field 301
     "aliccp_cvr": ("data_prep.aliccp:prepare", {"task": "cvr"}),  # purchase on clicked rows (MI-DPG-style CVR)
     "aliccp_ctcvr": ("data_prep.aliccp:prepare", {"task": "ctcvr"}),  # purchase on all impressions (ESMM)
@@ -39,7 +39,7 @@ DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
     "amazon_swr3": ("data_prep.amazon:prepare", {"recipe": "swr3"}),
     "amazon_midpg10": ("data_prep.amazon:prepare", {"recipe": "midpg10"}),
     "taobao_mlora10": ("data_prep.taobao:prepare", {"theme_num": 10}),
-    # --- top-N multi-behaviour (issue 16; experiments.topn, not experiments.run) ---
+    # --- top-N multi-behaviour (experiments.topn, not experiments.run; docs/models/cigf.md) ---
     "ml100k_multibehavior": ("data_prep.multibehavior:prepare", {"version": "100k", "domain_scheme": "age3"}),
 }
 

@@ -1,4 +1,4 @@
-"""New-domain onboarding vs retraining from scratch, with one domain held out (issue 7).
+"""New-domain onboarding vs retraining from scratch, with one domain held out (docs/onboarding.md).
 
 Per trial (seed ``seed_base + t``), on a copy of the dataset whose held-out domain is the
 last domain id:

@@ -1,9 +1,8 @@
 """One config per paper table: dataset, models, the paper's training settings and its numbers.
 
-Paper numbers are transcribed only from the paper texts we hold (`shared/seeds/`,
-`shared/reference/mi-dpg.md`). Where a table could not be found the value is ``None`` and
-prints as "not found". HierRec's overall numbers come from third-party paper notes
-(models.md §3.4, marked [3P]) and are labelled so.
+Paper numbers are transcribed only from the papers' own texts. Where a table could not be
+found the value is ``None`` and prints as "not found". HierRec's overall numbers come from
+third-party notes on the paper (marked [3P]) and are labelled so; see docs/reproduce.md.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ _MIDPG_MODELS = ("dnn", "ple", "star", "pepnet", "adasparse", "apg", "dpg", "mid
 
 
 def _midpg_rows(col: int) -> dict[str, dict[str, float]]:
-    # MI-DPG Table 1 (shared/reference/mi-dpg.md): AUC / LogLoss on Amazon, IAAC, Advertising.
+    # MI-DPG Table 1: AUC / LogLoss on Amazon, IAAC, Advertising.
     t = {"dnn": (0.6590, 0.5235, 0.6335, 0.0865), "ple": (0.6639, 0.5201, 0.6377, 0.0846),
          "star": (0.6623, 0.5205, 0.6424, 0.0829), "pepnet": (0.6671, 0.5167, 0.6435, 0.0825),
          "adasparse": (0.6695, 0.5142, 0.6462, 0.0810), "apg": (0.6697, 0.5138, 0.6457, 0.0817),
@@ -125,8 +124,7 @@ CONFIGS: dict[str, PaperConfig] = {
         train=PAPER_SETUP,
         **_hamur_setup(mlp=[256, 128], deep=[256, 128], k_mlp=35, k_wdl=45, k_dcn=30, hyper_mlp=[64],
                        hyper_deep=[128], cross_layers=2, adapter_positions=[-1]),
-        paper={"source": "HAMUR Tables 2-4", "note": "not found in the texts we hold (shared/seeds has the "
-               "abstract only); transcribe from arXiv 2309.06217v2. Training here: Adam 1e-3, batch 512, "
+        paper={"source": "HAMUR Tables 2-4", "note": "not found in the texts we hold (the abstract only); transcribe from arXiv 2309.06217v2. Training here: Adam 1e-3, batch 512, "
                "patience 2; the official script: weight decay 1e-5, batch 40960, patience 10.",
                "metric_columns": ["AUC", "LogLoss"],
                "rows": _not_found(_HAMUR_MODELS)}),

@@ -4,7 +4,7 @@ A separate task from the CTR models of ``mdr_tf.registry``: the models of
 ``mdr_tf.models.graph`` rank each test user's held-out target item against sampled
 negatives (``data_prep.multibehavior``), reported as HR@10 and NDCG@10.
 
-Training follows CIGF's official loop (shared/reference/more-seeds.md §4.4):
+Training follows CIGF's official loop (docs/models/cigf.md, "Equations"):
 
 * an epoch draws ``min(users_per_epoch, U)`` distinct random users, in batches of
   ``batch_users`` (256);

@@ -1,4 +1,4 @@
-"""Embedding assignment policies and the prequential stream (AutoAssign+, reconstructed; issue 17)."""
+"""Embedding assignment policies and the prequential stream (AutoAssign+, reconstructed; docs/models/autoassign.md)."""
 
 from __future__ import annotations
 

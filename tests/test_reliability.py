@@ -1,4 +1,4 @@
-"""Reliability checks of issue 19: loadable ``.keras`` files, no silent NaN, id range, clear errors."""
+"""Reliability checks: loadable ``.keras`` files, no silent NaN, id range, clear errors."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _subprocess(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-# --- item 10: every registry model loads with keras.models.load_model after `import mdr_tf` ---
+# --- every registry model loads with keras.models.load_model after `import mdr_tf` ---
 
 def test_every_registry_model_loads_after_import_mdr_tf_only(tmp_path):
     want = {}
@@ -84,7 +84,7 @@ sys.exit(1 if bad else 0)
     assert len(want) == len(registry.names()) >= 31
 
 
-# --- item 9: NaN / inf never pass silently from data to the results table ---
+# --- NaN / inf never pass silently from data to the results table ---
 
 def _synth_frame(n: int = 40):
     from data_prep.common import FeatureDef
@@ -175,7 +175,7 @@ def test_train_config_rejects_bad_numbers(kwargs, match):
         TrainConfig(**kwargs)
 
 
-# --- item 14: numeric and list flags are validated when the flags are parsed ---
+# --- numeric and list flags are validated when the flags are parsed ---
 
 def _cli(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
@@ -209,7 +209,7 @@ print('help', 'hierrec' in flags.FLAGS['models'].help and 'aliccp' in flags.FLAG
     r = _subprocess(code, timeout=120)
     out = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
     assert out.get("good") == "ACCEPTED", r.stdout + r.stderr
-    assert out.get("help") == "True"  # item 17: --helpfull lists model and dataset names
+    assert out.get("help") == "True"  # --helpfull lists model and dataset names
     for arg, match in cases:
         assert out[arg].startswith("REJECTED") and match in out[arg], (arg, out[arg])
 
@@ -291,7 +291,7 @@ def test_non_finite_dense_input_is_rejected_by_keras_and_serving_alike(tiny_expo
     np.testing.assert_allclose(ok[2], ok[0], atol=1e-6)
 
 
-# --- item 5: identical input, options and seed give byte-identical TFRecords across processes ---
+# --- identical input, options and seed give byte-identical TFRecords across processes ---
 
 def test_tfrecords_are_byte_identical_across_processes(tmp_path):
     import glob
@@ -405,7 +405,7 @@ def test_invalid_schema_json_error_names_the_file(synth_dir, tmp_path, text, mat
         Schema.load(d)
 
 
-# --- item 15: dataset and export directories honour the umask (TF Serving may run as another user) ---
+# --- dataset and export directories honour the umask (TF Serving may run as another user) ---
 
 def test_dataset_and_export_directories_honour_the_umask(tmp_path):
     from data_prep.synthetic import generate
@@ -425,7 +425,7 @@ def test_dataset_and_export_directories_honour_the_umask(tmp_path):
         assert oct(os.stat(d).st_mode & 0o777) == oct(0o755), d
 
 
-# --- item 17: quiet start-up, no alarming Keras warnings, Ctrl-C says how to resume ---
+# --- quiet start-up, no alarming Keras warnings, Ctrl-C says how to resume ---
 
 def test_cli_start_up_lines_are_dropped_and_ctrl_c_says_rerun(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=REPO)

@@ -1,4 +1,4 @@
-"""Behaviour sequences (issue 15): ml100k_seq leakage audit from the raw ratings, the
+"""Behaviour sequences (docs/datasets/sequences.md): ml100k_seq leakage audit from the raw ratings, the
 sequence feature kind through data / fused training / export, and the DIN / TEM4CTR layers."""
 
 from __future__ import annotations

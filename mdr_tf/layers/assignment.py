@@ -4,7 +4,7 @@ AutoAssign+ (arXiv 2308.06965; KAIS 2024): an actor ("Identity Agent") represent
 low-frequency ids field-wise with a few shared embeddings and decides which ids keep
 their own row in the table; a critic guides it. **Only the abstract is available and no
 official code exists**: every equation below is our reconstruction
-(``shared/reference/more-seeds.md`` §2 and ``docs/models/autoassign.md``), and every
+(``docs/models/autoassign.md``), and every
 choice is an argument with a stated default.
 
 Policies (``FeatureEmbedding(assignment={"policy": ...})``; ``full`` = no assignment):

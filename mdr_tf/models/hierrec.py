@@ -2,7 +2,7 @@
 
 Gao et al., "HierRec: Scenario-Aware Hierarchical Modeling for Multi-scenario
 Recommendations", CIKM 2024 (arXiv 2309.02061 "Scenario-Aware Hierarchical Dynamic
-Network"). No public code; the structure follows ``shared/reference/models.md`` §3::
+Network"). No public code; the structure follows the paper (docs/models/hierrec.md)::
 
     O_global = FC([e_1; …; e_F])                          (shared)
     SC_exp   = FC(e_s)              → O_exp   = SOM_exp(O_global; SC_exp)

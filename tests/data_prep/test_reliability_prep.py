@@ -1,4 +1,4 @@
-"""Issue 19 (data preparation): no stale reuse, clear errors for broken input, no empty splits."""
+"""Reliability of data preparation: no stale reuse, clear errors for broken input, no empty splits."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from data_prep import aliccp, ijcai18, kuairand
 from data_prep.common import DataError, StreamSource
 
 
-# --- item 1: the identity of a raw file changes whenever its content changes ---
+# --- the identity of a raw file changes whenever its content changes ---
 
 def _flip(path: str, pos: int) -> None:
     with open(path, "r+b") as f:
@@ -72,7 +72,7 @@ def test_changed_label_past_the_first_mib_is_not_reused(tmp_path):
     assert abs(pos(s2) - pos(s1)) == 1
 
 
-# --- item 2: a truncated .gz gives an error naming the user's file, and leaves nothing behind ---
+# --- a truncated .gz gives an error naming the user's file, and leaves nothing behind ---
 
 def _truncate_gz(path: str) -> str:
     gz = path + ".gz"
@@ -120,7 +120,7 @@ def test_truncated_gz_kuairand(tmp_path):
         kuairand.prepare(str(tmp_path / "out"), raw_path=str(tmp_path / "raw"), num_shards=1)
 
 
-# --- item 3: a split that comes out empty is an error ---
+# --- a split that comes out empty is an error ---
 
 def test_aliccp_empty_test_file_is_an_error(tmp_path):
     from tests.data_prep.test_aliccp import write_fixture
@@ -145,7 +145,7 @@ def test_empty_split_of_the_whole_array_writer_is_an_error(tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
-# --- item 6: Ali-CCP validates every entry of a kept field, not only the last one ---
+# --- Ali-CCP validates every entry of a kept field, not only the last one ---
 
 def _line(entries) -> bytes:
     fl = "\x01".join(f"{f}\x02{i}\x03{v}" for f, i, v in entries)
@@ -166,7 +166,7 @@ def test_aliccp_rejects_a_bad_entry_that_is_not_the_last_of_its_field(entries, n
     assert list(e.value.lines) == [1] and needle in e.value.lines[1]
 
 
-# --- item 4: IJCAI-18's missing marker -1 in a dense shop column stays missing ---
+# --- IJCAI-18's missing marker -1 in a dense shop column stays missing ---
 
 def test_ijcai18_missing_dense_value_is_not_scaled_as_a_number(tmp_path):
     from mdr_tf.data import load_arrays
@@ -191,7 +191,7 @@ def test_ijcai18_missing_dense_value_is_not_scaled_as_a_number(tmp_path):
     assert lo > 0.5  # the range comes from real scores (>= 0.9 here), not from -1
 
 
-# --- item 7: Taobao drops clicks whose embedding line was malformed; errors name the user's file ---
+# --- Taobao drops clicks whose embedding line was malformed; errors name the user's file ---
 
 def test_taobao_skipped_embedding_line_counts_as_no_embedding(tmp_path):
     from data_prep import taobao
@@ -279,7 +279,7 @@ def test_kuairand_and_taobao_empty_files_are_named_as_empty(tmp_path):
             taobao.prepare(str(tmp_path / f"o-{fn}"), raw_path=raw)
 
 
-# --- item 8: the documented line handling (split on "\n" only) holds ---
+# --- the documented line handling (split on "\n" only) holds ---
 
 def test_parse_lines_keeps_line_numbers_across_unicode_line_breaks():
     from data_prep.sources import parse_lines

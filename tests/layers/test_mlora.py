@@ -61,7 +61,7 @@ def test_single_domain_path_equals_gathered_path():
     dom = np.full(6, 2, np.int32)
     ref = mixed(x, {"domain": dom}).numpy()
     np.testing.assert_allclose(single(x, {"domain": dom}, training=True).numpy(), ref, rtol=1e-5, atol=1e-5)
-    # A mixed batch on the R2 path fails loudly (NaN) in training ...
+    # A mixed batch on the single-domain path fails loudly (NaN) in training ...
     mixed_dom = np.array([0, 1, 2, 0, 1, 2], np.int32)
     assert np.all(np.isnan(single(x, {"domain": mixed_dom}, training=True).numpy()))
     # ... and inference always routes per sample.
@@ -188,7 +188,7 @@ class _Record(keras.callbacks.Callback):
 def test_two_stage_procedure_end_to_end(synth_schema, monkeypatch):
     spec = registry.get("mlora_2stage")
     keras.utils.set_random_seed(0)
-    # Official setting: single-domain training batches with the R2 (row-0 domain) path.
+    # Official setting: single-domain training batches with the single-domain (row-0 domain) path.
     m = spec.build(synth_schema, hidden_units=[8, 4], activation="tanh",
                    block_config={"rank": 2, "single_domain_batches": True})
     m.build()
@@ -197,7 +197,7 @@ def test_two_stage_procedure_end_to_end(synth_schema, monkeypatch):
     cfg = TrainConfig(epochs=1, batch_size=512, patience=1, monitor="mean_auc", mode="single_domain",
                       jit_compile=False)
     stopper = spec.train(m, synth_schema, cfg, log=logs.append)
-    assert all(np.isfinite(row["loss"]) for row in stopper.history)  # no mixed batch reached the R2 path
+    assert all(np.isfinite(row["loss"]) for row in stopper.history)  # no mixed batch reached the single-domain path
     assert [row["stage"] for row in stopper.history] == [1, 2]
     assert [row["epoch"] for row in stopper.history] == [1, 2]
     # Seeded early stopping: the best is stage 1's unless a stage-2 epoch beat it strictly.

@@ -2,7 +2,7 @@
 
 Guo et al., "Compressed Interaction Graph based Framework for Multi-behavior
 Recommendation", WWW 2023 (arXiv 2303.02418). Equations read from the official code
-(MC-CV/CIGF ``defineModel`` / ``sesg_predict``; shared/reference/more-seeds.md §4):
+(MC-CV/CIGF ``defineModel`` / ``sesg_predict``; docs/models/cigf.md):
 
 CIGCN, for behaviour k (behaviours ordered auxiliary → target) with left-normalised
 bipartite adjacencies ``Â_k = D_k⁻¹ A_k`` over the N = U + I nodes:

@@ -49,8 +49,9 @@ class MLoRADense(DenseBlock):
     - ``"gather"``: per-sample gather ``A_{s_b}`` ([B, n, r]) and ``B_{s_b}`` ([B, r, u])
       and two batched contractions.
 
-    ``single_domain_batches=True`` (MLoRA's own R2 routing): in **training** the domain
-    of row 0 is used for the whole batch with plain matmuls. It must only be used with
+    ``single_domain_batches=True`` (the official code's routing, where every training batch
+    holds one domain): in **training** the domain of row 0 is used for the whole batch with
+    plain matmuls. It must only be used with
     single-domain training batches (``TrainConfig(mode="single_domain")``); a mixed
     training batch makes the output NaN (a check that also works under XLA). At
     inference the mixed routing above is used, so evaluation and serving of mixed
@@ -67,7 +68,7 @@ class MLoRADense(DenseBlock):
       lora_trainable: whether ``A, B, c`` start trainable (``False`` = MLoRA's stage 1,
         LoRA frozen at zero); see ``set_lora_trainable``.
       routing: "matmul" or "gather" (mixed batches).
-      single_domain_batches: use the R2 path (domain of row 0) in training.
+      single_domain_batches: use the single-domain path (domain of row 0) in training.
       per_domain_inference: ``"matmul"`` routing at inference with one matmul per
         domain (default; D-invariant predictions, needed by ``add_domain``) or, if
         False, the fused all-domain matmuls of training.
@@ -163,7 +164,8 @@ class MLoRADense(DenseBlock):
         return ops.matmul(z, ops.reshape(b, (d * r, u))) + c
 
     def single_domain_delta(self, x, domain):
-        """R2: ``(x A_{d0}) B_{d0} + c_{d0}`` with ``d0 = domain[0]``; NaN if the batch mixes domains."""
+        """Single-domain path: ``(x A_{d0}) B_{d0} + c_{d0}`` with ``d0 = domain[0]``; NaN if the batch
+        mixes domains."""
         d0 = domain[0]
         a = ops.cast(ops.take(self.lora_a, d0, axis=0), x.dtype)
         b = ops.cast(ops.take(self.lora_b, d0, axis=0), x.dtype)
