@@ -10,9 +10,18 @@ from keras import ops
 from mdr_tf.schema import Schema
 
 
+def _oov_to_zero(ids: Any, vocab: int) -> Any:
+    """Flat int32 row ids; an id outside ``[0, vocab)`` reads the OOV row 0, as in
+    ``FeatureEmbedding`` (checked in int64, so 2**32 + 5 is not read as 5)."""
+    ids = ops.cast(ops.reshape(ids, [-1]), "int64")
+    return ops.cast(ops.where((ids < 0) | (ids >= vocab), 0, ids), "int32")
+
+
 @keras.saving.register_keras_serializable(package="mdr_tf")
 class LinearTerm(keras.layers.Layer):
     """Wide / first-order part: ``Σ_f w_f[x_f] + v·dense + b`` (Wide&Deep, DeepFM).
+
+    An id outside ``[0, vocab)`` reads ``w_f[0]`` (the OOV row, as the embedding does).
 
     Args:
       schema: ``Schema.to_config()`` dict.
@@ -38,8 +47,7 @@ class LinearTerm(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs: dict[str, Any], ctx: dict[str, Any]):
-        terms = [ops.take(w, ops.cast(ops.reshape(inputs[name], [-1]), "int32"))
-                 for name, w in self.weights_per_feature.items()]
+        terms = [ops.take(w, _oov_to_zero(inputs[name], w.shape[0])) for name, w in self.weights_per_feature.items()]
         if self.include_domain:
             terms.append(ops.take(self.domain_weight, ctx["domain"]))
         out = ops.sum(ops.stack(terms, axis=1), axis=1, keepdims=True) + self.bias

@@ -74,3 +74,13 @@ def test_linear_term_by_hand():
     no_dom.build()
     no_dom.set_weights([np.array([0.1, 0.2, 0.3]), np.array([1.0, 2.0]), np.array([[0.5]]), np.array([-1.0])])
     np.testing.assert_allclose(np.asarray(no_dom(inputs, ctx)), [[3.3], [0.1]], rtol=1e-6)
+
+
+def test_linear_term_out_of_vocabulary_ids_read_row_0():
+    lin = LinearTerm(SCHEMA, include_domain=False)
+    lin.build()
+    lin.set_weights([np.array([0.1, 0.2, 0.3]), np.array([1.0, 2.0]), np.array([[0.0]]), np.array([0.0])])
+    ctx = {"domain": np.zeros(4, np.int32), "dense": np.zeros((4, 1), np.float32)}
+    # a: 3 (= vocab), -1, 2**32 + 2 (not read as 2), 1 (in range) → w_a[0], w_a[0], w_a[0], w_a[1]
+    inputs = {"a": np.array([3, -1, 2**32 + 2, 1], np.int64), "b": np.array([1, 1, 1, 1], np.int64)}
+    np.testing.assert_allclose(np.asarray(lin(inputs, ctx)).reshape(-1), [2.1, 2.1, 2.1, 2.2], rtol=1e-6)
