@@ -17,6 +17,19 @@ outside ``[0, D)`` and a NaN/inf dense value are rejected with ``InvalidArgument
 (a model cannot guess which domain's parameters to use). The Keras model does the same
 (``mdr_tf.layers.embedding.check_inputs``), so both paths agree.
 
+Speed (issue 18): the model's forward pass of both signatures is one XLA program
+(``jit_compile``, default "auto": when the model supports XLA and compiles), with the
+input checks above run as graph ``Assert`` ops *outside* it (XLA drops ``Assert``). XLA
+compiles once per input shape, so the batch is zero-padded to a bounded set of sizes
+(``serving_batch_size``: powers of two up to 8, then four sizes per octave, at most 25 %
+padding) and the padding rows are dropped from the result. A third raw signature,
+``serve_portable``, is the same computation without XLA (no padding): for servers
+built without XLA JIT (TF Serving needs ``--xla_cpu_compilation_enabled=true`` for the
+XLA signatures), and the path whose predictions are bit-identical across
+``mdr_tf.onboarding.add_domain`` (docs/onboarding.md). Thread counts are the serving
+process's (``tf.config.threading``, TF Serving's ``--tensorflow_intra_op_parallelism``);
+docs/benchmarks.md has the measured settings.
+
 Written into TF Serving's versioned layout ``<base_dir>/<version>/`` atomically.
 """
 
@@ -26,11 +39,13 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 
 import keras
 import tensorflow as tf
 
 from mdr_tf.data import feature_spec, sequence_keys
+from mdr_tf.layers.embedding import check_inputs
 from mdr_tf.schema import Schema
 
 
@@ -56,14 +71,74 @@ def _input_signature(schema: Schema) -> dict[str, tf.TensorSpec]:
     return sig
 
 
-def export_saved_model(model: keras.Model, base_dir: str, version: int | None = None) -> str:
+# Padded batch sizes of the XLA signatures: 1, 2, 4, 8, then 4 per octave (10, 12, 14,
+# 16, 20, 24, 28, 32, 40, ...) up to 2**22; larger batches run unpadded (one compile each).
+_MAX_PADDED = 2 ** 22
+
+
+def _batch_grid() -> list[int]:
+    grid = [1, 2, 4, 8]
+    while grid[-1] < _MAX_PADDED:
+        step = grid[-1] // 4
+        grid += [grid[-1] + step * i for i in range(1, 5)]
+    return grid
+
+
+def serving_batch_size(batch: int) -> int:
+    """The padded batch size the XLA signatures compute a batch of ``batch`` rows at.
+
+    The smallest grid size >= ``batch`` (powers of two up to 8, then four sizes per
+    octave: at most 25 % padding); ``batch`` itself beyond 2**22.
+    """
+    for size in _batch_grid():
+        if size >= batch:
+            return size
+    return int(batch)
+
+
+def _pad_rows(features: dict[str, tf.Tensor], schema: Schema) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """Zero-pads every input to ``serving_batch_size(B)`` rows (graph ops); returns (padded, B).
+
+    Padding rows are valid inputs (ids 0, domain 0, dense 0.0) whose outputs are dropped.
+    """
+    b = tf.shape(features[schema.domain_key], out_type=tf.int64)[0]
+    grid = tf.constant(_batch_grid(), tf.int64)
+    size = tf.reduce_min(tf.where(grid >= b, grid, tf.maximum(b, grid[-1])))
+    pad = size - b
+    out = {}
+    for k, v in features.items():
+        paddings = tf.concat([tf.stack([tf.zeros_like(pad), pad])[None], tf.zeros([v.shape.rank - 1, 2], tf.int64)],
+                             axis=0)
+        out[k] = tf.pad(v, paddings)
+    return out, b
+
+
+def _xla_compiles(forward, model: keras.Model) -> bool:
+    """Whether the XLA forward compiles and runs on the model's dummy inputs."""
+    try:
+        forward({k: tf.constant(v) for k, v in model.dummy_inputs(max(2, model.schema.num_domains)).items()})
+        return True
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError) as e:
+        warnings.warn(f"export_saved_model: {type(model).__name__} does not compile with XLA "
+                      f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); exporting without XLA", stacklevel=3)
+        return False
+
+
+def export_saved_model(model: keras.Model, base_dir: str, version: int | None = None,
+                       jit_compile: bool | str = "auto") -> str:
     """Exports ``model`` to ``<base_dir>/<version>/`` and returns that path.
 
     Args:
       model: a built ``MultiDomainModel``.
       base_dir: model base directory (TF Serving's ``--model_base_path``).
       version: integer version; default: current Unix time.
+      jit_compile: compile the forward pass of ``serving_default`` / ``serve`` /
+        ``serve_examples`` with XLA (padded batch sizes, see the module docstring).
+        "auto" (default): when ``model.supports_jit`` (default True) and a trial call
+        compiles; True: always; False: never (all signatures as ``serve_portable``).
     """
+    if jit_compile not in (True, False, "auto"):
+        raise ValueError(f"export_saved_model: jit_compile must be True, False or 'auto', got {jit_compile!r}")
     schema: Schema = model.schema
     version = int(time.time()) if version is None else int(version)
     final = os.path.join(base_dir, str(version))
@@ -81,19 +156,40 @@ def export_saved_model(model: keras.Model, base_dir: str, version: int | None = 
             probs = model(dict(features), training=False)
         return {"probability": tf.reshape(probs, [-1])}
 
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def xla_forward(features):
+        return tf.reshape(model(dict(features), training=False), [-1])
+
+    use_xla = jit_compile is True or (jit_compile == "auto" and getattr(model, "supports_jit", True)
+                                      and _xla_compiles(xla_forward, model))
+
+    def _checked_xla(features):
+        # The input checks stay outside the XLA program (XLA drops Assert ops); the
+        # domain id is checked in int64, as by ``_checked``.
+        features = dict(features)
+        check_inputs(features, schema)
+        padded, b = _pad_rows(features, schema)
+        return {"probability": xla_forward(padded)[:b]}
+
+    checked = _checked_xla if use_xla else _checked
     archive = keras.export.ExportArchive()
     archive.track(model)
 
     @tf.function(input_signature=[_input_signature(schema)])
     def serve(features):
-        return _checked(features)
+        return checked(features)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(examples):
-        return _checked(tf.io.parse_example(examples, spec))
+        return checked(tf.io.parse_example(examples, spec))
+
+    @tf.function(input_signature=[_input_signature(schema)])
+    def serve_portable(features):
+        return _checked(features)
 
     archive.add_endpoint("serve", serve)
     archive.add_endpoint("serve_examples", serve_examples)
+    archive.add_endpoint("serve_portable", serve_portable)
     archive.add_endpoint("serving_default", serve)
     tmp = mkdtemp_honouring_umask(f".{version}.tmp-", base_dir)
     try:
