@@ -138,9 +138,9 @@ def parity_inputs(schema, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 class Worker:
     """A benchmark worker subprocess speaking ``bench_serving_torch.serve_forever``'s protocol."""
 
-    def __init__(self, argv: list[str], name: str):
+    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None):
         self.name = name
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.getcwd())
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.getcwd(), **(env or {}))
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                      cwd=os.getcwd())
         self.info = self._read()
@@ -225,6 +225,9 @@ def define_flags() -> None:
                          "calls // batch))).")
     flags.DEFINE_string("torch_python", os.environ.get("MDR_TF_TORCH_PYTHON", "/work/torchvenv/bin/python"),
                         "Interpreter with torch + numpy for the reference (env MDR_TF_TORCH_PYTHON).")
+    flags.DEFINE_boolean("torch_omp_passive", True,
+                         "Run the torch worker with OMP_WAIT_POLICY=PASSIVE: on an oversubscribed machine torch's "
+                         "spinning OpenMP workers made its 2-thread calls ~40x slower (docs/benchmarks.md).")
     flags.DEFINE_float("parity_atol", 1e-5, "Max |Δ probability| allowed between Keras, SavedModel and torch.")
     flags.DEFINE_string("output", None, "Write the figures as JSON here.")
     flags.DEFINE_enum("worker", None, ["tf"], "Internal: run as the TensorFlow worker subprocess.")
@@ -297,7 +300,8 @@ def _run(schema, x, sources, batch_sizes, results, work) -> None:
         if "torch" in sources:
             workers["torch"] = Worker([FLAGS.torch_python, os.path.join(os.path.dirname(__file__),
                                                                         "bench_serving_torch.py"),
-                                       f"--threads={threads}"], "torch")
+                                       f"--threads={threads}"], "torch",
+                                      env={"OMP_WAIT_POLICY": "PASSIVE"} if FLAGS.torch_omp_passive else None)
         try:
             def worker_of(source):
                 return workers["torch" if source == "torch" else "tf"]

@@ -35,6 +35,8 @@ Written into TF Serving's versioned layout ``<base_dir>/<version>/`` atomically.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import os
 import shutil
 import tempfile
@@ -76,12 +78,13 @@ def _input_signature(schema: Schema) -> dict[str, tf.TensorSpec]:
 _MAX_PADDED = 2 ** 22
 
 
-def _batch_grid() -> list[int]:
+@functools.lru_cache(maxsize=1)
+def _batch_grid() -> tuple[int, ...]:
     grid = [1, 2, 4, 8]
     while grid[-1] < _MAX_PADDED:
         step = grid[-1] // 4
         grid += [grid[-1] + step * i for i in range(1, 5)]
-    return grid
+    return tuple(grid)
 
 
 def serving_batch_size(batch: int) -> int:
@@ -90,10 +93,9 @@ def serving_batch_size(batch: int) -> int:
     The smallest grid size >= ``batch`` (powers of two up to 8, then four sizes per
     octave: at most 25 % padding); ``batch`` itself beyond 2**22.
     """
-    for size in _batch_grid():
-        if size >= batch:
-            return size
-    return int(batch)
+    grid = _batch_grid()
+    i = bisect.bisect_left(grid, batch)
+    return grid[i] if i < len(grid) else int(batch)
 
 
 def _pad_rows(features: dict[str, tf.Tensor], schema: Schema) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
@@ -125,7 +127,8 @@ def _xla_compiles(forward, model: keras.Model) -> bool:
 
 
 def export_saved_model(model: keras.Model, base_dir: str, version: int | None = None,
-                       jit_compile: bool | str = "auto") -> str:
+                       jit_compile: bool | str = "auto", fold: bool | str = "auto",
+                       fold_max_bytes: int = 64 << 20) -> str:
     """Exports ``model`` to ``<base_dir>/<version>/`` and returns that path.
 
     Args:
@@ -136,9 +139,17 @@ def export_saved_model(model: keras.Model, base_dir: str, version: int | None = 
         ``serve_examples`` with XLA (padded batch sizes, see the module docstring).
         "auto" (default): when ``model.supports_jit`` (default True) and a trial call
         compiles; True: always; False: never (all signatures as ``serve_portable``).
+      fold: fold the first dense layer into the embedding table in those signatures
+        (``mdr_tf.folding``: DNN and STAR; equal outputs up to float rounding, checked at
+        export). "auto" (default): when the model folds and the folded tables take at most
+        ``fold_max_bytes``; True: the same, but a model that does not fold raises
+        ``ValueError``; False: never. ``serve_portable`` never folds.
+      fold_max_bytes: size limit of the folded tables (default 64 MiB).
     """
     if jit_compile not in (True, False, "auto"):
         raise ValueError(f"export_saved_model: jit_compile must be True, False or 'auto', got {jit_compile!r}")
+    if fold not in (True, False, "auto"):
+        raise ValueError(f"export_saved_model: fold must be True, False or 'auto', got {fold!r}")
     schema: Schema = model.schema
     version = int(time.time()) if version is None else int(version)
     final = os.path.join(base_dir, str(version))
@@ -156,24 +167,39 @@ def export_saved_model(model: keras.Model, base_dir: str, version: int | None = 
             probs = model(dict(features), training=False)
         return {"probability": tf.reshape(probs, [-1])}
 
-    @tf.function(jit_compile=True, reduce_retracing=True)
-    def xla_forward(features):
+    folded = None
+    if fold is not False:
+        from mdr_tf.folding import fold_first_layer
+
+        folded = fold_first_layer(model, max_bytes=fold_max_bytes)
+        if folded is None and fold is True:
+            raise ValueError(f"export_saved_model(fold=True): {type(model).__name__} does not fold (see "
+                             f"mdr_tf.folding) or its folded tables exceed {fold_max_bytes} bytes")
+
+    def forward(features):
+        if folded is not None:
+            return folded(dict(features))
         return tf.reshape(model(dict(features), training=False), [-1])
 
+    xla_forward = tf.function(forward, jit_compile=True, reduce_retracing=True)
     use_xla = jit_compile is True or (jit_compile == "auto" and getattr(model, "supports_jit", True)
                                       and _xla_compiles(xla_forward, model))
 
-    def _checked_xla(features):
+    def _checked_fast(features):
         # The input checks stay outside the XLA program (XLA drops Assert ops); the
         # domain id is checked in int64, as by ``_checked``.
         features = dict(features)
         check_inputs(features, schema)
+        if not use_xla:
+            return {"probability": forward(features)}
         padded, b = _pad_rows(features, schema)
         return {"probability": xla_forward(padded)[:b]}
 
-    checked = _checked_xla if use_xla else _checked
+    checked = _checked_fast if (use_xla or folded is not None) else _checked
     archive = keras.export.ExportArchive()
     archive.track(model)
+    if folded is not None:
+        archive.track(folded)
 
     @tf.function(input_signature=[_input_signature(schema)])
     def serve(features):
