@@ -106,12 +106,14 @@ def _pad_rows(features: dict[str, tf.Tensor], schema: Schema) -> tuple[dict[str,
     b = tf.shape(features[schema.domain_key], out_type=tf.int64)[0]
     grid = tf.constant(_batch_grid(), tf.int64)
     size = tf.reduce_min(tf.where(grid >= b, grid, tf.maximum(b, grid[-1])))
-    pad = size - b
+    rows = tf.stack([tf.constant(0, tf.int64), size - b])[None]  # [[0, pad]]
+    paddings = {}  # one paddings tensor per input rank (few graph ops per call)
     out = {}
     for k, v in features.items():
-        paddings = tf.concat([tf.stack([tf.zeros_like(pad), pad])[None], tf.zeros([v.shape.rank - 1, 2], tf.int64)],
-                             axis=0)
-        out[k] = tf.pad(v, paddings)
+        rank = v.shape.rank
+        if rank not in paddings:
+            paddings[rank] = rows if rank == 1 else tf.concat([rows, tf.zeros([rank - 1, 2], tf.int64)], axis=0)
+        out[k] = tf.pad(v, paddings[rank])
     return out, b
 
 
