@@ -34,7 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from absl import app, flags
@@ -181,7 +182,7 @@ def tf_worker(threads: int) -> None:
     loaded: dict[str, Any] = {}
 
     def load(name: str, path: str):
-        model, signature = name.split("@")
+        signature = name.split("@")[1]
         if path not in loaded:
             loaded[path] = tf.saved_model.load(path)
         return loaded[path].signatures[signature]
@@ -203,7 +204,7 @@ def torch_available(python: str) -> str | None:
         print(f"# torch: interpreter {python!r} not found — TensorFlow figures only (see --torch_python)", flush=True)
         return None
     r = subprocess.run([python, "-c", "import torch, numpy; print(torch.__version__)"], capture_output=True,
-                       text=True)
+                       text=True, check=False)
     if r.returncode != 0:
         print(f"# torch: {python} cannot import torch/numpy ({r.stderr.strip().splitlines()[-1:]}) — "
               "TensorFlow figures only", flush=True)
@@ -303,7 +304,7 @@ def _run(schema, x, sources, batch_sizes, results, work) -> None:
                                        f"--threads={threads}"], "torch",
                                       env={"OMP_WAIT_POLICY": "PASSIVE"} if FLAGS.torch_omp_passive else None)
         try:
-            def worker_of(source):
+            def worker_of(source, workers=workers):
                 return workers["torch" if source == "torch" else "tf"]
 
             def key(name, source):

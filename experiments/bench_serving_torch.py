@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ def serve_forever(load: Callable[[str, str], Any], to_inputs: Callable[[dict[str
                 reply = {"seconds": seconds}
             else:
                 reply = {"error": f"unknown command {cmd!r}"}
-        except Exception as e:  # reported to the driver, which stops the benchmark
+        except Exception as e:  # noqa: BLE001 — reported to the driver, which stops the benchmark
             reply = {"error": f"{type(e).__name__}: {e}"}
         out.write(json.dumps(reply) + "\n")
         out.flush()
@@ -145,7 +146,7 @@ def _build_modules():
             with torch.no_grad():
                 self.experts.weight.copy_(k.permute(0, 2, 1).reshape(-1, k.shape[1]))
                 self.experts.bias.copy_(torch.from_numpy(w["experts/bias_0"]).reshape(-1))
-            p = lambda name: nn.Parameter(torch.from_numpy(w[name]))  # noqa: E731
+            p = lambda name: nn.Parameter(torch.from_numpy(w[name]))
             self.gate_k, self.gate_b = p("gates/kernel_0"), p("gates/bias_0")
             self.tower = nn.ParameterList([p(f"towers/kernel_{i}") for i in range(arch["tower_layers"])])
             self.tower_b = nn.ParameterList([p(f"towers/bias_{i}") for i in range(arch["tower_layers"])])
@@ -177,7 +178,7 @@ def _build_modules():
         def __init__(self, arch: dict, w: dict):
             super().__init__()
             self.embed = Embed(arch, w)
-            p = lambda name: nn.Parameter(torch.from_numpy(w[name]))  # noqa: E731
+            p = lambda name: nn.Parameter(torch.from_numpy(w[name]))
             self.gamma, self.beta, self.gamma_d, self.beta_d = (p("pn/gamma"), p("pn/beta"), p("pn/gamma_d"),
                                                                 p("pn/beta_d"))
             self.register_buffer("mean", torch.from_numpy(w["pn/moving_mean"]))

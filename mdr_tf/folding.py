@@ -89,7 +89,7 @@ class FoldedForward(tf.Module):
         return int(np.prod(self.folded.shape)) * 4
 
     def __call__(self, features: dict[str, Any]) -> tf.Tensor:
-        model, emb = self.model, self.model.embedding
+        emb = self.model.embedding
         s = emb.schema
         full_rows, domain = fused_rows(emb, features)
         rows = full_rows[:, :emb.num_fields]
@@ -183,7 +183,7 @@ def fold_first_layer(model: keras.Model, max_bytes: int = 64 << 20, check_atol: 
         if d * table.shape[0] * first.units * 4 > max_bytes:
             return None
         pn = model.pn
-        f64 = lambda v: np.asarray(v).astype(np.float64)  # noqa: E731
+        f64 = lambda v: np.asarray(v).astype(np.float64)
         a = f64(pn.gamma)[None] * f64(pn.gamma_d) / np.sqrt(f64(pn.moving_variance) + pn.epsilon)  # [D, n]
         shift = f64(pn.beta)[None] + f64(pn.beta_d) - a * f64(pn.moving_mean)  # [D, n]
         kd = f64(first.kernel)[None] * f64(first.kernel_d)  # [D, n, u]
