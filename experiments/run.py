@@ -9,6 +9,7 @@ Examples:
   python -m experiments.run                                   # ML-100k, default models
   python -m experiments.run --trials=10                       # the papers' 10 trials
   python -m experiments.run --models=dnn,mlora --epochs=20 --output_dir=results/x
+  python -m experiments.run --models=dnn --backbone=dcn --block=mlora   # MLoRA on DCN
 """
 
 from __future__ import annotations
@@ -129,6 +130,32 @@ def define_flags() -> None:
                         '{"step": "table", "delta_lr": 1e-5, "grad_scale": "mpe"}.')
     flags.DEFINE_boolean("checkpoint", True, "Checkpoint every epoch under <output_dir>/checkpoints so a "
                          "killed run resumes mid-trial.")
+    define_variant_flags()
+
+
+def define_variant_flags() -> None:
+    """``--backbone``, ``--block``, ``--hook``: put a mechanism on a backbone without JSON.
+
+    Each applies to every selected model whose builder takes the argument (see
+    ``variant_kwargs``); e.g. MLoRA on DCN is ``--models=dnn --backbone=dcn --block=mlora``
+    (or ``--models=mlora --backbone=dcn``). ``variant_from_flags`` reads them.
+    """
+    from mdr_tf.layers.blocks import BLOCKS, HOOKS
+    from mdr_tf.models.backbones import BACKBONES
+
+    flags.DEFINE_enum("backbone", None, list(BACKBONES), "Backbone of every model whose builder takes one "
+                      "(dnn, wdl, dcn, deepfm, apg, mlora*, midpg*, dpg, hamur_wdl/dcn); the model is labelled "
+                      "name[backbone=...] in the tables.")
+    flags.DEFINE_enum("block", None, sorted(BLOCKS), "Dense block of every BackboneModel entry (dnn, wdl, dcn, "
+                      "deepfm, apg): e.g. --models=dnn --backbone=dcn --block=mlora is MLoRA on DCN. The entry's "
+                      "block_config is dropped when the block changes (set one with --model_args).")
+    flags.DEFINE_enum("hook", None, sorted(HOOKS), "Domain hook between the layers of every BackboneModel entry "
+                      "(e.g. hamur, ppnet); hook_config from --model_args.")
+
+
+def variant_from_flags(f: flags.FlagValues) -> dict[str, str | None]:
+    """``{"backbone", "block", "hook"}`` from the flags of ``define_variant_flags``."""
+    return {"backbone": f.backbone, "block": f.block, "hook": f.hook}
 
 
 def _git_commit() -> str:
@@ -182,37 +209,73 @@ def _model_kwargs(name: str, common: dict[str, Any], per_model: dict[str, dict[s
 
     A builder function that forwards ``**kwargs`` to a model class (``mlora_model``,
     ``build_hierrec``, ...) accepts what that class accepts: the class is its return
-    annotation.
+    annotation (``ModelSpec.accepted_args``).
     """
-    import importlib
-    import inspect
-    import typing
+    from mdr_tf import registry
 
+    accepted = registry.get(name).accepted_args()
+    kept = {k: v for k, v in common.items() if k in accepted}
+    return {**kept, **per_model.get(name, {})}
+
+
+VARIANT_ARGS = ("backbone", "block", "hook")
+
+
+def variant_kwargs(name: str, variant: dict[str, str], per_model: dict[str, dict[str, Any]] | None = None
+                   ) -> dict[str, Any]:
+    """The ``--backbone`` / ``--block`` / ``--hook`` arguments that apply to model ``name``.
+
+    A flag applies to a model whose builder names the argument: the ``BackboneModel``
+    entries (dnn, wdl, dcn, deepfm, apg) take all three, the MLoRA builder and the HAMUR
+    backbone builder take ``backbone``. When ``block`` (``hook``) replaces the model's own
+    block (hook), the entry's ``block_config`` (``hook_config``) is dropped too (it belongs
+    to the replaced mechanism), unless ``per_model`` sets one. ``{}`` when none applies.
+    """
     from mdr_tf import registry
 
     spec = registry.get(name)
-    module, _, attr = spec.builder.partition(":")
-    builder = getattr(importlib.import_module(module), attr)
-    targets = [builder]
-    if not isinstance(builder, type):
-        params = inspect.signature(builder).parameters.values()
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            returned = typing.get_type_hints(builder).get("return")
-            if not isinstance(returned, type):
-                raise TypeError(f"builder {spec.builder} takes **kwargs but has no model class as its return "
-                                "annotation; cannot tell which common arguments it accepts")
-            targets.append(returned)
-    accepted = set()
-    for target in targets:
-        for klass in (target.__mro__ if isinstance(target, type) else [target]):
-            init = getattr(klass, "__init__", klass)
-            try:
-                accepted |= {p.name for p in inspect.signature(init).parameters.values()
-                             if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
-            except (TypeError, ValueError):
-                pass
-    kept = {k: v for k, v in common.items() if k in accepted}
-    return {**kept, **per_model.get(name, {})}
+    own = {p for p in _named_builder_args(spec)}
+    out = {k: v for k, v in variant.items() if v is not None and k in own}
+    resolved = {**spec.builder_defaults(), **spec.defaults}
+    for arg, config in (("block", "block_config"), ("hook", "hook_config")):
+        if arg in out and out[arg] != resolved.get(arg) and config not in (per_model or {}).get(name, {}):
+            out[config] = {}
+    return out
+
+
+def _named_builder_args(spec) -> set[str]:
+    """Arguments the builder itself names (a ``BackboneModel`` entry: the class's)."""
+    import inspect
+
+    from mdr_tf import registry
+
+    builder = registry.load(spec.builder)
+    fn = builder.__init__ if isinstance(builder, type) else builder
+    return {p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+
+
+def variant_label(name: str, applied: dict[str, Any]) -> str:
+    """The table name of a model run with variant flags, e.g. ``dnn[backbone=dcn,block=mlora]``."""
+    shown = [f"{k}={applied[k]}" for k in VARIANT_ARGS if k in applied]
+    return f"{name}[{','.join(shown)}]" if shown else name
+
+
+def base_name(label: str) -> str:
+    """The registry name of a table name (``variant_label`` undone)."""
+    return label.split("[", 1)[0]
+
+
+def _variant_family(name: str, applied: dict[str, Any]) -> str:
+    """Registry family of a model; with ``--block`` / ``--hook`` applied, "seed" when the
+    result has a domain mechanism (a block other than "plain", or a hook), else "backbone"."""
+    from mdr_tf import registry
+
+    spec = registry.get(name)
+    if not {"block", "hook"} & set(applied):
+        return spec.family
+    resolved = {**spec.builder_defaults(), **spec.defaults, **applied}
+    return "seed" if resolved.get("block", "plain") != "plain" or resolved.get("hook") else "backbone"
 
 
 def _trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
@@ -222,7 +285,11 @@ def _trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
 
     train = {k: v for k, v in vars(cfg).items() if k not in ("verbose", "tensorboard_dir", "checkpoint_dir")}
     spec = registry.get(name)
-    resolved = {**spec.defaults, **kwargs}  # a changed registry default must not reuse old trials
+    # Every argument the model is built with: the builder's (and its class's) signature
+    # defaults, then the registry entry's, then the run's; a changed default of any of
+    # them must not reuse old trials.
+    resolved = {**spec.builder_defaults(), **spec.defaults, **kwargs}
+    resolved = json.loads(json.dumps(resolved, sort_keys=True, default=repr))
     return fingerprint({"model": name, "seed": cfg.seed, "train": train, "model_kwargs": resolved,
                         "builder": spec.builder, "procedure": spec.procedure, "data": data_fp})
 
@@ -319,6 +386,7 @@ def run(
     checkpoint: bool = False,
     base_model: str | None = None,
     paper: dict[str, Any] | None = None,
+    variant: dict[str, str | None] | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Runs the trials and writes the tables; returns {"summary", "table_md", "output_dir", "rows"}.
@@ -333,11 +401,15 @@ def run(
         killed run resumes inside the interrupted trial (finished trials are deleted).
       base_model: reference for RelaImpr (default: "dnn" if run, else the first model).
       paper: {"metric_columns": [...], "rows": {model: {column: value}}} printed beside ours.
+      variant: ``{"backbone": ..., "block": ..., "hook": ...}`` (None = unset) applied to
+        every model whose builder names the argument (``variant_kwargs``); such a model
+        is labelled ``name[backbone=...,block=...]`` in the tables and trial log.
     """
     import mdr_tf  # noqa: F401  (sets the Keras backend)
     from mdr_tf import registry, report
     from mdr_tf.schema import Schema
-    from mdr_tf.training import NonFiniteLossError, TrainConfig, run_trial
+    from mdr_tf.training import NonFiniteLossError, TrainConfig
+    from mdr_tf.trial import run_trial
     if dataset == "ml100k_multibehavior":  # top-N data (no CTR schema): its own runner
         raise ValueError("--dataset=ml100k_multibehavior is a top-N ranking dataset: run it with "
                          "`python -m experiments.topn` (docs/models/cigf.md)")
@@ -350,6 +422,17 @@ def run(
         raise ValueError(f"trials must be >= 1, got {trials}")
     for m in models:
         registry.get(m)  # fail fast on unknown names
+    variant = {k: v for k, v in (variant or {}).items() if v is not None}
+    if set(variant) - set(VARIANT_ARGS):
+        raise ValueError(f"variant: unknown arguments {sorted(set(variant) - set(VARIANT_ARGS))}; "
+                         f"expected {VARIANT_ARGS}")
+    applied = {m: variant_kwargs(m, variant, per_model_args) for m in models}
+    for arg, value in variant.items():
+        if not any(arg in a for a in applied.values()):
+            takers = [n for n in registry.names() if variant_kwargs(n, {arg: value})]
+            raise ValueError(f"--{arg}={value} applies to none of the models {models}; it applies to models "
+                             f"whose builder takes {arg!r}: {', '.join(takers)}")
+    labels = {m: variant_label(m, applied[m]) for m in models}
     data_path = prepare_dataset(dataset, data_dir, raw_path, dict(dataset_options or {}))
     schema = Schema.load(data_path)
     output_dir = output_dir or os.path.join("results", dataset)
@@ -372,38 +455,40 @@ def run(
     log(f"{len(models)} models × {trials} trials; results → {os.path.abspath(output_dir)}")
     keys = {}
     for mi, name in enumerate(models):
-        kwargs = _model_kwargs(name, model_kwargs, per_model_args)
+        kwargs = {**_model_kwargs(name, model_kwargs, {}), **applied[name], **per_model_args.get(name, {})}
+        label = labels[name]
         for t in range(trials):
             seed = seed_base + t
-            tb = os.path.join(output_dir, "tensorboard", name, f"seed{seed}") if tensorboard else None
+            tb = os.path.join(output_dir, "tensorboard", label, f"seed{seed}") if tensorboard else None
             cfg = TrainConfig(seed=seed, tensorboard_dir=tb, **train_kwargs)
             if checkpoint:
                 cfg.checkpoint_dir = os.path.join(output_dir, "checkpoints",
                                                   _trial_key(name, cfg, kwargs, schema.raw["fingerprint"]))
             key = _trial_key(name, cfg, kwargs, schema.raw["fingerprint"])
-            keys[key] = name
+            keys[key] = label
             idx = mi * trials + t + 1
             if aggregate_only or t % shard_n != shard_i:
                 continue
             if trial_log.done(key):
-                log(f"[{idx}/{total}] {name} trial {t} (seed {seed}): already done, skipped")
+                log(f"[{idx}/{total}] {label} trial {t} (seed {seed}): already done, skipped")
                 continue
-            log(f"[{idx}/{total}] {name} trial {t} (seed {seed}) ...")
+            log(f"[{idx}/{total}] {label} trial {t} (seed {seed}) ...")
             t0 = time.time()
             try:
                 row, model = run_trial(name, schema, cfg, kwargs, log=log if cfg.verbose == 0 else None,
                                        return_model=True)
             except NonFiniteLossError as e:
-                trial_log.append({"model": name, "seed": seed, "key": key, "trial": t, "dataset": dataset,
+                trial_log.append({"model": label, "seed": seed, "key": key, "trial": t, "dataset": dataset,
                                   "status": "failed", "error": str(e),
                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                log(f"[{idx}/{total}] {name} trial {t}: FAILED: {e}")
+                log(f"[{idx}/{total}] {label} trial {t}: FAILED: {e}")
                 continue
-            row.update({"key": key, "trial": t, "dataset": dataset, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            row.update({"model": label, "key": key, "trial": t, "dataset": dataset,
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
             if export_dir and t == 0:
                 from mdr_tf.export import export_saved_model
 
-                row["export_path"] = export_saved_model(model, os.path.join(export_dir, name), version=1)
+                row["export_path"] = export_saved_model(model, os.path.join(export_dir, label), version=1)
             trial_log.append(row)
             if cfg.checkpoint_dir:
                 import shutil
@@ -412,14 +497,16 @@ def run(
             finished_now += 1
             elapsed = time.time() - t_start
             eta = elapsed / finished_now * (total - idx)
-            log(f"[{idx}/{total}] {name} trial {t}: test AUC {row['test_auc']:.4f} LogLoss {row['test_logloss']:.4f} "
+            log(f"[{idx}/{total}] {label} trial {t}: test AUC {row['test_auc']:.4f} LogLoss {row['test_logloss']:.4f} "
                 f"(best epoch {row['best_epoch']}, {time.time() - t0:.1f}s; ETA {eta / 60:.1f} min)")
             del model
     rows = [r for r in trial_log.rows if r.get("key") in keys]
     failed = {r["key"]: r for r in trial_log.failed if r.get("key") in keys and not trial_log.done(r["key"])}
-    summary = report.aggregate(rows, models, schema.num_domains)
-    base = base_model or ("dnn" if "dnn" in models else models[0])
-    report.add_significance(summary, rows, base_model=base)
+    table_models = [labels[m] for m in models]
+    summary = report.aggregate(rows, table_models, schema.num_domains)
+    base = base_model or ("dnn" if "dnn" in table_models else table_models[0])
+    families = {labels[m]: _variant_family(m, applied[m]) for m in models}
+    report.add_significance(summary, rows, base_model=base, family_of=families.get)
     md = report.markdown_table(summary, schema.num_domains, schema.domain_names)
     if paper:
         md += "\n" + report.paper_comparison(summary, paper)
@@ -436,7 +523,7 @@ def run(
     meta = {"git_commit": commit, "versions": _versions(), "flags": flags_record or {},
             "dataset": dataset, "data_dir": os.path.abspath(data_path),
             "data_fingerprint": schema.raw["fingerprint"], "data_checksums": schema.raw.get("checksums"),
-            "models": models, "trials": trials, "seed_base": seed_base, "train": train_kwargs,
+            "models": models, "variant": variant, "trials": trials, "seed_base": seed_base, "train": train_kwargs,
             "model_kwargs": model_kwargs, "per_model_args": per_model_args,
             "wall_seconds": round(time.time() - t_start, 1)}
     _atomic_write(os.path.join(output_dir, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
@@ -469,7 +556,8 @@ def _main(f: flags.FlagValues) -> None:
         seed_base=f.seed_base, train_kwargs=train_kwargs, model_kwargs=model_kwargs,
         per_model_args=parse_model_args(f.model_args), output_dir=f.output_dir, export_dir=f.export_dir,
         flags_record=flags_record, trial_shard=_parse_shard(f.trial_shard),
-        aggregate_only=f.aggregate_only, tensorboard=f.tensorboard, checkpoint=f.checkpoint)
+        aggregate_only=f.aggregate_only, tensorboard=f.tensorboard, checkpoint=f.checkpoint,
+        variant=variant_from_flags(f))
 
 
 def cli() -> None:

@@ -13,12 +13,16 @@ if keras.backend.backend() != "tensorflow":
 __version__ = "0.1.0"
 
 
-def _register_serializables() -> None:
-    """Imports every module of ``mdr_tf.layers`` and ``mdr_tf.models`` (and the registry's builders).
+def register_all() -> None:
+    """Imports every module of ``mdr_tf.layers`` and ``mdr_tf.models`` (and the registry's
+    builders and procedures); idempotent.
 
-    Their classes are registered with ``keras.saving.register_keras_serializable`` at import,
-    so after ``import mdr_tf`` a saved ``.keras`` file of any model loads with plain
-    ``keras.models.load_model`` (no ``custom_objects``). Costs ~0.05 s.
+    Their classes are registered with ``keras.saving.register_keras_serializable`` (and
+    blocks / hooks with ``register_block`` / ``register_hook``) at import, so after
+    ``import mdr_tf`` a saved ``.keras`` file of any model loads with plain
+    ``keras.models.load_model`` (no ``custom_objects``), whatever was imported first.
+    This is the package's only import-for-registration; no other module imports one for
+    its side effect. Costs ~0.05 s.
     """
     import importlib
     import pkgutil
@@ -29,8 +33,10 @@ def _register_serializables() -> None:
             importlib.import_module(m.name)
     from mdr_tf import registry
 
-    for spec in registry.REGISTRY.values():  # builders outside the two packages, if any
-        importlib.import_module(spec.builder.partition(":")[0])
+    for spec in registry.REGISTRY.values():  # builders / procedures outside the two packages, if any
+        for ref in (spec.builder, spec.procedure):
+            importlib.import_module(ref.partition(":")[0])
 
 
-_register_serializables()
+_register_serializables = register_all  # former name
+register_all()

@@ -1,41 +1,77 @@
 """Model names used by flags and configs → builders and training procedures.
 
-Builders are referenced as ``"module:callable"`` strings and imported lazily, so a
-registry entry costs nothing until used. ``callable(schema_config, **kwargs)`` returns
-an (unbuilt) ``MultiDomainModel``.
+A ``ModelSpec`` names its builder and its training procedure as importable
+``"module:function"`` references, resolved only when used: this module imports no
+model and no training code (``mdr_tf.trial`` and the experiment scripts, the runners,
+import it; nothing it references imports it back). ``builder(schema_config, **kwargs)``
+returns an (unbuilt) ``MultiDomainModel``; ``procedure(model, schema, cfg, log=...)``
+trains it and returns an ``ExactEarlyStopping``.
+
+Defaults have one home each: a model class's constructor defaults are its main-table
+setting, and an entry's ``defaults`` hold only what differs from them (paper settings,
+backbone variants). Entries of one mechanism on several backbones are generated from
+(mechanism, backbone) pairs (``_on_backbones``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
+import inspect
+import typing
 from typing import Any, Callable
 
 from mdr_tf.schema import Schema
 
-PROCEDURES: dict[str, Callable] = {}
+#: The standard procedure: ``mdr_tf.training.fit`` (compile, early stopping, best weights).
+STANDARD_PROCEDURE = "mdr_tf.training:fit"
+#: MLoRA's official two-stage procedure (shared network, then LoRA only).
+MLORA_TWO_STAGE = "mdr_tf.models.mlora:mlora_two_stage"
+#: Short names accepted for ``ModelSpec.procedure`` (the names used before it held references).
+PROCEDURE_ALIASES = {"standard": STANDARD_PROCEDURE, "mlora_two_stage": MLORA_TWO_STAGE}
 
 
-def register_procedure(name: str) -> Callable[[Callable], Callable]:
-    """Registers a training procedure ``fn(model, schema, cfg, log) -> ExactEarlyStopping``."""
-
-    def deco(fn: Callable) -> Callable:
-        PROCEDURES[name] = fn
-        return fn
-
-    return deco
-
-
-@register_procedure("standard")
-def _standard(model, schema, cfg, log=None):
-    from mdr_tf import training
-
-    return training.fit(model, schema, cfg, log=log)
-
-
-def _load(ref: str) -> Callable:
-    module, _, attr = ref.partition(":")
+def load(ref: str) -> Callable:
+    """The object a ``"module:attribute"`` reference names (imports the module)."""
+    module, sep, attr = ref.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"expected a 'module:attribute' reference, got {ref!r}")
     return getattr(importlib.import_module(module), attr)
+
+
+_load = load  # former private name
+
+
+def builder_targets(builder: Callable, ref: str = "") -> list:
+    """The callables whose parameters a builder accepts: itself, plus the model class it
+    returns when it forwards ``**kwargs`` (its return annotation)."""
+    targets = [builder]
+    if not isinstance(builder, type):
+        params = inspect.signature(builder).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            returned = typing.get_type_hints(builder).get("return")
+            if not isinstance(returned, type):
+                raise TypeError(f"builder {ref or builder} takes **kwargs but has no model class as its return "
+                                "annotation; cannot tell which arguments it accepts")
+            targets.append(returned)
+    return targets
+
+
+def _parameters(target: Callable, own_only: bool = False) -> list[inspect.Parameter]:
+    """Named parameters of a function, or of a class's ``__init__`` along its MRO (base
+    first; with ``own_only`` only the classes of this package, not Keras')."""
+    out: list[inspect.Parameter] = []
+    for klass in (reversed(target.__mro__) if isinstance(target, type) else [target]):
+        if own_only and not getattr(klass, "__module__", "").startswith("mdr_tf."):
+            continue
+        init = klass.__init__ if isinstance(klass, type) else klass
+        try:
+            out += [p for p in inspect.signature(init).parameters.values()
+                    if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        except (TypeError, ValueError):
+            pass
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +81,11 @@ class ModelSpec:
     Attributes:
       name: the flag / config name.
       builder: ``"module:callable"``; called as ``callable(schema_config, **kwargs)``.
-      defaults: default keyword arguments (the paper's setting where known).
-      procedure: training procedure name ("standard", or e.g. MLoRA's two-stage).
+      defaults: keyword arguments that differ from the builder's own defaults (the
+        paper's setting where known, or a variant).
+      procedure: ``"module:function"`` of the training procedure, called as
+        ``function(model, schema, cfg, log=log)``; default ``STANDARD_PROCEDURE``. The
+        short names of ``PROCEDURE_ALIASES`` are accepted.
       family: "backbone", "seed" (HAMUR / MLoRA / MI-DPG / HierRec) or "baseline".
       in_main_table: part of the main job's default model list.
       description: one line for ``--helpful``/docs.
@@ -56,27 +95,59 @@ class ModelSpec:
     name: str
     builder: str
     defaults: dict = dataclasses.field(default_factory=dict)
-    procedure: str = "standard"
+    procedure: str = STANDARD_PROCEDURE
     family: str = "baseline"
     in_main_table: bool = True
     description: str = ""
     needs_sequences: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "procedure", PROCEDURE_ALIASES.get(self.procedure, self.procedure))
+        for field in ("builder", "procedure"):
+            if ":" not in getattr(self, field):
+                raise ValueError(f"model {self.name!r}: {field} must be a 'module:function' reference, "
+                                 f"got {getattr(self, field)!r}")
+
     def build(self, schema: Schema | dict, **kwargs: Any):
         cfg = schema.to_config() if isinstance(schema, Schema) else dict(schema)
         args = {**self.defaults, **kwargs}
-        return _load(self.builder)(cfg, **args)
+        return load(self.builder)(cfg, **args)
 
     def train(self, model, schema: Schema, cfg, log=None):
-        if self.procedure not in PROCEDURES:
-            # Procedures live next to their models; importing the builder registers them.
-            _load(self.builder)
-        if self.procedure not in PROCEDURES:
-            raise ValueError(f"model {self.name!r}: unknown training procedure {self.procedure!r}")
-        return PROCEDURES[self.procedure](model, schema, cfg, log=log)
+        """Trains ``model`` with the spec's procedure; returns its ``ExactEarlyStopping``."""
+        return load(self.procedure)(model, schema, cfg, log=log)
+
+    def accepted_args(self) -> set[str]:
+        """Names of the keyword arguments the builder accepts (through the class it returns)."""
+        builder = load(self.builder)
+        return {p.name for t in builder_targets(builder, self.builder) for p in _parameters(t)}
+
+    def builder_defaults(self) -> dict[str, Any]:
+        """The builder's signature defaults, resolved through the model class it returns
+        (the package's classes along its MRO; a subclass's default wins, the builder's own
+        over the class's). What an entry does not set in ``defaults`` comes from here."""
+        builder = load(self.builder)
+        out: dict[str, Any] = {}
+        for target in reversed(builder_targets(builder, self.builder)):
+            for p in _parameters(target, own_only=True):
+                if p.default is not inspect.Parameter.empty:
+                    out[p.name] = p.default
+        return out
+
+
+def _on_backbones(mechanism: str, builder: str, defaults: dict[str, Any], backbones: dict[str, str],
+                  description: str, **spec_kwargs: Any) -> list[ModelSpec]:
+    """Entries ``<mechanism>_<backbone>`` for (mechanism, backbone) pairs: ``defaults`` plus
+    ``backbone``; ``backbones`` maps the backbone name to its label in ``description``."""
+    return [ModelSpec(f"{mechanism}_{b}", builder, {"backbone": b, **copy.deepcopy(defaults)},
+                      description=description.format(backbone=label), **spec_kwargs)
+            for b, label in backbones.items()]
 
 
 _BB = "mdr_tf.models.backbones:BackboneModel"
+_MLORA_BUILDER = "mdr_tf.models.mlora:mlora_model"
+#: MLoRA's setting on every backbone (the same dict for each (mlora, backbone) pair).
+_MLORA = {"hidden_units": [128, 64, 32], "block_config": {"alpha": 16}}
 
 _SPECS: list[ModelSpec] = [
     # --- backbones (issue 2); "dnn" is the MI-DPG setup: MLP 128-64-32 ---
@@ -88,27 +159,19 @@ _SPECS: list[ModelSpec] = [
     ModelSpec("deepfm", _BB, {"backbone": "deepfm"}, family="backbone", in_main_table=False,
               description="DeepFM: linear + FM + MLP"),
     # --- seed models (issue 3) ---
-    # MLoRA (docs/models/mlora.md): alpha 16 → ranks [8, 4, 2] on 128-64-32.
-    ModelSpec("mlora", "mdr_tf.models.mlora:mlora_model",
-              {"backbone": "mlp", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}}, family="seed",
+    # MLoRA (docs/models/mlora.md): alpha 16 → ranks [8, 4, 2] on 128-64-32; on other backbones
+    # from the (mlora, backbone) pairs below (LoRA in the deep part only).
+    ModelSpec("mlora", _MLORA_BUILDER, {"backbone": "mlp", **copy.deepcopy(_MLORA)}, family="seed",
               description="MLoRA: per-domain LoRA (x A_d) B_d + c_d on every MLP layer, joint training"),
-    ModelSpec("mlora_2stage", "mdr_tf.models.mlora:mlora_model",
-              {"backbone": "mlp", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}},
-              procedure="mlora_two_stage", family="seed", in_main_table=False,
+    ModelSpec("mlora_2stage", _MLORA_BUILDER, {"backbone": "mlp", **copy.deepcopy(_MLORA)},
+              procedure=MLORA_TWO_STAGE, family="seed", in_main_table=False,
               description="MLoRA, official two-stage: shared network, then LoRA only"),
-    ModelSpec("mlora_wdl", "mdr_tf.models.mlora:mlora_model",
-              {"backbone": "wdl", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}}, family="seed",
-              in_main_table=False, description="MLoRA on Wide&Deep (LoRA in the deep part only)"),
-    ModelSpec("mlora_dcn", "mdr_tf.models.mlora:mlora_model",
-              {"backbone": "dcn", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}}, family="seed",
-              in_main_table=False, description="MLoRA on DCN (LoRA in the deep part only)"),
-    ModelSpec("mlora_deepfm", "mdr_tf.models.mlora:mlora_model",
-              {"backbone": "deepfm", "hidden_units": [128, 64, 32], "block_config": {"alpha": 16}}, family="seed",
-              in_main_table=False, description="MLoRA on DeepFM (LoRA in the deep part only)"),
-    # HAMUR (docs/models/hamur.md): official MovieLens settings.
-    # Main table: the package's common setup (towers 128-64-32) with k=16 (ours); the
-    # official MovieLens setting (towers 256-128, k=35) is "hamur_official" (~10x the DNN's FLOPs).
-    ModelSpec("hamur", "mdr_tf.models.hamur:HamurMLP", {"hidden_units": [128, 64, 32], "k": 16, "hyper_dims": [64]},
+    *_on_backbones("mlora", _MLORA_BUILDER, _MLORA, {"wdl": "Wide&Deep", "dcn": "DCN", "deepfm": "DeepFM"},
+                   "MLoRA on {backbone} (LoRA in the deep part only)", family="seed", in_main_table=False),
+    # HAMUR (docs/models/hamur.md). Main table: HamurMLP's class defaults, the package's common
+    # setup (towers 128-64-32) with k=16 (ours); the official MovieLens setting (towers 256-128,
+    # k=35, batch-stat DN) is "hamur_official" (~10x the DNN's FLOPs).
+    ModelSpec("hamur", "mdr_tf.models.hamur:HamurMLP", {},
               family="seed", description="HAMUR: per-domain towers 128-64-32 + instance hyper adapter (k=16)"),
     ModelSpec("hamur_official", "mdr_tf.models.hamur:HamurMLP",
               {"hidden_units": [256, 128], "k": 35, "hyper_dims": [64], "norm_mode": "batch"}, family="seed",
@@ -133,13 +196,13 @@ _SPECS: list[ModelSpec] = [
               in_main_table=False, description="MI-DPG, DWM-C: Q generated, P global"),
     ModelSpec("midpg_non", "mdr_tf.models.midpg:build_midpg", {"variant": "non", "mir_weight": 0.1},
               family="seed", in_main_table=False, description="MI-DPG, DWM-Non: full n×m matrix generated"),
-    # HierRec (docs/models/hierrec.md): every width is ours (d 16, G 4, SOM 32→64, c 64).
-    # Main table: G 2, c 16, SOM 16→32 (ours; ~6k samples/s on 2 CPU cores). The class defaults
-    # (G 4, c 64, SOM 32→64) are "hierrec_large" (~40x the DNN's FLOPs per sample).
-    ModelSpec("hierrec_large", "mdr_tf.models.hierrec:build_hierrec", {}, family="seed", in_main_table=False,
-              description="HierRec with the class defaults: G 4, c 64, SOM 32→64"),
-    ModelSpec("hierrec", "mdr_tf.models.hierrec:build_hierrec",
-              {"num_heads": 2, "condition_dim": 16, "som_units": [16, 32]}, family="seed",
+    # HierRec (docs/models/hierrec.md): every width is ours. Main table: HierRec's class defaults
+    # (G 2, c 16, SOM 16→32; ~6k samples/s on 2 CPU cores); "hierrec_large" (G 4, c 64, SOM
+    # 32→64, ~40x the DNN's FLOPs per sample) was the class default before.
+    ModelSpec("hierrec_large", "mdr_tf.models.hierrec:build_hierrec",
+              {"num_heads": 4, "condition_dim": 64, "som_units": [32, 64]}, family="seed", in_main_table=False,
+              description="HierRec, wide: G 4, c 64, SOM 32→64"),
+    ModelSpec("hierrec", "mdr_tf.models.hierrec:build_hierrec", {}, family="seed",
               description="HierRec: explicit per-scenario SOM → G implicit per-instance SOMs (field attention)"),
     # --- baselines (issue 4) ---
     ModelSpec("shared_bottom", "mdr_tf.models.multitower:SharedBottom", {},

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from experiments import run as runner
-from mdr_tf import registry, training
+from mdr_tf import registry, trial
 
 
 def _run(tmp_path, synth_dir, **kw):
@@ -32,8 +32,8 @@ def test_trials_logged_tables_written_and_rerun_skips(tmp_path, synth_dir, monke
     assert out["summary"][0]["trials"] == 2
 
     calls = []
-    real = training.run_trial
-    monkeypatch.setattr(training, "run_trial", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = trial.run_trial
+    monkeypatch.setattr(trial, "run_trial", lambda *a, **k: calls.append(a) or real(*a, **k))
     _run(tmp_path, synth_dir, trials=3)  # trials 0 and 1 are done: only trial 2 runs
     assert len(calls) == 1 and calls[0][2].seed == 2
     assert len(open(res / "trials.jsonl").read().strip().splitlines()) == 3
@@ -107,8 +107,8 @@ def test_changed_registry_default_reruns_trials(tmp_path, synth_dir, monkeypatch
     monkeypatch.setitem(registry.REGISTRY, "dnn", dataclasses.replace(spec, defaults={**spec.defaults,
                                                                                        "dropout": 0.1}))
     calls = []
-    real = training.run_trial
-    monkeypatch.setattr(training, "run_trial", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = trial.run_trial
+    monkeypatch.setattr(trial, "run_trial", lambda *a, **k: calls.append(a) or real(*a, **k))
     _run(tmp_path, synth_dir, trials=1)
     assert len(calls) == 1
 

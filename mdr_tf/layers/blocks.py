@@ -47,8 +47,11 @@ def register_hook(name: str) -> Callable[[type], type]:
 
 
 def _ensure_registered() -> None:
-    # Mechanism modules register themselves on import.
-    import mdr_tf.layers.mechanisms  # noqa: F401
+    # Mechanism modules register themselves on import; ``import mdr_tf`` imports them all
+    # (already done by the time this module runs; idempotent).
+    import mdr_tf
+
+    mdr_tf.register_all()
 
 
 def block_class(name: str) -> type:

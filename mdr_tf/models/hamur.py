@@ -34,10 +34,13 @@ class HamurMLP(MultiDomainModel):
     ``adapter_positions``) by ``h ← h + DN(σ(h U1 H_b V1 + c1) U2 H_b V2 + c2)`` with
     ``H_b = g(e_b)`` computed once per batch, and ``w_dᵀ h + b_d`` at the end.
 
+    The defaults are the registry's main-table "hamur" (the package's common towers
+    128-64-32, k 16: ours); the official MovieLens setting is "hamur_official".
+
     Args:
       schema: ``Schema.to_config()`` dict.
-      hidden_units: tower widths (official MovieLens: [256, 128]).
-      k: core size (official MovieLens: 35).
+      hidden_units: tower widths (ours: [128, 64, 32]; official MovieLens: [256, 128]).
+      k: core size (ours: 16; official MovieLens: 35).
       hyper_dims: hyper-network hidden widths (official: [64]).
       bottleneck: adapter bottleneck width (official: 32).
       adapter_positions: hidden-layer indices (negative from the end) followed by an
@@ -56,8 +59,8 @@ class HamurMLP(MultiDomainModel):
     def __init__(
         self,
         schema: dict[str, Any],
-        hidden_units: Sequence[int] = (256, 128),
-        k: int = 35,
+        hidden_units: Sequence[int] = (128, 64, 32),
+        k: int = 16,
         hyper_dims: Sequence[int] = (64,),
         bottleneck: int = 32,
         adapter_positions: Sequence[int] = (-1,),

@@ -33,14 +33,16 @@ class HierRec(MultiDomainModel):
     conditions depend on the re-weighted field embeddings of each instance, so their
     weights are generated per sample and applied with ``einsum('bhi,bhio->bho')``.
 
-    Every width below is unknown in the paper and marked (ours).
+    Every width below is unknown in the paper and marked (ours). The defaults are the
+    registry's main-table "hierrec" (~6k samples/s on 2 CPU cores); "hierrec_large" is
+    G 4, c 64, SOM 32→64.
 
     Args:
       schema: ``Schema.to_config()`` dict.
       global_units: width of ``O_global = FC(e)`` (ours: 64).
-      condition_dim: width c of every scenario condition SC (ours: 64).
-      som_units: widths of each SOM, bottleneck narrow→wide (ours: (32, 64)).
-      num_heads: G implicit heads (ours: 4).
+      condition_dim: width c of every scenario condition SC (ours: 16).
+      som_units: widths of each SOM, bottleneck narrow→wide (ours: (16, 32)).
+      num_heads: G implicit heads (ours: 2).
       activation: activation of FC_global and inside SOMs (ours: relu).
       condition_activation: activation of the SC projections (ours: None = linear).
       static_weight: add a static shared kernel to every generated one (off; unconfirmed).
@@ -61,9 +63,9 @@ class HierRec(MultiDomainModel):
         self,
         schema: dict[str, Any],
         global_units: int = 64,
-        condition_dim: int = 64,
-        som_units: Sequence[int] = (32, 64),
-        num_heads: int = 4,
+        condition_dim: int = 16,
+        som_units: Sequence[int] = (16, 32),
+        num_heads: int = 2,
         activation: str = "relu",
         condition_activation: str | None = None,
         static_weight: bool = False,

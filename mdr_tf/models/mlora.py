@@ -4,7 +4,8 @@ MLoRA is ``BackboneModel(block="mlora")`` on any backbone (MLP, W&D, DCN, DeepFM
 the deep part's dense layers get per-domain LoRA terms; linear / cross / FM parts stay
 domain-agnostic, as in the official DeepCTR variants.
 
-Training (registered procedure ``"mlora_two_stage"``; the official ``mlora_freeze``
+Training (procedure ``mlora_two_stage``, referenced by the registry entry ``mlora_2stage``
+as ``"mdr_tf.models.mlora:mlora_two_stage"``; the official ``mlora_freeze``
 pipeline of the Amazon_6 / Taobao_10 configs):
 
 1. Stage 1: ``A, B, c`` frozen at zero contribution (``B = c = 0``, not trainable);
@@ -16,23 +17,25 @@ pipeline of the Amazon_6 / Taobao_10 configs):
    stage-1 best validation value, so stage-2 weights are kept only if they beat
    stage 1 (otherwise the stage-1 weights are restored).
 
-Single-stage joint training (MLoRA's MovieLens config) is the "standard" procedure.
+Single-stage joint training (MLoRA's MovieLens config) is the standard procedure
+(``mdr_tf.training.fit``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Any, Callable
 
+from mdr_tf import training
 from mdr_tf.layers.mechanisms.mlora import MLoRADense
 from mdr_tf.models.backbones import BackboneModel
-from mdr_tf.registry import register_procedure
 
 
-def mlora_model(schema: dict[str, Any], **kwargs) -> BackboneModel:
-    """Builder: ``BackboneModel(schema, block="mlora", **kwargs)`` (importing this module
-    registers the ``mlora_two_stage`` procedure)."""
+def mlora_model(schema: dict[str, Any], backbone: str = "mlp", **kwargs) -> BackboneModel:
+    """Builder: ``BackboneModel(schema, backbone=backbone, block="mlora", **kwargs)``."""
     kwargs.setdefault("block", "mlora")
-    return BackboneModel(schema, **kwargs)
+    return BackboneModel(schema, backbone=backbone, **kwargs)
 
 
 def mlora_layers(model) -> list[MLoRADense]:
@@ -77,16 +80,10 @@ def restore_trainable(model) -> None:
         blk.set_lora_trainable(True)
 
 
-@register_procedure("mlora_two_stage")
 def mlora_two_stage(model, schema, cfg, log: Callable[[str], None] | None = None):
     """MLoRA's two-stage procedure (see module docstring). Returns an ``ExactEarlyStopping``
     whose ``history`` covers both stages (rows carry ``"stage"``) and whose
     ``best_epoch`` counts epochs over both stages."""
-    import dataclasses
-    import os
-
-    from mdr_tf import training
-
     # Stage 1: shared network, LoRA frozen at zero.
     set_stage(model, 1)
     for blk in mlora_layers(model):

@@ -1,7 +1,7 @@
-"""Mechanism layers, one per file. Importing this package imports (and so registers) them all."""
+"""Mechanism layers, one paper per file (``layers/mechanisms/<paper>.py``).
 
-import importlib
-import pkgutil
-
-for _m in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_m.name}")
+Importing this package imports nothing else: import the file you need
+(``from mdr_tf.layers.mechanisms.mlora import MLoRADense``). ``import mdr_tf`` imports
+(and so registers) every file, which is what ``blocks.block_class`` / ``hook_class``
+rely on to find a block or hook by name.
+"""
