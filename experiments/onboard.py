@@ -121,7 +121,7 @@ def run_trial(name: str, schema, order: list[int], seed: int, kwargs: dict[str, 
     from mdr_tf.training import TrainConfig, evaluate_split, fit, predict_arrays
 
     spec = registry.get(name)
-    if spec.procedure != "standard":
+    if spec.procedure != registry.STANDARD_PROCEDURE:
         raise ValueError(f"model {name!r} uses the {spec.procedure!r} procedure; onboarding runs standard ones")
     d = schema.num_domains
     new_id = d - 1

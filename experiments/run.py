@@ -226,15 +226,15 @@ def variant_kwargs(name: str, variant: dict[str, str], per_model: dict[str, dict
     """The ``--backbone`` / ``--block`` / ``--hook`` arguments that apply to model ``name``.
 
     A flag applies to a model whose builder names the argument: the ``BackboneModel``
-    entries (dnn, wdl, dcn, deepfm, apg) take all three, the MLoRA builder and the HAMUR
-    backbone builder take ``backbone``. When ``block`` (``hook``) replaces the model's own
+    entries (dnn, wdl, dcn, deepfm, apg) take all three; the builders of MLoRA, MI-DPG / DPG
+    and HAMUR-on-a-backbone take ``backbone``. When ``block`` (``hook``) replaces the model's own
     block (hook), the entry's ``block_config`` (``hook_config``) is dropped too (it belongs
     to the replaced mechanism), unless ``per_model`` sets one. ``{}`` when none applies.
     """
     from mdr_tf import registry
 
     spec = registry.get(name)
-    own = {p for p in _named_builder_args(spec)}
+    own = _named_builder_args(spec)
     out = {k: v for k, v in variant.items() if v is not None and k in own}
     resolved = {**spec.builder_defaults(), **spec.defaults}
     for arg, config in (("block", "block_config"), ("hook", "hook_config")):
@@ -261,11 +261,6 @@ def variant_label(name: str, applied: dict[str, Any]) -> str:
     return f"{name}[{','.join(shown)}]" if shown else name
 
 
-def base_name(label: str) -> str:
-    """The registry name of a table name (``variant_label`` undone)."""
-    return label.split("[", 1)[0]
-
-
 def _variant_family(name: str, applied: dict[str, Any]) -> str:
     """Registry family of a model; with ``--block`` / ``--hook`` applied, "seed" when the
     result has a domain mechanism (a block other than "plain", or a hook), else "backbone"."""
@@ -289,9 +284,18 @@ def _trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
     # defaults, then the registry entry's, then the run's; a changed default of any of
     # them must not reuse old trials.
     resolved = {**spec.builder_defaults(), **spec.defaults, **kwargs}
-    resolved = json.loads(json.dumps(resolved, sort_keys=True, default=repr))
+    resolved = json.loads(json.dumps(resolved, sort_keys=True, default=_stable_repr))
     return fingerprint({"model": name, "seed": cfg.seed, "train": train, "model_kwargs": resolved,
                         "builder": spec.builder, "procedure": spec.procedure, "data": data_fp})
+
+
+def _stable_repr(value: Any) -> str:
+    """``repr`` of a non-JSON argument for the trial key; refuses one that names a memory address."""
+    text = repr(value)
+    if " at 0x" in text:
+        raise TypeError(f"model argument {text} has no stable representation for the trial key; use a "
+                        "name or a config dict (e.g. an initializer's name) instead")
+    return text
 
 
 class TrialsFailed(ValueError):

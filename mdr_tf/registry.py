@@ -58,12 +58,15 @@ def builder_targets(builder: Callable, ref: str = "") -> list:
     return targets
 
 
+_FOREIGN = ("builtins", "keras", "tensorflow", "tf_keras")
+
+
 def _parameters(target: Callable, own_only: bool = False) -> list[inspect.Parameter]:
     """Named parameters of a function, or of a class's ``__init__`` along its MRO (base
-    first; with ``own_only`` only the classes of this package, not Keras')."""
+    first; with ``own_only`` without Keras' / Python's own base classes)."""
     out: list[inspect.Parameter] = []
     for klass in (reversed(target.__mro__) if isinstance(target, type) else [target]):
-        if own_only and not getattr(klass, "__module__", "").startswith("mdr_tf."):
+        if own_only and isinstance(klass, type) and klass.__module__.split(".")[0] in _FOREIGN:
             continue
         init = klass.__init__ if isinstance(klass, type) else klass
         try:
@@ -124,7 +127,7 @@ class ModelSpec:
 
     def builder_defaults(self) -> dict[str, Any]:
         """The builder's signature defaults, resolved through the model class it returns
-        (the package's classes along its MRO; a subclass's default wins, the builder's own
+        (along its MRO without Keras' base classes; a subclass's default wins, the builder's own
         over the class's). What an entry does not set in ``defaults`` comes from here."""
         builder = load(self.builder)
         out: dict[str, Any] = {}

@@ -21,11 +21,11 @@ import tensorflow as tf
 
 from mdr_tf.data import IN_MEMORY_MAX_VALUES, in_memory_index_batches, make_dataset
 from mdr_tf.schema import Schema
-from mdr_tf.training import keras_workarounds
 from mdr_tf.training.checkpoint import (check_workers_resume_together, checkpoint_dir_for_this_worker, load_state,
                                         save_state, saved_epochs)
 from mdr_tf.training.config import TrainConfig, epoch_seed
 from mdr_tf.training.early_stopping import ExactEarlyStopping
+from mdr_tf.training.keras_workarounds import prepare_distributed_fit, steps_per_execution
 from mdr_tf.training.strategy import is_distributed
 
 
@@ -35,7 +35,7 @@ def compile_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     if jit == "auto":
         # XLA is off under tf.distribute (as Keras' own "auto" does).
         jit = getattr(model, "supports_jit", True) and not is_distributed()
-    spe = keras_workarounds.steps_per_execution(cfg.steps_per_execution)  # 1 under a strategy
+    spe = steps_per_execution(cfg.steps_per_execution)  # 1 under a strategy
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, epsilon=cfg.adam_epsilon),
                   loss=keras.losses.BinaryCrossentropy(), jit_compile=bool(jit),
                   steps_per_execution=spe)
@@ -173,7 +173,7 @@ def _fit_epochs(model, schema, cfg, cbs, stopper, fused, domains, start) -> None
         reseed_layers(model, s)
         if is_distributed():
             strategy = tf.distribute.get_strategy()
-            keras_workarounds.prepare_distributed_fit(model, schema, strategy)
+            prepare_distributed_fit(model, schema, strategy)
             # Every input pipeline repeats its shard and every worker runs the same number of
             # steps: with finite per-worker datasets a worker whose shard ends first would be
             # fed empty batches (tf.distribute's multi-worker partial-batch handling).
