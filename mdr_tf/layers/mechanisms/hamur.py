@@ -57,14 +57,15 @@ class HyperNetwork(keras.layers.Layer):
         self.bn_epsilon = float(bn_epsilon)
         self.dropout = float(dropout)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        widths = self.hidden_units + [self.k * self.k]
-        self.denses = [keras.layers.Dense(w, kernel_initializer=self.kernel_initializer, name=f"dense_{i}")
-                       for i, w in enumerate(widths)]
-        self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                                      name=f"bn_{i}") for i in range(len(widths))]
-        self.drop = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout > 0 else None
 
     def build(self, input_shape):
+        widths = self.hidden_units + [self.k * self.k]
+        policy = self.dtype_policy
+        self.denses = [keras.layers.Dense(w, kernel_initializer=self.kernel_initializer, name=f"dense_{i}",
+                                          dtype=policy) for i, w in enumerate(widths)]
+        self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                                      name=f"bn_{i}", dtype=policy) for i in range(len(widths))]
+        self.drop = keras.layers.Dropout(self.dropout, name="dropout", dtype=policy) if self.dropout > 0 else None
         width = int(input_shape[-1])
         for dense, norm in zip(self.denses, self.norms):
             dense.build((None, width))
@@ -189,10 +190,14 @@ class HamurCoreContext(keras.layers.Layer):
         super().__init__(**kwargs)
         self.input_dim = int(input_dim)
         self.core_key = core_key
-        self.hyper = HyperNetwork(k, hidden_units, bn_momentum, bn_epsilon, dropout, kernel_initializer,
-                                  name="hyper")
+        self.hyper_config = {"k": int(k), "hidden_units": [int(u) for u in hidden_units],
+                             "bn_momentum": float(bn_momentum), "bn_epsilon": float(bn_epsilon),
+                             "dropout": float(dropout),
+                             "kernel_initializer": keras.initializers.get(kernel_initializer)}
+        self.hyper = None
 
     def build(self, input_shape=None):
+        self.hyper = HyperNetwork(**self.hyper_config, name="hyper", dtype=self.dtype_policy)
         self.hyper.build((None, self.input_dim))
         self.built = True
 
@@ -201,10 +206,9 @@ class HamurCoreContext(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        h = self.hyper
-        config.update({"input_dim": self.input_dim, "k": h.k, "hidden_units": h.hidden_units,
-                       "bn_momentum": h.bn_momentum, "bn_epsilon": h.bn_epsilon, "dropout": h.dropout,
-                       "kernel_initializer": keras.initializers.serialize(h.kernel_initializer),
+        h = self.hyper_config
+        config.update({"input_dim": self.input_dim, **h,
+                       "kernel_initializer": keras.initializers.serialize(h["kernel_initializer"]),
                        "core_key": self.core_key})
         return config
 
@@ -267,9 +271,10 @@ class HyperAdapter(DomainHook):
         self.hyper_dropout = float(hyper_dropout)
         self.standalone = bool(standalone)
         self.core_key = core_key
-        self.norm = DomainNorm(norm_mode, norm_momentum, norm_epsilon, name="domain_norm")
-        self.hyper = (HyperNetwork(self.k, self.hyper_dims, self.hyper_bn_momentum, self.hyper_bn_epsilon,
-                                   self.hyper_dropout, name="hyper") if self.standalone else None)
+        if norm_mode not in NORM_MODES:
+            raise ValueError(f"norm mode must be one of {NORM_MODES}, got {norm_mode!r}")
+        self.norm = None
+        self.hyper = None
 
     @classmethod
     def context_provider(cls, hook_config: dict[str, Any], context_dims: dict[str, int],
@@ -293,8 +298,13 @@ class HyperAdapter(DomainHook):
         self.u2 = self.add_weight(name="U2", shape=(p, k), initializer=init)
         self.v2 = self.add_weight(name="V2", shape=(k, m), initializer=init)
         self.c2 = self.add_weight(name="c2", shape=(m,), initializer="zeros")
+        policy = self.dtype_policy
+        self.norm = DomainNorm(self.norm_mode, self.norm_momentum, self.norm_epsilon, name="domain_norm",
+                               dtype=policy)
         self.norm.build(tuple(input_shape))
-        if self.hyper is not None:
+        if self.standalone:
+            self.hyper = HyperNetwork(self.k, self.hyper_dims, self.hyper_bn_momentum, self.hyper_bn_epsilon,
+                                      self.hyper_dropout, name="hyper", dtype=policy)
             self.hyper.build((None, self.context_dims["all"]))
         self.built = True
 
@@ -399,10 +409,12 @@ class PerDomainBatchNorm(keras.layers.Layer):
         super().__init__(**kwargs)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
-        self.bn = keras.layers.BatchNormalization(momentum=self.momentum, epsilon=self.epsilon, name="bn")
+        self.bn = None
 
     def build(self, input_shape):
         self.d, self.u = int(input_shape[-2]), int(input_shape[-1])
+        self.bn = keras.layers.BatchNormalization(momentum=self.momentum, epsilon=self.epsilon, name="bn",
+                                                  dtype=self.dtype_policy)
         self.bn.build((None, self.d * self.u))
         for v in self.bn.weights:
             mark_per_domain(v)
