@@ -3,7 +3,7 @@
 Each part is one XLA-compiled function computing the part's output on a real ML-100k
 batch and the gradient of its sum with respect to the part's own variables and its
 input; the parts and the whole DNN / model logits are timed in alternating rounds in one
-process (median ms per batch). Issue 18.1; figures in docs/benchmarks.md.
+process (median CPU ms per batch). Issue 18.1; figures in docs/benchmarks.md.
 
   python -m experiments.bench_generated_parts --rounds=7
 """
@@ -20,11 +20,13 @@ FLAGS = flags.FLAGS
 
 
 def _timed(fn: Callable[[], Any], calls: int) -> float:
-    t = time.perf_counter()
+    """CPU milliseconds per call (``time.process_time``: all threads of this process; the
+    machine is shared, so wall time would count other processes' load)."""
+    t = time.process_time()
     for _ in range(calls):
         out = fn()
     [getattr(o, "values", o).numpy() for o in out if o is not None]  # wait for the last call
-    return (time.perf_counter() - t) / calls * 1000.0
+    return (time.process_time() - t) / calls * 1000.0
 
 
 def part_functions(models: Sequence[str], schema, batch_size: int) -> dict[str, Callable[[], Any]]:
@@ -118,7 +120,7 @@ def main(argv: Sequence[str]) -> None:
             times[k].append(_timed(fn, FLAGS.calls))
     dnn = statistics.median(times["dnn/whole logit (embedding included)"])
     print(f"# forward + backward, XLA, batch {FLAGS.batch_size}, median of {FLAGS.rounds} rounds x {FLAGS.calls}")
-    print("| part | ms per batch | ÷ DNN logit |\n|---|---|---|")
+    print("| part | CPU ms per batch | ÷ DNN logit |\n|---|---|---|")
     for k, t in times.items():
         med = statistics.median(t)
         print(f"| {k} | {med:.3f} | {med / dnn:.2f}× |")

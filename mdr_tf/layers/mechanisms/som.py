@@ -152,18 +152,21 @@ class ScenarioOrientedModule(keras.layers.Layer):
         if len(cond.shape) == 2:
             cond = ops.reshape(cond, [-1, 1, self.condition_dim])
         cond1 = ops.concatenate([cond, ops.ones_like(cond[..., :1])], axis=-1)       # [B, H, c+1]
-        if len(x.shape) == 2:
-            x = ops.repeat(ops.expand_dims(x, 1), self.heads, axis=1) if self.heads > 1 else \
-                ops.expand_dims(x, 1)
+        shared = len(x.shape) == 2  # one input for every head (the first layer's [B, in])
         fan_in = self.input_dim
         for i, units in enumerate(self.units):
-            x1 = ops.concatenate([x, ops.ones_like(x[..., :1])], axis=-1)            # [B, H, in+1]
-            t = ops.einsum("bhi,hix->bhx", x1, self._condition_kernels(i, fan_in, units, cond.dtype))
-            t = ops.reshape(t, [-1, self.heads, self.condition_dim + 1, units])      # [B, H, c+1, out]
-            y = ops.sum(ops.expand_dims(cond1, -1) * t, axis=2)
+            kernel = self._condition_kernels(i, fan_in, units, cond.dtype)               # [H, in+1, (c+1)·out]
+            x1 = ops.concatenate([x, ops.ones_like(x[..., :1])], axis=-1)               # [B, (H,) in+1]
+            if shared:  # every head in one GEMM [B, in+1] · [in+1, H·(c+1)·out]
+                t = ops.matmul(x1, ops.reshape(ops.transpose(kernel, (1, 0, 2)), [fan_in + 1, -1]))
+            else:  # H GEMMs on the heads' slices (cheaper on CPU than one batched einsum's transposes)
+                t = ops.stack([ops.matmul(x1[:, h], kernel[h]) for h in range(self.heads)], axis=1)
+            t = ops.reshape(t, [-1, self.heads, self.condition_dim + 1, units])          # [B, H, c+1, out]
+            y = ops.sum(ops.expand_dims(cond1, -1) * t, axis=2)                         # [B, H, out]
             if self.static_weight:
-                y = y + ops.einsum("bhi,hio->bho", x, ops.cast(self.static_kernels[i], x.dtype))
-            x = self.act(y)
+                y = y + ops.einsum("bi,hio->bho" if shared else "bhi,hio->bho", x,
+                                   ops.cast(self.static_kernels[i], x.dtype))
+            x, shared = self.act(y), False
             fan_in = units
         return x
 
