@@ -84,11 +84,12 @@ def part_functions(models: Sequence[str], schema, batch_size: int) -> dict[str, 
             o_exp = m.explicit_som(o_global, m._explicit_condition(False), index=ctx["domain"], training=True)[:, 0]
             out[f"{name}/explicit SOM (per scenario, gathered)"] = grad_fn(
                 m.explicit_som.trainable_variables + m.sc_explicit.trainable_variables,
-                lambda g, m=m: m.explicit_som(g, m._explicit_condition(False), index=ctx["domain"], training=True),
+                lambda g, m=m, ctx=ctx: m.explicit_som(g, m._explicit_condition(False), index=ctx["domain"],
+                                                       training=True),
                 o_global)
             out[f"{name}/implicit condition (field attention + FC)"] = grad_fn(
                 m.field_attention.trainable_variables + m.sc_implicit.trainable_variables,
-                lambda m=m: m._implicit_condition(ctx))
+                lambda m=m, ctx=ctx: m._implicit_condition(ctx))
             cond = m._implicit_condition(ctx)
             out[f"{name}/implicit SOMs (per instance)"] = grad_fn(
                 m.implicit_som.trainable_variables, lambda o, c, m=m: m.implicit_som(o, c, training=True), o_exp, cond)

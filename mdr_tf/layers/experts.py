@@ -17,8 +17,15 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from mdr_tf.layers.routing import (bucket_dense, domain_buckets, from_buckets, gather_domain_params, select_by_domain,
-                                   select_by_domain_masked, to_buckets)
+from mdr_tf.layers.routing import (
+    bucket_dense,
+    domain_buckets,
+    from_buckets,
+    gather_domain_params,
+    select_by_domain,
+    select_by_domain_masked,
+    to_buckets,
+)
 from mdr_tf.layers.stacked import StackedDense, stacked_initializer  # noqa: F401 (stacked_initializer: old import path)
 
 
