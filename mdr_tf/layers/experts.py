@@ -99,11 +99,7 @@ class StackedMLP(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.act = (lambda h: ops.leaky_relu(h, self.negative_slope)) if activation == "leaky_relu" \
             else keras.activations.get(activation)
-        self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                                      name=f"bn_{i}", dtype=self.dtype_policy)
-                      for i in range(len(self.units))] if self.batch_norm else []
-        self.drop = keras.layers.Dropout(self.dropout, name="dropout", dtype=self.dtype_policy) \
-            if self.dropout > 0 else None
+        self.norms, self.denses, self.drop = [], [], None
 
     @property
     def widths(self) -> list[int]:
@@ -116,6 +112,11 @@ class StackedMLP(keras.layers.Layer):
     def build(self, input_shape):
         n = int(input_shape[-1])
         k = self.num_branches
+        policy = self.dtype_policy
+        self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                                      name=f"bn_{i}", dtype=policy)
+                      for i in range(len(self.units))] if self.batch_norm else []
+        self.drop = keras.layers.Dropout(self.dropout, name="dropout", dtype=policy) if self.dropout > 0 else None
         self.denses = []
         for i, u in enumerate(self.widths):
             dense = StackedDense(u, k, layout="branch_major", implementation="einsum", per_domain=self.per_domain,
