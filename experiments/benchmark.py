@@ -4,6 +4,7 @@ Prints medians over ``--repeats`` runs. Figures go in docs/benchmarks.md with th
 
   python -m experiments.benchmark                       # DNN on ML-100k
   python -m experiments.benchmark --models=dnn,mlora,hamur,star --repeats=5
+  python -m experiments.benchmark --cost_ratio --models=hamur,hierrec --repeats=7   # cost per sample ÷ DNN
 """
 
 from __future__ import annotations
@@ -49,6 +50,57 @@ def bench_pipeline(schema, batch_size: int, repeats: int) -> dict[str, float]:
     return out
 
 
+def _epoch_runner(model_name: str, schema, batch_size: int, source: str, steps_per_execution: int, jit: Any,
+                  x=None, y=None, model_kwargs: dict | None = None) -> Callable[[], int]:
+    """Builds ``model_name`` (seed 0) for one training ``source`` and returns a function that
+    trains one epoch and returns the number of samples (after one warm-up epoch)."""
+    import keras
+
+    from mdr_tf import registry
+    from mdr_tf.data import load_arrays, make_dataset
+    from mdr_tf.training import TrainConfig, compile_model
+
+    if x is None:
+        x, y = load_arrays(schema, "train")
+        y = y.reshape(-1, 1)
+    n = len(y)
+    keras.utils.set_random_seed(0)
+    model = registry.get(model_name).build(schema, **(model_kwargs or {}))
+    model.build()
+    fused = source == "tfrecord_fused"
+    compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1 if fused else steps_per_execution,
+                                     jit_compile=jit))
+    if fused:  # what mdr_tf.training.fit does (TrainConfig.fused)
+        from mdr_tf.data import in_memory_index_batches
+        from mdr_tf.fused import install_on_columns
+
+        def index_blocks():
+            return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
+                                           domains=list(range(schema.num_domains)),
+                                           label_key=schema.label_keys[0], drop_remainder=True)
+
+        feats, labels, _ = index_blocks()
+        install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
+        ds = index_blocks()[2].batch(steps_per_execution)
+        n_fit = (n // batch_size) * batch_size
+
+        def epoch(model=model, ds=ds, n_fit=n_fit):
+            model.fit(ds, epochs=1, verbose=0)
+            return n_fit
+    elif source == "memory":
+        def epoch(model=model):
+            model.fit(x, y, batch_size=batch_size, shuffle=True, epochs=1, verbose=0)
+            return n
+    else:
+        ds = make_dataset(schema, "train", batch_size, seed=0, in_memory=(source == "tfrecord_in_memory"))
+
+        def epoch(model=model, ds=ds):
+            model.fit(ds, epochs=1, verbose=0)
+            return n
+    epoch()  # compile + warm-up
+    return epoch
+
+
 def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_per_execution: int,
                 jit: Any, sources: Sequence[str]) -> dict[str, float]:
     """Training samples/s for one model from memory (numpy, Keras shuffling) and from TFRecords.
@@ -60,51 +112,14 @@ def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_pe
     """
     import keras
 
-    from mdr_tf import registry
-    from mdr_tf.data import load_arrays, make_dataset
-    from mdr_tf.training import TrainConfig, compile_model
+    from mdr_tf.data import load_arrays
 
     x, y = load_arrays(schema, "train")
     y = y.reshape(-1, 1)
-    n = len(y)
     epochs: dict[str, Callable[[], int]] = {}
     keras.backend.clear_session()
     for source in sources:
-        keras.utils.set_random_seed(0)
-        model = registry.get(model_name).build(schema)
-        model.build()
-        fused = source == "tfrecord_fused"
-        compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1 if fused else steps_per_execution,
-                                         jit_compile=jit))
-        if fused:  # what mdr_tf.training.fit does (TrainConfig.fused)
-            from mdr_tf.data import in_memory_index_batches
-            from mdr_tf.fused import install_on_columns
-
-            def index_blocks():
-                return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
-                                               domains=list(range(schema.num_domains)),
-                                               label_key=schema.label_keys[0], drop_remainder=True)
-
-            feats, labels, _ = index_blocks()
-            install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
-            ds = index_blocks()[2].batch(steps_per_execution)
-            n_fit = (n // batch_size) * batch_size
-
-            def epoch(model=model, ds=ds, n_fit=n_fit):
-                model.fit(ds, epochs=1, verbose=0)
-                return n_fit
-        elif source == "memory":
-            def epoch(model=model):
-                model.fit(x, y, batch_size=batch_size, shuffle=True, epochs=1, verbose=0)
-                return n
-        else:
-            ds = make_dataset(schema, "train", batch_size, seed=0, in_memory=(source == "tfrecord_in_memory"))
-
-            def epoch(model=model, ds=ds):
-                model.fit(ds, epochs=1, verbose=0)
-                return n
-        epoch()  # compile + warm-up
-        epochs[source] = epoch
+        epochs[source] = _epoch_runner(model_name, schema, batch_size, source, steps_per_execution, jit, x, y)
     # Interleaved (one epoch of each source per round), so that a slow spell of a shared
     # machine affects every source alike; medians over the rounds.
     rates: dict[str, list[float]] = {s: [] for s in sources}
@@ -113,6 +128,44 @@ def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_pe
             t = time.perf_counter()
             rates[source].append(epoch() / (time.perf_counter() - t))
     return {f"train_{s}_samples_per_s": statistics.median(r) for s, r in rates.items()}
+
+
+def bench_cost_ratio(model_names: Sequence[str], schema, batch_size: int, rounds: int, steps_per_execution: int,
+                     jit: Any, source: str = "tfrecord_fused") -> dict[str, dict[str, float]]:
+    """Cost per training sample of each model relative to the DNN, measured in one process.
+
+    The DNN and every model are built once, then trained one epoch each per round,
+    alternating (DNN, model 1, ..., DNN, model 1, ...), so that a slow spell of the shared
+    machine hits all alike. For each model: the median wall seconds per sample and the
+    median CPU seconds per sample (``time.process_time``, all threads) over the rounds, and
+    their ratios to the DNN's medians (the figure issue 18 asks for).
+    """
+    import keras
+
+    from mdr_tf.data import load_arrays
+
+    x, y = load_arrays(schema, "train")
+    y = y.reshape(-1, 1)
+    names = ["dnn"] + [m for m in model_names if m != "dnn"]
+    keras.backend.clear_session()
+    epochs = {m: _epoch_runner(m, schema, batch_size, source, steps_per_execution, jit, x, y) for m in names}
+    wall: dict[str, list[float]] = {m: [] for m in names}
+    cpu: dict[str, list[float]] = {m: [] for m in names}
+    for r in range(rounds):
+        for m in names:
+            t, c = time.perf_counter(), time.process_time()
+            n = epochs[m]()
+            wall[m].append((time.perf_counter() - t) / n)
+            cpu[m].append((time.process_time() - c) / n)
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(
+            f"{m} {1.0 / wall[m][-1]:,.0f}/s" for m in names), flush=True)
+    out = {}
+    for m in names:
+        w, c = statistics.median(wall[m]), statistics.median(cpu[m])
+        out[m] = {"wall_s_per_sample": w, "cpu_s_per_sample": c, "samples_per_s": 1.0 / w,
+                  "wall_ratio_to_dnn": w / statistics.median(wall["dnn"]),
+                  "cpu_ratio_to_dnn": c / statistics.median(cpu["dnn"])}
+    return out
 
 
 def bench_serving(model_name: str, schema, batch_sizes: Sequence[int], repeats: int) -> dict[str, float]:
@@ -169,6 +222,9 @@ def define_flags() -> None:
     flags.DEFINE_boolean("serving", True, "Benchmark SavedModel inference.")
     flags.DEFINE_boolean("train", True, "Benchmark training (off: serving figures only).")
     flags.DEFINE_string("output", None, "Write the figures as JSON here.")
+    flags.DEFINE_boolean("cost_ratio", False, "Only the cost per training sample relative to the DNN: the DNN and "
+                         "--models trained in alternating epochs in one process (--repeats rounds, first of "
+                         "--sources); prints the ratios of the medians.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -184,6 +240,15 @@ def main(argv: Sequence[str]) -> None:
                                "repeats": FLAGS.repeats}
     print(f"# benchmark on {FLAGS.dataset} ({results['train_examples']:,} train examples), batch "
           f"{FLAGS.batch_size}, median of {FLAGS.repeats}", flush=True)
+    if FLAGS.cost_ratio:
+        ratios = bench_cost_ratio(FLAGS.models, schema, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps_per_execution,
+                                  jit, FLAGS.sources[0])
+        for name, r in ratios.items():
+            print(f"{name:>14}: {r['samples_per_s']:,.0f} samples/s; cost per sample {r['wall_ratio_to_dnn']:.2f}× "
+                  f"dnn (wall), {r['cpu_ratio_to_dnn']:.2f}× dnn (CPU time)", flush=True)
+        results["cost_ratio"] = ratios
+        _write_json(results, FLAGS.output)
+        return
     results.update(bench_pipeline(schema, FLAGS.batch_size, FLAGS.repeats))
     print(f"pipeline read+parse: stream {results['pipeline_stream_ex_per_s']:,.0f} ex/s, "
           f"in-memory {results['pipeline_in_memory_ex_per_s']:,.0f} ex/s", flush=True)
@@ -207,12 +272,16 @@ def main(argv: Sequence[str]) -> None:
                 f"serve b{b}: {r[f'serve_batch{b}_samples_per_s']:,.0f}/s (p50 {r[f'serve_batch{b}_ms_per_call']:.2f} ms, "
                 f"p99 {r[f'serve_batch{b}_p99_ms']:.2f} ms)" for b in FLAGS.serve_batch_sizes), flush=True)
     results["models"] = per_model
-    if FLAGS.output:
-        tmp = FLAGS.output + ".tmp"
+    _write_json(results, FLAGS.output)
+
+
+def _write_json(results: dict[str, Any], path: str | None) -> None:
+    if path:
+        tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(results, f, indent=2)
-        os.replace(tmp, FLAGS.output)
-        print(f"wrote {FLAGS.output}", file=sys.stderr)
+        os.replace(tmp, path)
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def cli() -> None:

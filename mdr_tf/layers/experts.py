@@ -17,26 +17,16 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from mdr_tf.layers.routing import (all_domains_dense, bucket_dense, domain_buckets, from_buckets,
-                                   gather_domain_params, select_by_domain, select_by_domain_masked, to_buckets)
-from mdr_tf.params import mark_per_domain
-
-
-def stacked_initializer(initializer: Any, num_branches: int):
-    """An initializer for a stacked kernel ``[K, n, u]`` that initialises each branch as a
-    separate ``[n, u]`` kernel (Keras' fan computation would otherwise fold K into the fans)."""
-    base = keras.initializers.get(initializer)
-    cfg = keras.initializers.serialize(base)
-    seed = getattr(base, "seed", None)
-
-    def init(shape, dtype=None):
-        inits = [base] * num_branches
-        if isinstance(seed, int):  # a seeded initializer repeats itself: give each branch its own seed
-            inits = [keras.initializers.deserialize({**cfg, "config": {**cfg["config"], "seed": seed + i}})
-                     for i in range(num_branches)]
-        return ops.stack([f(tuple(shape[1:]), dtype=dtype) for f in inits], axis=0)
-
-    return init
+from mdr_tf.layers.routing import (
+    bucket_dense,
+    domain_buckets,
+    from_buckets,
+    gather_domain_params,
+    select_by_domain,
+    select_by_domain_masked,
+    to_buckets,
+)
+from mdr_tf.layers.stacked import StackedDense, stacked_initializer  # noqa: F401 (stacked_initializer: old import path)
 
 
 @keras.saving.register_keras_serializable(package="mdr_tf")
@@ -55,7 +45,8 @@ class StackedMLP(keras.layers.Layer):
     - "gather": per-sample gather of each layer's kernels (no BatchNorm).
 
     With ``batch_norm`` each branch's BN sees the whole batch (the PyTorch references'
-    compute-all-then-select, R1).
+    compute-all-then-select, R1). Each layer is a ``StackedDense`` (``mdr_tf.layers.stacked``,
+    the package's one stacked per-branch dense; ``kernels`` / ``biases`` list their weights).
 
     Args:
       num_branches: K.
@@ -108,10 +99,7 @@ class StackedMLP(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.act = (lambda h: ops.leaky_relu(h, self.negative_slope)) if activation == "leaky_relu" \
             else keras.activations.get(activation)
-        self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                                      name=f"bn_{i}") for i in range(len(self.units))] \
-            if self.batch_norm else []
-        self.drop = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout > 0 else None
+        self.norms, self.denses, self.drop = [], [], None
 
     @property
     def widths(self) -> list[int]:
@@ -124,20 +112,32 @@ class StackedMLP(keras.layers.Layer):
     def build(self, input_shape):
         n = int(input_shape[-1])
         k = self.num_branches
-        self.kernels, self.biases = [], []
+        policy = self.dtype_policy
+        self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                                      name=f"bn_{i}", dtype=policy)
+                      for i in range(len(self.units))] if self.batch_norm else []
+        self.drop = keras.layers.Dropout(self.dropout, name="dropout", dtype=policy) if self.dropout > 0 else None
+        self.denses = []
         for i, u in enumerate(self.widths):
-            w = self.add_weight(name=f"kernel_{i}", shape=(k, n, u),
-                                initializer=stacked_initializer(self.kernel_initializer, k))
-            b = self.add_weight(name=f"bias_{i}", shape=(k, u), initializer="zeros")
-            if self.per_domain:
-                mark_per_domain(w)
-                mark_per_domain(b)
-            self.kernels.append(w)
-            self.biases.append(b)
+            dense = StackedDense(u, k, layout="branch_major", implementation="einsum", per_domain=self.per_domain,
+                                 kernel_initializer=self.kernel_initializer, name=f"dense_{i}",
+                                 dtype=self.dtype_policy)
+            dense.build((None, n))
+            self.denses.append(dense)
             if i < len(self.units) and self.batch_norm:
                 self.norms[i].build((None, k * u))
             n = u
         self.built = True
+
+    @property
+    def kernels(self) -> list:
+        """The stacked kernels ``[K, n, u]`` of every layer."""
+        return [d.kernel for d in self.denses]
+
+    @property
+    def biases(self) -> list:
+        """The stacked biases ``[K, u]`` of every layer."""
+        return [d.bias for d in self.denses]
 
     def _post(self, i: int, h, training):
         """BN → activation → dropout after hidden layer i; h is [K, B, u] or [B, u]."""
@@ -175,8 +175,8 @@ class StackedMLP(keras.layers.Layer):
                 h = self._post(i, h, training)
             return h
         h = x
-        for i, (w, b) in enumerate(zip(self.kernels, self.biases)):
-            h = self._post(i, all_domains_dense(h, w, b), training)
+        for i, dense in enumerate(self.denses):
+            h = self._post(i, dense(h), training)
         if index is None:
             return h
         return select_by_domain(h, index) if routing == "stacked" else select_by_domain_masked(h, index)

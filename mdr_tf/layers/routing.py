@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
+from mdr_tf.layers.stacked import stacked_dense
+
 
 def select_by_domain(stacked, domain):
     """Picks, for each sample b, ``stacked[domain[b], b]``.
@@ -57,10 +59,9 @@ def select_by_domain_masked(stacked, domain):
 
 def all_domains_dense(x, kernels, biases=None):
     """Every domain's dense layer on the whole batch: x [B, n] (shared input) or
-    [D, B, n] (per-domain inputs), kernels [D, n, u], biases [D, u] → [D, B, u]."""
-    eq = "bn,dnu->dbu" if len(x.shape) == 2 else "dbn,dnu->dbu"
-    y = ops.einsum(eq, x, kernels)
-    return y if biases is None else y + biases[:, None, :]
+    [D, B, n] (per-domain inputs), kernels [D, n, u], biases [D, u] → [D, B, u]
+    (``mdr_tf.layers.stacked.stacked_dense``, branch-major, one batched contraction)."""
+    return stacked_dense(x, kernels, biases, "branch_major", "einsum")
 
 
 def domain_buckets(domain, num_domains: int, tile: int = BUCKET_SIZE):

@@ -52,7 +52,8 @@ class HamurMLP(MultiDomainModel):
       dropout: dropout after each tower ReLU (official 0).
       kernel_initializer: tower / hyper-network kernels (ours: glorot; torch default
         ``VarianceScaling(1/3, "fan_in", "uniform")`` for parity).
-      tower_implementation: ``PerDomainDense`` implementation ("loop" or "einsum").
+      tower_implementation: ``PerDomainDense`` evaluation order ("auto", "loop" or
+        "einsum"; same result, see ``mdr_tf.layers.stacked``).
       **kwargs: ``MultiDomainModel`` arguments (embedding_dim, ...).
     """
 
@@ -72,7 +73,7 @@ class HamurMLP(MultiDomainModel):
         bn_epsilon: float = 1e-5,
         dropout: float = 0.0,
         kernel_initializer: Any = "glorot_uniform",
-        tower_implementation: str = "loop",
+        tower_implementation: str = "auto",
         **kwargs,
     ):
         super().__init__(schema, **kwargs)
@@ -116,12 +117,12 @@ class HamurMLP(MultiDomainModel):
         adapter_ctx = {**ctx, "hamur_core": core}
         h = e
         for i, (dense, norm) in enumerate(zip(self.towers, self.tower_norms)):
-            h = ops.relu(norm(dense(h), training=training))  # [B, D, u]
+            h = ops.relu(norm(dense(h, training=training), training=training))  # [B, D, u]
             if self.drop is not None:
                 h = self.drop(h, training=training)
             if i in self.adapter_positions:
                 h = self.adapters[self.adapter_positions.index(i)](h, adapter_ctx, training=training)
-        logits = self.out(h)  # [B, D, 1]
+        logits = self.out(h, training=training)  # [B, D, 1]
         return select_by_domain(ops.transpose(logits, (1, 0, 2)), ctx["domain"])  # [B, 1]
 
     def get_config(self) -> dict[str, Any]:
@@ -129,10 +130,12 @@ class HamurMLP(MultiDomainModel):
         config.update({
             "hidden_units": self.hidden_units, "k": self.k, "hyper_dims": self.hyper_dims,
             "bottleneck": self.bottleneck, "adapter_positions": self.adapter_positions,
-            "adapter_initializer": self.adapter_initializer, "norm_mode": self.norm_mode,
+            "adapter_initializer": keras.initializers.serialize(keras.initializers.get(self.adapter_initializer)),
+            "norm_mode": self.norm_mode,
             "norm_momentum": self.norm_momentum, "norm_epsilon": self.norm_epsilon,
             "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon, "dropout": self.dropout,
-            "kernel_initializer": self.kernel_initializer, "tower_implementation": self.tower_implementation,
+            "kernel_initializer": keras.initializers.serialize(keras.initializers.get(self.kernel_initializer)),
+            "tower_implementation": self.tower_implementation,
         })
         return config
 

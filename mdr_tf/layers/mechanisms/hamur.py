@@ -24,6 +24,7 @@ import keras
 from keras import ops
 
 from mdr_tf.layers.blocks import DomainHook, register_hook
+from mdr_tf.layers.stacked import StackedDense
 from mdr_tf.params import mark_per_domain
 
 NORM_MODES = ("moving", "batch")
@@ -56,14 +57,15 @@ class HyperNetwork(keras.layers.Layer):
         self.bn_epsilon = float(bn_epsilon)
         self.dropout = float(dropout)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        widths = self.hidden_units + [self.k * self.k]
-        self.denses = [keras.layers.Dense(w, kernel_initializer=self.kernel_initializer, name=f"dense_{i}")
-                       for i, w in enumerate(widths)]
-        self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                                      name=f"bn_{i}") for i in range(len(widths))]
-        self.drop = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout > 0 else None
 
     def build(self, input_shape):
+        widths = self.hidden_units + [self.k * self.k]
+        policy = self.dtype_policy
+        self.denses = [keras.layers.Dense(w, kernel_initializer=self.kernel_initializer, name=f"dense_{i}",
+                                          dtype=policy) for i, w in enumerate(widths)]
+        self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                                      name=f"bn_{i}", dtype=policy) for i in range(len(widths))]
+        self.drop = keras.layers.Dropout(self.dropout, name="dropout", dtype=policy) if self.dropout > 0 else None
         width = int(input_shape[-1])
         for dense, norm in zip(self.denses, self.norms):
             dense.build((None, width))
@@ -188,10 +190,14 @@ class HamurCoreContext(keras.layers.Layer):
         super().__init__(**kwargs)
         self.input_dim = int(input_dim)
         self.core_key = core_key
-        self.hyper = HyperNetwork(k, hidden_units, bn_momentum, bn_epsilon, dropout, kernel_initializer,
-                                  name="hyper")
+        self.hyper_config = {"k": int(k), "hidden_units": [int(u) for u in hidden_units],
+                             "bn_momentum": float(bn_momentum), "bn_epsilon": float(bn_epsilon),
+                             "dropout": float(dropout),
+                             "kernel_initializer": keras.initializers.get(kernel_initializer)}
+        self.hyper = None
 
     def build(self, input_shape=None):
+        self.hyper = HyperNetwork(**self.hyper_config, name="hyper", dtype=self.dtype_policy)
         self.hyper.build((None, self.input_dim))
         self.built = True
 
@@ -200,10 +206,9 @@ class HamurCoreContext(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        h = self.hyper
-        config.update({"input_dim": self.input_dim, "k": h.k, "hidden_units": h.hidden_units,
-                       "bn_momentum": h.bn_momentum, "bn_epsilon": h.bn_epsilon, "dropout": h.dropout,
-                       "kernel_initializer": keras.initializers.serialize(h.kernel_initializer),
+        h = self.hyper_config
+        config.update({"input_dim": self.input_dim, **h,
+                       "kernel_initializer": keras.initializers.serialize(h["kernel_initializer"]),
                        "core_key": self.core_key})
         return config
 
@@ -266,9 +271,10 @@ class HyperAdapter(DomainHook):
         self.hyper_dropout = float(hyper_dropout)
         self.standalone = bool(standalone)
         self.core_key = core_key
-        self.norm = DomainNorm(norm_mode, norm_momentum, norm_epsilon, name="domain_norm")
-        self.hyper = (HyperNetwork(self.k, self.hyper_dims, self.hyper_bn_momentum, self.hyper_bn_epsilon,
-                                   self.hyper_dropout, name="hyper") if self.standalone else None)
+        if norm_mode not in NORM_MODES:
+            raise ValueError(f"norm mode must be one of {NORM_MODES}, got {norm_mode!r}")
+        self.norm = None
+        self.hyper = None
 
     @classmethod
     def context_provider(cls, hook_config: dict[str, Any], context_dims: dict[str, int],
@@ -292,8 +298,13 @@ class HyperAdapter(DomainHook):
         self.u2 = self.add_weight(name="U2", shape=(p, k), initializer=init)
         self.v2 = self.add_weight(name="V2", shape=(k, m), initializer=init)
         self.c2 = self.add_weight(name="c2", shape=(m,), initializer="zeros")
+        policy = self.dtype_policy
+        self.norm = DomainNorm(self.norm_mode, self.norm_momentum, self.norm_epsilon, name="domain_norm",
+                               dtype=policy)
         self.norm.build(tuple(input_shape))
-        if self.hyper is not None:
+        if self.standalone:
+            self.hyper = HyperNetwork(self.k, self.hyper_dims, self.hyper_bn_momentum, self.hyper_bn_epsilon,
+                                      self.hyper_dropout, name="hyper", dtype=policy)
             self.hyper.build((None, self.context_dims["all"]))
         self.built = True
 
@@ -349,80 +360,37 @@ class HyperAdapter(DomainHook):
         return config
 
 
-def _reseeded(initializer, offset: int):
-    """A copy of ``initializer`` with its integer seed shifted by ``offset`` (Keras 3
-    initializers with an int seed return the same values on every call, which would
-    make all domains' kernels identical)."""
-    seed = getattr(initializer, "seed", None)
-    if not isinstance(seed, int) or offset == 0:
-        return initializer
-    cfg = keras.initializers.serialize(initializer)
-    cfg["config"]["seed"] = (seed + 1_000_003 * offset) % (2**31 - 1)
-    return keras.initializers.deserialize(cfg)
-
-
 @keras.saving.register_keras_serializable(package="mdr_tf")
-class PerDomainDense(keras.layers.Layer):
-    """D stacked dense layers evaluated on the whole batch (R1, compute-all).
+class PerDomainDense(StackedDense):
+    """HAMUR-MLP's D per-domain tower layers on the whole batch (R1, compute-all):
+    ``StackedDense`` with the ``"batch_major"`` layout and per-domain weights.
 
     ``[B, n] → [B, D, u]`` (every tower on the shared input) or ``[B, D, n] → [B, D, u]``
-    (tower d on its own previous activations), with kernels stored stacked [D, n, u].
+    (tower d on its own previous activations), kernels stored stacked [D, n, u].
 
     Args:
       units: output width u.
       num_domains: D.
       kernel_initializer: initializer of each domain's [n, u] kernel.
       bias_initializer: initializer of the [D, u] biases.
-      implementation: "loop" (D matmuls with ``kernel[d]``, then stack; default: faster
-        on CPU in our measurement, docs/models/hamur.md) or "einsum" (one
-        ``einsum('b(d)n,dnu->bdu')``). Same result.
+      implementation: "auto" (default: one GEMM for the shared input in training, D
+        matmuls otherwise), "loop" (D matmuls, then stack) or "einsum" (one batched
+        contraction). Same result; see ``mdr_tf.layers.stacked``.
     """
 
     def __init__(self, units: int, num_domains: int, kernel_initializer: Any = "glorot_uniform",
-                 bias_initializer: Any = "zeros", implementation: str = "loop", **kwargs):
-        super().__init__(**kwargs)
-        if implementation not in ("loop", "einsum"):
-            raise ValueError(f"implementation must be 'loop' or 'einsum', got {implementation!r}")
-        self.implementation = implementation
-        self.units = int(units)
-        self.num_domains = int(num_domains)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-
-    def build(self, input_shape):
-        n = int(input_shape[-1])
-        inits = [_reseeded(self.kernel_initializer, d) for d in range(self.num_domains)]
-
-        def kernel_init(shape, dtype=None):  # each domain's kernel drawn separately as an [n, u] kernel
-            return ops.stack([init((n, self.units), dtype=dtype) for init in inits])
-
-        self.kernel = self.add_weight(name="kernel", shape=(self.num_domains, n, self.units),
-                                      initializer=kernel_init)
-        self.bias = self.add_weight(name="bias", shape=(self.num_domains, self.units),
-                                    initializer=self.bias_initializer)
-        mark_per_domain(self.kernel)
-        mark_per_domain(self.bias)
-        self.built = True
-
-    def call(self, x):
-        w = ops.cast(self.kernel, x.dtype)
-        shared_input = len(x.shape) == 2
-        if self.implementation == "einsum":
-            y = ops.einsum("bn,dnu->bdu" if shared_input else "bdn,dnu->bdu", x, w)
-        else:
-            y = ops.stack([ops.matmul(x if shared_input else x[:, d], w[d]) for d in range(self.num_domains)],
-                          axis=1)
-        return y + ops.cast(self.bias, x.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_domains, self.units)
+                 bias_initializer: Any = "zeros", implementation: str = "auto", **kwargs):
+        for key in ("num_branches", "layout", "per_domain", "use_bias"):
+            kwargs.pop(key, None)
+        super().__init__(units, num_domains, layout="batch_major", implementation=implementation, per_domain=True,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer, **kwargs)
+        self.num_domains = self.num_branches
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"units": self.units, "num_domains": self.num_domains,
-                       "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                       "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                       "implementation": self.implementation})
+        for key in ("num_branches", "layout", "per_domain", "use_bias"):
+            config.pop(key)
+        config["num_domains"] = self.num_domains
         return config
 
 
@@ -441,10 +409,12 @@ class PerDomainBatchNorm(keras.layers.Layer):
         super().__init__(**kwargs)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
-        self.bn = keras.layers.BatchNormalization(momentum=self.momentum, epsilon=self.epsilon, name="bn")
+        self.bn = None
 
     def build(self, input_shape):
         self.d, self.u = int(input_shape[-2]), int(input_shape[-1])
+        self.bn = keras.layers.BatchNormalization(momentum=self.momentum, epsilon=self.epsilon, name="bn",
+                                                  dtype=self.dtype_policy)
         self.bn.build((None, self.d * self.u))
         for v in self.bn.weights:
             mark_per_domain(v)

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from mdr_tf.layers.routing import per_row
+from mdr_tf.layers.routing import per_row, select_by_domain
+from mdr_tf.layers.stacked import stacked_dense
 
 
 @keras.saving.register_keras_serializable(package="mdr_tf")
@@ -93,14 +94,18 @@ class ScenarioOrientedModule(keras.layers.Layer):
     def output_dim(self) -> int:
         return self.units[-1]
 
-    def generate(self, cond, index=None, row_by_row: bool = True) -> list[tuple[Any, Any]]:
-        """Generated ``(W [N, H, in, out], b [N, H, out])`` per layer.
+    def generate(self, cond, index=None, row_by_row: bool = True,
+                 per_scenario: bool | None = None) -> list[tuple[Any, Any]]:
+        """Generated ``(W [N, H, in, out], b [N, H, out])`` per layer (materialised:
+        diagnostics and the per-scenario path; ``call`` never builds per-sample weights).
 
         ``cond``: [N, H, c] (or [N, c] when H = 1); ``index`` (optional, [B]): rows of
-        ``cond`` to use per sample — weights are generated N times, then gathered; one
-        row at a time if ``row_by_row`` (a row's weights then do not depend on N), else
-        in one op (faster in training).
+        ``cond`` to use per sample — weights are generated N times, then gathered. Rows of
+        per-scenario conditions (``per_scenario``, default: when ``index`` is given) are
+        generated one at a time if ``row_by_row`` (a row's weights then do not depend on
+        N), else in one op (faster in training).
         """
+        per_scenario = index is not None if per_scenario is None else per_scenario
         cond = ops.cast(cond, self.compute_dtype)
         if len(cond.shape) == 2:
             cond = ops.reshape(cond, [-1, 1, self.condition_dim])
@@ -108,7 +113,7 @@ class ScenarioOrientedModule(keras.layers.Layer):
         fan_in = self.input_dim
         for i, units in enumerate(self.units):
             kernel = ops.cast(self.gen_kernels[i], cond.dtype)
-            if index is None or not row_by_row:
+            if not (per_scenario and row_by_row):
                 p = ops.einsum("nhc,hcx->nhx", cond, kernel)
             else:  # per-scenario rows one by one: a scenario's weights do not depend on N (onboarding)
                 p = per_row(lambda row, kernel=kernel: ops.einsum("nhc,hcx->nhx", row, kernel), cond)
@@ -126,16 +131,67 @@ class ScenarioOrientedModule(keras.layers.Layer):
     def call(self, x, cond, index=None, training: bool | None = None):
         """``x``: [B, in] (shared by all heads) or [B, H, in] → [B, H, units[-1]].
 
-        With ``index``, inference generates the per-scenario weights row by row (so a
-        scenario's output does not change when scenarios are added, see
-        ``mdr_tf.onboarding``), training in one op.
+        Per-instance conditions ([B, H, c]): the generated weights are never
+        materialised. With ``W_b = reshape(SC_b K + k)`` and ``x̃ = [x, 1]``,
+        ``SC̃ = [SC, 1]``, a layer is ``y_b = Σ_c SC̃_{b,c} (x̃_b K̃_c)`` where ``K̃_c`` stacks the
+        generator's weight and bias rows (``_condition_kernels``): one GEMM
+        ``x̃ [B, in+1] · [in+1, (c+1)·out]`` and a weighted sum over c, the same multiply-adds
+        as generating ``W_b`` without the [B, H, in, out] tensor or the per-sample
+        matrix-vector products.
+
+        Per-scenario conditions ([D, H, c] with ``index``): the D scenarios' weights are
+        generated (row by row at inference, so a scenario's weights do not depend on D, see
+        ``mdr_tf.onboarding``), every scenario's layer runs on the whole batch as one
+        stacked dense (``mdr_tf.layers.stacked``; D separate matmuls at inference) and each
+        sample keeps its own scenario's output (instead of gathering [B, in, out] weights).
         """
         x = ops.cast(x, self.compute_dtype)
+        if index is not None:
+            return self._call_per_scenario(x, cond, index, training)
+        cond = ops.cast(cond, self.compute_dtype)
+        if len(cond.shape) == 2:
+            cond = ops.reshape(cond, [-1, 1, self.condition_dim])
+        cond1 = ops.concatenate([cond, ops.ones_like(cond[..., :1])], axis=-1)       # [B, H, c+1]
+        shared = len(x.shape) == 2  # one input for every head (the first layer's [B, in])
+        fan_in = self.input_dim
+        for i, units in enumerate(self.units):
+            kernel = self._condition_kernels(i, fan_in, units, cond.dtype)               # [H, in+1, (c+1)·out]
+            x1 = ops.concatenate([x, ops.ones_like(x[..., :1])], axis=-1)               # [B, (H,) in+1]
+            if shared:  # every head in one GEMM [B, in+1] · [in+1, H·(c+1)·out]
+                t = ops.matmul(x1, ops.reshape(ops.transpose(kernel, (1, 0, 2)), [fan_in + 1, -1]))
+            else:  # H GEMMs on the heads' slices (cheaper on CPU than one batched einsum's transposes)
+                t = ops.stack([ops.matmul(x1[:, h], kernel[h]) for h in range(self.heads)], axis=1)
+            t = ops.reshape(t, [-1, self.heads, self.condition_dim + 1, units])          # [B, H, c+1, out]
+            y = ops.sum(ops.expand_dims(cond1, -1) * t, axis=2)                         # [B, H, out]
+            if self.static_weight:
+                y = y + ops.einsum("bi,hio->bho" if shared else "bhi,hio->bho", x,
+                                   ops.cast(self.static_kernels[i], x.dtype))
+            x, shared = self.act(y), False
+            fan_in = units
+        return x
+
+    def _condition_kernels(self, i: int, fan_in: int, units: int, dtype):
+        """Layer i's generator as ``K̃ [H, in+1, (c+1)·out]``: entry ``(h, j, c·out + o)`` is
+        the coefficient of ``SC̃_c x̃_j`` in output o (rows c < C: ``FC^W``'s kernel, row C:
+        its bias; column j = in: the generated bias)."""
+        h, c = self.heads, self.condition_dim
+        g = ops.concatenate([ops.cast(self.gen_kernels[i], dtype),
+                             ops.expand_dims(ops.cast(self.gen_biases[i], dtype), 1)], axis=1)  # [H, c+1, S]
+        w = ops.transpose(ops.reshape(g[..., : fan_in * units], [h, c + 1, fan_in, units]), (0, 2, 1, 3))
+        b = ops.expand_dims(g[..., fan_in * units:], 1)                                   # [H, 1, c+1, out]
+        return ops.reshape(ops.concatenate([w, b], axis=1), [h, fan_in + 1, (c + 1) * units])
+
+    def _call_per_scenario(self, x, cond, index, training):
+        index = ops.cast(index, "int32")
+        impl = "einsum" if training else "loop"
         if len(x.shape) == 2:
-            x = ops.repeat(ops.expand_dims(x, 1), self.heads, axis=1) if self.heads > 1 else \
-                ops.expand_dims(x, 1)
-        for w, b in self.generate(cond, index, row_by_row=not training):
-            x = self.act(ops.einsum("bhi,bhio->bho", x, w) + b)
+            x = ops.expand_dims(x, 1)
+        for w, b in self.generate(cond, row_by_row=not training, per_scenario=True):  # [D, H, in, out], [D, H, out]
+            heads = []
+            for h in range(self.heads):
+                x_h = x[:, h if x.shape[1] > 1 else 0]
+                heads.append(select_by_domain(stacked_dense(x_h, w[:, h], b[:, h], "branch_major", impl), index))
+            x = self.act(ops.stack(heads, axis=1))
         return x
 
     def generated_parameters_per_sample(self) -> int:
