@@ -14,9 +14,10 @@ to the TFRecords (``mdr_tf.columnar``). One epoch with seed ``s``:
    last partial batch is dropped (``drop_remainder``) or served.
 
 Every row of the split is served exactly once per pass (less the final partial batch
-with ``drop_remainder``, as the in-memory path drops ``n % batch_size`` rows). Memory
-holds at most two buffers besides the model's copy (``FusedStream``), whatever the
-dataset size.
+with ``drop_remainder``, as the in-memory path drops ``n % batch_size`` rows). Host
+memory holds at most three buffers (two waiting, one being read) besides the trainer's
+copy (``FusedStream``), each at most ``buffer_rows + chunk_rows + steps * batch_size``
+rows, whatever the dataset size.
 
 Two consumers:
 
@@ -171,21 +172,24 @@ def stream_dataset(schema: Schema, split: str, batch_size: int, *, shuffle: bool
     Each iteration of the dataset is a new seeded pass (pass p uses ``(seed, p)``), so
     ``repeat()`` reshuffles and a new dataset with the same seed repeats the order.
     """
-    plan = BufferPlan(schema, split, batch_size, steps=1, shuffle=shuffle, seed=seed, domains=domains,
+    steps = max(1, min(16, buffer_rows // batch_size))  # batches gathered per Python call
+    plan = BufferPlan(schema, split, batch_size, steps=steps, shuffle=shuffle, seed=seed, domains=domains,
                       label_key=label_key, buffer_rows=max(buffer_rows, batch_size), chunk_rows=chunk_rows,
                       drop_remainder=drop_remainder, shard=shard)
     keys = plan.keys
 
     def gen():
         for cols, blocks in plan.buffers():
-            for blk in blocks:
-                for idx in blk:
-                    yield _split_label(cols, plan.label_key, keys, idx)
+            for blk in blocks:  # [k, B] → arrays [k, B, ...], split into batches by unbatch()
+                x, y = _split_label(cols, plan.label_key, keys, blk.reshape(-1))
+                k, b = blk.shape
+                yield {n: v.reshape(k, b, *v.shape[1:]) for n, v in x.items()}, y.reshape(k, b, 1)
 
-    spec = ({k: tf.TensorSpec([batch_size if drop_remainder else None, *plan.shards[0][1][k].shape[1:]],
+    b = batch_size if drop_remainder else None
+    spec = ({k: tf.TensorSpec([None, b, *plan.shards[0][1][k].shape[1:]],
                               tf.as_dtype(_widen(plan.shards[0][1][k][:0]).dtype))
-             for k in keys}, tf.TensorSpec([batch_size if drop_remainder else None, 1], tf.float32))
-    return tf.data.Dataset.from_generator(gen, output_signature=spec)
+             for k in keys}, tf.TensorSpec([None, b, 1], tf.float32))
+    return tf.data.Dataset.from_generator(gen, output_signature=spec).unbatch()
 
 
 class FusedStream:
