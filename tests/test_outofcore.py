@@ -108,7 +108,12 @@ def test_buffer_plan_serves_every_row_once_seeded_and_bounded(ooc_dir, shuffle):
     # drop_remainder drops only the final partial batch.
     dropped, _ = _plan_rows(outofcore.BufferPlan(schema, "train", 128, drop_remainder=True, **kw), x)
     assert len(dropped) == n - n % 128
-    # Seeded: the same seed repeats the order, the next pass and another seed do not.
+    # Rows missing against schema.json's counts are an error naming the shards.
+    bad = Schema.load(ooc_dir)
+    bad.raw["counts"]["1"]["train"]["examples"] += 1
+    with pytest.raises(ValueError, match="columnar/domain_1/train-00000-of-00002.*schema.json records"):
+        outofcore.BufferPlan(bad, "train", 128, **kw)
+    # Seeded: the same seed repeats the order, the next pass does not.
     _, again = _plan_rows(outofcore.BufferPlan(schema, "train", 128, drop_remainder=False, **kw), x)
     assert all(np.array_equal(a, b) for a, b in zip(order, again))
     if shuffle:
