@@ -108,11 +108,25 @@ class BufferPlan:
             out = [out[j] for j in rng.permutation(len(out))]
         return out
 
-    def _read(self, chunks: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
+    def _read(self, chunks: list[tuple[int, int, int]], carry: dict[str, np.ndarray] | None
+              ) -> dict[str, np.ndarray] | None:
+        """The carried rows, then the chunks' rows: one copy out of the memory map per value
+        (ids widened to int64 in the same pass)."""
+        c = 0 if carry is None else len(carry[self.label_key])
+        n = c + sum(b - a for _, a, b in chunks)
+        if n == 0:
+            return None
         cols = {}
         for k in self.keys + [self.label_key]:
-            parts = [self.shards[i][1][k][a:b] for i, a, b in chunks]
-            cols[k] = _widen(np.concatenate(parts)) if parts else None
+            src = self.shards[0][1][k]
+            out = np.empty((n, *src.shape[1:]), _widen(src[:0]).dtype)
+            if c:
+                out[:c] = carry[k]
+            pos = c
+            for i, a, b in chunks:
+                np.copyto(out[pos:pos + b - a], self.shards[i][1][k][a:b], casting="safe")
+                pos += b - a
+            cols[k] = out
         return cols
 
     def buffers(self) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
@@ -136,11 +150,9 @@ class BufferPlan:
                 rows += chunks[j][2] - chunks[j][1]
                 j += 1
             last = j >= len(chunks)
-            cols = self._read(take)
-            if carry is not None:
-                cols = {k: carry[k] if v is None else np.concatenate([carry[k], v]) for k, v in cols.items()}
+            cols = self._read(take, carry)
             carry = None
-            if cols[self.label_key] is None:
+            if cols is None:
                 return
             n = len(cols[self.label_key])
             self.peak_rows = max(self.peak_rows, n)
