@@ -31,6 +31,7 @@ Two consumers:
 
 from __future__ import annotations
 
+import queue
 import threading
 from typing import Iterator, Sequence
 
@@ -252,18 +253,10 @@ class FusedStream:
                         np.asarray(cols[self.label_key][:b], np.float32).reshape(-1, 1))
         raise ValueError(f"split {self.split!r} has no rows")
 
-    def _put(self, tag: int, cols: dict[str, np.ndarray]) -> None:
-        with self._cv:
-            while len(self._pending) >= self.max_pending:
-                self._cv.wait()
-            self._pending[tag] = cols
-
     def take(self, tag: int) -> dict[str, np.ndarray]:
-        """The buffer ``tag`` (called by the trainer when it reaches it); frees older buffers."""
+        """The buffer ``tag`` (called by the trainer when it reaches it), released from the pool."""
         with self._cv:
-            cols = self._pending[tag]
-            for t in [t for t in self._pending if t <= tag]:
-                del self._pending[t]
+            cols = self._pending.pop(tag)
             self._cv.notify_all()
         self.buffers_loaded += 1
         return cols
@@ -279,13 +272,48 @@ class FusedStream:
         plan = BufferPlan(self.schema, self.split, **self.args, shuffle=shuffle, seed=seed)
 
         def gen():
-            for cols, blocks in plan.buffers():
-                with self._cv:
-                    self._tag += 1
-                    tag = self._tag
-                self._put(tag, cols)
-                for blk in blocks:
-                    yield np.int64(tag), blk
+            # A builder thread reads the buffers ahead (up to ``max_pending``), so copying a
+            # buffer out of the memory map overlaps with training on the previous one.
+            q: queue.Queue = queue.Queue()
+            stop, done = threading.Event(), threading.Event()
+            mine: list[int] = []
+
+            def build():
+                try:
+                    for cols, blocks in plan.buffers():
+                        with self._cv:
+                            self._tag += 1
+                            tag = self._tag
+                            mine.append(tag)
+                            while sum(t in self._pending for t in mine) >= self.max_pending and not stop.is_set():
+                                self._cv.wait(0.5)
+                            if stop.is_set():
+                                return
+                            self._pending[tag] = cols
+                        q.put((tag, blocks))
+                    q.put(None)
+                except BaseException as e:  # re-raised in the generator (the trainer's thread)
+                    q.put(e)
+
+            threading.Thread(target=build, daemon=True, name="mdr_tf-outofcore-buffers").start()
+            try:
+                while True:
+                    item = q.get()
+                    if item is None:
+                        done.set()  # the trainer still takes the last buffers
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    tag, blocks = item
+                    for blk in blocks:
+                        yield np.int64(tag), blk
+            finally:
+                if not done.is_set():  # an abandoned pass: stop the builder and drop its buffers
+                    stop.set()
+                    with self._cv:
+                        for t in mine:
+                            self._pending.pop(t, None)
+                        self._cv.notify_all()
 
         spec = (tf.TensorSpec([], tf.int64), tf.TensorSpec([None, None], tf.int64))
         return tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(2)
