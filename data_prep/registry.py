@@ -17,6 +17,8 @@ DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
         "version": "1m", "domain_scheme": "gender", "label_rule": "eq5", "split_mode": "stratified",
         "split_ratios": (0.6, 0.2, 0.2), "seed": 123, "features": ("user_id", "item_id")}),
     "synthetic": ("data_prep.synthetic:generate", {}),
+    # Ali-CCP field layout and (estimated) vocabularies, 85.3M rows by default; scale runs only (issue 18.4)
+    "synthetic_aliccp": ("data_prep.synthetic_aliccp:generate", {}),
     # --- behaviour sequences: ML-100k with TEM4CTR click histories + unclick windows (docs/datasets/sequences.md) ---
     "ml100k_seq": ("data_prep.sequences:prepare_ml100k_seq", {"history_length": 30, "window": 5,
                                                               "split_mode": "temporal"}),

@@ -36,8 +36,12 @@ def bench_pipeline(schema, batch_size: int, repeats: int) -> dict[str, float]:
     from mdr_tf.data import make_dataset
 
     out = {}
-    for name, in_memory in (("stream", False), ("in_memory", True)):
-        ds = make_dataset(schema, "train", batch_size, seed=0, in_memory=in_memory)
+    variants = [("stream", dict(in_memory=False)), ("in_memory", dict(in_memory=True))]
+    if FLAGS.columnar:  # out of core from memory-mapped columnar shards (mdr_tf.outofcore)
+        _ensure_columnar(schema)
+        variants.append(("columnar", dict(in_memory=False, columnar=True)))
+    for name, kw in variants:
+        ds = make_dataset(schema, "train", batch_size, seed=0, **kw)
 
         def one_pass():
             n = 0
@@ -48,6 +52,16 @@ def bench_pipeline(schema, batch_size: int, repeats: int) -> dict[str, float]:
         one_pass()  # warm-up (loads the in-memory cache)
         out[f"pipeline_{name}_ex_per_s"] = _median_rate(one_pass, repeats)
     return out
+
+
+def _ensure_columnar(schema) -> None:
+    """Derives the train split's columnar shards once (``mdr_tf.columnar.convert``, resumable)."""
+    from mdr_tf import columnar
+
+    if not columnar.available(schema, "train", check_source=True):
+        t = time.perf_counter()
+        columnar.convert(schema.directory, ["train"], progress=lambda m: None)
+        print(f"columnar shards derived in {time.perf_counter() - t:.1f}s", flush=True)
 
 
 def _epoch_runner(model_name: str, schema, batch_size: int, source: str, steps_per_execution: int, jit: Any,
@@ -67,10 +81,32 @@ def _epoch_runner(model_name: str, schema, batch_size: int, source: str, steps_p
     keras.utils.set_random_seed(0)
     model = registry.get(model_name).build(schema, **(model_kwargs or {}))
     model.build()
-    fused = source == "tfrecord_fused"
+    fused = source in ("tfrecord_fused", "columnar_fused")
     compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1 if fused else steps_per_execution,
                                      jit_compile=jit))
-    if fused:  # what mdr_tf.training.fit does (TrainConfig.fused)
+    if source == "columnar_fused":  # what fit does when the split does not fit in memory
+        from mdr_tf.outofcore import FusedStream
+
+        _ensure_columnar(schema)
+        stream = FusedStream(schema, "train", batch_size, steps_per_execution, buffer_rows=FLAGS.ooc_buffer_rows,
+                             chunk_rows=FLAGS.ooc_chunk_rows)
+        stream.install(model, jit_compile=model.jit_compile)
+        n_fit = (n // batch_size) * batch_size
+        passes = iter(range(10**6))
+
+        def epoch(model=model, stream=stream, n_fit=n_fit, passes=passes):
+            model.fit(stream.dataset(next(passes)), epochs=1, verbose=0)
+            return n_fit
+    elif source == "columnar_stream":  # make_dataset's out-of-core batches, Keras' multi-step loop
+        from mdr_tf.outofcore import stream_dataset
+
+        _ensure_columnar(schema)
+
+        def epoch(model=model):
+            model.fit(stream_dataset(schema, "train", batch_size, buffer_rows=FLAGS.ooc_buffer_rows,
+                                     chunk_rows=FLAGS.ooc_chunk_rows).prefetch(4), epochs=1, verbose=0)
+            return n
+    elif fused:  # what mdr_tf.training.fit does (TrainConfig.fused)
         from mdr_tf.data import in_memory_index_batches
         from mdr_tf.fused import install_on_columns
 
@@ -108,7 +144,10 @@ def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_pe
     Sources: "memory" (Keras numpy fit), "tfrecord_in_memory" / "tfrecord_stream" (our
     pipeline, Keras' ``steps_per_execution``), "tfrecord_fused" (our pipeline, K =
     ``steps_per_execution`` steps in one XLA program, ``mdr_tf.fused`` — what
-    ``mdr_tf.training.fit`` uses by default).
+    ``mdr_tf.training.fit`` uses by default), "columnar_fused" (the same K-step program
+    over buffers streamed from memory-mapped columnar shards, ``mdr_tf.outofcore`` —
+    what ``fit`` uses when the split does not fit in memory), "columnar_stream"
+    (``make_dataset``'s out-of-core batches, Keras' ``steps_per_execution``).
     """
     import keras
 
@@ -127,7 +166,11 @@ def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_pe
         for source, epoch in epochs.items():
             t = time.perf_counter()
             rates[source].append(epoch() / (time.perf_counter() - t))
-    return {f"train_{s}_samples_per_s": statistics.median(r) for s, r in rates.items()}
+    out = {f"train_{s}_samples_per_s": statistics.median(r) for s, r in rates.items()}
+    first = sources[0]
+    for s in sources[1:]:  # median of the per-round ratios (each round sees the same machine load)
+        out[f"ratio_{s}_to_{first}"] = statistics.median(a / b for a, b in zip(rates[s], rates[first]))
+    return out
 
 
 def bench_cost_ratio(model_names: Sequence[str], schema, batch_size: int, rounds: int, steps_per_execution: int,
@@ -225,6 +268,9 @@ def define_flags() -> None:
     flags.DEFINE_boolean("cost_ratio", False, "Only the cost per training sample relative to the DNN: the DNN and "
                          "--models trained in alternating epochs in one process (--repeats rounds, first of "
                          "--sources); prints the ratios of the medians.")
+    flags.DEFINE_boolean("columnar", False, "Also measure the columnar pipeline (derives the shards once).")
+    flags.DEFINE_integer("ooc_buffer_rows", 1 << 20, "Out-of-core sources: rows per buffer.")
+    flags.DEFINE_integer("ooc_chunk_rows", 1 << 16, "Out-of-core sources: rows per chunk (shuffle granularity).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -250,8 +296,8 @@ def main(argv: Sequence[str]) -> None:
         _write_json(results, FLAGS.output)
         return
     results.update(bench_pipeline(schema, FLAGS.batch_size, FLAGS.repeats))
-    print(f"pipeline read+parse: stream {results['pipeline_stream_ex_per_s']:,.0f} ex/s, "
-          f"in-memory {results['pipeline_in_memory_ex_per_s']:,.0f} ex/s", flush=True)
+    print("pipeline read+parse: " + ", ".join(f"{k[9:-9]} {v:,.0f} ex/s" for k, v in results.items()
+                                              if k.startswith("pipeline_")), flush=True)
     models = list(FLAGS.models)
     if "dnn" not in models:
         models = ["dnn"] + models
@@ -267,6 +313,8 @@ def main(argv: Sequence[str]) -> None:
             line = ", ".join(f"{k.replace('_samples_per_s', '')} {v:,.0f}/s" for k, v in r.items()
                              if k.startswith("train_"))
             print(f"{name:>14}: {line}; {r[key] / per_model['dnn'][key]:.2f}× dnn", flush=True)
+            print(f"{'':>14}  " + ", ".join(f"{k[6:]} {v:.2f}" for k, v in r.items() if k.startswith("ratio_")),
+                  flush=True)
         if FLAGS.serving:
             print(f"{name:>14}  " + ", ".join(
                 f"serve b{b}: {r[f'serve_batch{b}_samples_per_s']:,.0f}/s (p50 {r[f'serve_batch{b}_ms_per_call']:.2f} ms, "

@@ -82,6 +82,7 @@ def make_dataset(
     in_memory: bool | str = "auto",
     input_context: tf.distribute.InputContext | None = None,
     with_timestamps: bool = False,
+    columnar: bool | str = "auto",
 ) -> tf.data.Dataset:
     """Batched ``(features, label)`` dataset of one split.
 
@@ -110,6 +111,11 @@ def make_dataset(
         another's files), else every n-th example.
       with_timestamps: also return the behaviour sequences' timestamps ``<name>_ts``
         (datasets with sequences only; for audits and tests, models ignore them).
+      columnar: read the memory-mapped columnar shards (``mdr_tf.columnar``,
+        ``mdr_tf.outofcore``: seeded shuffle within a buffer of chunks, bounded memory)
+        instead of parsing TFRecords, for ``mode="mixed"``. "auto" — when ``in_memory``
+        is "auto" and the split does not fit, and its columnar shards exist and mirror
+        the current TFRecords; True — required; False — never.
     """
     if mode not in ("mixed", "single_domain"):
         raise ValueError(f"mode must be 'mixed' or 'single_domain', got {mode!r}")
@@ -121,6 +127,7 @@ def make_dataset(
     for d in domains:
         if not 0 <= d < schema.num_domains:
             raise ValueError(f"domain {d} out of range 0..{schema.num_domains - 1}")
+    auto = in_memory == "auto"
     if in_memory == "auto":
         n_rows = sum(schema.counts(split)[d] for d in domains) if schema.raw else IN_MEMORY_MAX_VALUES
         in_memory = n_rows * schema.values_per_example <= IN_MEMORY_MAX_VALUES
@@ -129,6 +136,16 @@ def make_dataset(
         ds = _in_memory_dataset(schema, split, batch_size, shuffle=shuffle, seed=seed, mode=mode, domains=domains,
                                 label_key=label_key, drop_remainder=drop_remainder, shard=shard,
                                 with_timestamps=with_timestamps)
+        return (ds.repeat() if repeat else ds).prefetch(tf.data.AUTOTUNE)
+    if columnar is True or (columnar == "auto" and auto and mode == "mixed" and not with_timestamps
+                            and schema.raw and _columnar_available(schema, split, domains)):
+        from mdr_tf.outofcore import stream_dataset
+
+        if mode != "mixed" or with_timestamps:
+            raise ValueError("columnar=True reads mode='mixed' batches without timestamps")
+        ds = stream_dataset(schema, split, batch_size, shuffle=shuffle, seed=seed, domains=domains,
+                            label_key=label_key, drop_remainder=drop_remainder, shard=shard)
+        ds = ds.cache() if cache else ds
         return (ds.repeat() if repeat else ds).prefetch(tf.data.AUTOTUNE)
     parse = _parser(schema, label_key, with_timestamps)
 
@@ -173,6 +190,12 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _columnar_available(schema: Schema, split: str, domains: list[int]) -> bool:
+    from mdr_tf.columnar import available
+
+    return available(schema, split, domains, check_source=True)
 
 
 IN_MEMORY_MAX_VALUES = 200_000_000  # ~1.6 GB of int64/float values

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -77,6 +78,7 @@ def install_fused_train_function(model: keras.Model, example_batch: Any, jit_com
         with tf.init_scope():
             col_vars = {k: tf.Variable(v, trainable=False, name=f"fused_{k}") for k, v in feats.items()}
             lab_var = tf.Variable(labels, trainable=False, name="fused_labels")
+        model._fused_columns = (col_vars, lab_var)  # refilled by install_streamed
 
     def k_steps(data):
         if columns is None:
@@ -109,3 +111,38 @@ def install_on_columns(model: keras.Model, features: dict[str, Any], labels: Any
     """
     example = ({k: v[:batch_size] for k, v in features.items()}, labels[:batch_size])
     install_fused_train_function(model, example, jit_compile=jit_compile, columns=(features, labels))
+
+
+def install_streamed(model: keras.Model, stream, jit_compile: bool = True) -> None:
+    """The fused K-step trainer over a window of rows streamed from disk (``mdr_tf.outofcore``).
+
+    The compiled loop gathers its batches from non-trainable column variables of the
+    stream's buffer capacity, as ``install_on_columns`` does for a whole split; the
+    dataset (``stream.dataset(seed)``) yields ``(tag, index_block)`` and, when the tag
+    changes, the train function copies buffer ``tag`` into the variables before the
+    block runs (rows past the buffer's end are stale and never indexed).
+
+    Args:
+      model: a compiled Keras model (``steps_per_execution=1``, no distribution strategy).
+      stream: an ``mdr_tf.outofcore.FusedStream``.
+      jit_compile: XLA-compile the K-step loop.
+    """
+    install_fused_train_function(model, stream.first_batch(), jit_compile=jit_compile,
+                                 columns=stream.example_columns())
+    col_vars, lab_var = model._fused_columns
+    fused_blocks = model.train_function
+    state = {"tag": None}
+
+    def train_function(iterator):
+        tag, block = next(iterator)
+        t = int(tag)
+        if t != state["tag"]:
+            cols = stream.take(t)
+            n = len(cols[stream.label_key])
+            for k, v in col_vars.items():
+                v[:n].assign(cols[k])
+            lab_var[:n].assign(np.asarray(cols[stream.label_key], np.float32).reshape(-1, 1))
+            state["tag"] = t
+        return fused_blocks(iter([block]))
+
+    model.train_function = train_function

@@ -83,8 +83,10 @@ def fused_input(schema: Schema, cfg: TrainConfig, domains: list[int] | None):
     counts = [schema.counts("train")[d] for d in doms]
     if min([c for c in counts if c] or [0]) < 2 * cfg.batch_size:
         return None
-    if sum(counts) * schema.values_per_example > IN_MEMORY_MAX_VALUES:
-        return None
+    if sum(counts) * schema.values_per_example > IN_MEMORY_MAX_VALUES:  # out of core: columnar shards if any
+        from mdr_tf.outofcore import fused_stream_for
+
+        return fused_stream_for(schema, cfg.batch_size, cfg.steps_per_execution, cfg.mode, doms)
     feats, labels, _ = in_memory_index_batches(schema, "train", cfg.batch_size, shuffle=False, seed=0,
                                                mode=cfg.mode, domains=doms, label_key=schema.label_keys[0],
                                                drop_remainder=True)
@@ -123,7 +125,7 @@ def fit(model: keras.Model, schema: Schema, cfg: TrainConfig, callbacks: list | 
     if fused is not None:
         from mdr_tf.fused import install_on_columns
 
-        install_on_columns(model, *fused, cfg.batch_size)
+        fused.install(model) if hasattr(fused, "install") else install_on_columns(model, *fused, cfg.batch_size)
     if stopper is None:
         stopper = ExactEarlyStopping(schema, cfg.monitor, cfg.patience, cfg.min_delta, cfg.eval_batch_size, log,
                                      domains=domains)
@@ -190,7 +192,9 @@ def _fit_epochs(model, schema, cfg, cbs, stopper, fused, domains, start) -> None
             counts = [c for k, c in enumerate(schema.counts("train")) if domains is None or k in domains] \
                 if schema.raw else []
             drop = bool(schema.raw) and min([c for c in counts if c] or [0]) >= 2 * cfg.batch_size
-            if fused is not None:  # row-index blocks [K, B]; the compiled loop gathers the rows
+            if hasattr(fused, "dataset"):  # out of core: (buffer tag, row-index block) from columnar shards
+                train = fused.dataset(s)
+            elif fused is not None:  # row-index blocks [K, B]; the compiled loop gathers the rows
                 train = in_memory_index_batches(
                     schema, "train", cfg.batch_size, shuffle=True, seed=s, mode=cfg.mode,
                     domains=list(range(schema.num_domains)) if domains is None else list(domains),
