@@ -145,7 +145,7 @@ def is_current(path: str, source: str) -> bool:
 def schema_dtypes(schema) -> dict[str, Any]:
     """Stored dtype per key of a schema: ids, domain and sequences as int32 when every id fits (half the
     disk of int64; readers widen them to int64, the TFRecords' type), else int64; float32 values and labels."""
-    from mdr_tf.data import sequence_keys
+    from mdr_tf.records import sequence_keys
 
     # Sequence ids share a categorical feature's vocabulary (``embed_with``).
     big = max([f.vocab_size for f in schema.features if f.kind == "categorical"] + [schema.num_domains]) >= 2**31
@@ -192,7 +192,7 @@ def convert(data_dir: str, splits: Iterable[str] = ("train",), chunk_rows: int =
     """
     import tensorflow as tf
 
-    from mdr_tf.data import feature_spec, raise_corrupt_file
+    from mdr_tf.records import feature_spec, raise_corrupt_file
     from mdr_tf.schema import Schema
 
     schema = Schema.load(data_dir)

@@ -13,43 +13,8 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from mdr_tf.records import feature_spec, raise_corrupt_file, sequence_keys  # noqa: F401 (re-exported)
 from mdr_tf.schema import Schema
-
-
-def sequence_keys(schema: Schema, with_timestamps: bool = False) -> dict[str, int]:
-    """Keys of the behaviour-sequence lists (ids, masks, optionally timestamps) → flat length.
-
-    All are int64 lists of fixed length; a batch holds them as [B, length] tensors.
-    """
-    out = {}
-    for q in schema.sequences:
-        out[q.ids_key] = q.length
-        out[q.mask_key] = q.length
-        if with_timestamps:
-            if not q.has_timestamps:
-                raise ValueError(f"sequence {q.name!r} has no timestamps in this dataset (has_timestamps false)")
-            out[q.ts_key] = q.length
-    return out
-
-
-def feature_spec(schema: Schema, with_labels: bool = True,
-                 with_timestamps: bool = False) -> dict[str, tf.io.FixedLenFeature]:
-    """The ``tf.io.parse_example`` spec of a schema (shared by the reader and serving).
-
-    Behaviour sequences (``schema.sequences``) are fixed-length int64 lists; their
-    timestamps are parsed only with ``with_timestamps`` (tests and audits; models do not
-    read them).
-    """
-    spec = {}
-    for f in schema.features:
-        spec[f.name] = tf.io.FixedLenFeature([], tf.int64 if f.kind == "categorical" else tf.float32)
-    spec[schema.domain_key] = tf.io.FixedLenFeature([], tf.int64)
-    for k, n in sequence_keys(schema, with_timestamps).items():
-        spec[k] = tf.io.FixedLenFeature([n], tf.int64)
-    if with_labels:
-        for k in schema.label_keys:
-            spec[k] = tf.io.FixedLenFeature([], tf.float32)
-    return spec
 
 
 def _parser(schema: Schema, label_key: str, with_timestamps: bool = False):
@@ -317,18 +282,6 @@ def check_split_counts(schema: Schema, split: str, domain_ids: np.ndarray, domai
             files = ", ".join(schema.files(split, [d]))
             raise ValueError(f"{files}: {int(got[d]):,} examples of domain {d} in split {split!r}, but schema.json "
                              f"records {int(want[d]):,}; the files are truncated or were replaced, re-run data_prep")
-
-
-def raise_corrupt_file(files: list[str], error: Exception) -> None:
-    """Re-raises a TFRecord read error as ``ValueError`` naming the first file that fails to read."""
-    for path in files:
-        try:
-            for _ in tf.data.TFRecordDataset(path):
-                pass
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            raise ValueError(f"{path}: corrupt or truncated TFRecord ({e.message.splitlines()[0][:200]}); "
-                             "re-run data_prep") from e
-    raise ValueError(f"cannot read {', '.join(files)}: {error}") from error
 
 
 def iterate_numpy(features: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
