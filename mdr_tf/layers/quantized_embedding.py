@@ -46,6 +46,7 @@ from keras import ops
 PRECISIONS = ("fp", "lpt_dr", "lpt_sr", "alpt")
 STEPS = ("row", "table")
 GRAD_SCALES = ("lsq", "hetu", "mpe", "none")
+DELTA_GRADS = ("second_pass", "first_pass")
 
 
 def qrange(bits: int) -> tuple[int, int]:
@@ -175,6 +176,14 @@ class QuantizedEmbedding(keras.layers.Layer):
         optimizer's update on unread rows is discarded (Hetu pairs it with a sparse
         optimizer; with Keras' Adam it lost ≈ 0.007 AUC at every bit width on ML-100k,
         docs/models/alpt.md).
+      delta_grad: how ALPT's step 3 gets Δ's gradient. "second_pass" (default; both code
+        bases): a second forward/backward on the same batch after the float update, with
+        rows ``Δ·Q_D(w; Δ)`` and the updated dense weights; only the gradient towards Δ is
+        taken (no weight gradients are formed). "first_pass" (ours, not in the sources):
+        the closed form ``s·Σ_d G_{x,d}·∂(Δ·Q_D(w_x; Δ_x))/∂Δ_x`` with ``G = ∂L/∂ê`` of the
+        first pass summed per row, i.e. the second pass's gradient with the pre-update
+        dense weights and rows; no second pass (LPT's speed). ``grad_scale="hetu"`` then
+        uses B = all rows read by the batch.
       init_stddev: the float table ``E₀`` quantised at build is N(0, init_stddev²)
         (mpe: 0.003); None uses ``embeddings_initializer`` instead (mdr_tf's float
         default N(0, 1e-4²) would give Δ₀ ≈ 1e-5 at 8 bits, a range of ±0.002, far below
@@ -186,7 +195,7 @@ class QuantizedEmbedding(keras.layers.Layer):
     def __init__(self, input_dim: int, output_dim: int, precision: str = "alpt", bits: int = 8,
                  step: str = "row", grad_scale: str = "lsq", delta_init: Any = "mpe", delta_lr: float = 1e-6,
                  rounding: str | None = None, min_delta: float = 1e-10, init_stddev: float | None = 0.003,
-                 rerounded: str = "all",
+                 rerounded: str = "all", delta_grad: str = "second_pass",
                  embeddings_initializer: Any = "random_normal", seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if precision not in PRECISIONS or precision == "fp":
@@ -209,6 +218,9 @@ class QuantizedEmbedding(keras.layers.Layer):
         if rerounded not in ("touched", "all"):
             raise ValueError(f"QuantizedEmbedding: rerounded must be touched or all, got {rerounded!r}")
         self.rerounded = rerounded
+        if delta_grad not in DELTA_GRADS:
+            raise ValueError(f"QuantizedEmbedding: delta_grad must be one of {DELTA_GRADS}, got {delta_grad!r}")
+        self.delta_grad = delta_grad
         self.init_stddev = None if init_stddev is None else float(init_stddev)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.seed = seed
@@ -267,8 +279,9 @@ class QuantizedEmbedding(keras.layers.Layer):
             return self.dequantize(rows)
         self._touched.append(ops.reshape(rows, [-1]))
         if self._source == "work":
-            flat = tf.reshape(rows, [-1])
-            self.work.value.scatter_update(tf.IndexedSlices(self.dequantize(flat), flat))
+            if self.rerounded == "touched":  # "all": the step synchronised every float row first
+                flat = tf.reshape(rows, [-1])
+                self.work.value.scatter_update(tf.IndexedSlices(self.dequantize(flat), flat))
             return ops.take(self.work, rows, axis=0)
         # "lsq": ALPT's second pass, Δ·Q_D(w; Δ) with the LSQ gradient towards Δ.
         w = ops.take(self.work, rows, axis=0)
@@ -319,6 +332,22 @@ class QuantizedEmbedding(keras.layers.Layer):
         q = quantize(w, self._delta_of(rows), self.bits, self.stochastic, u)
         self.codes.value.scatter_update(tf.IndexedSlices(tf.cast(q, self.codes.dtype), rows))
 
+    def delta_gradient_from_rows(self, g_work, n_read=None):
+        """Δ's LSQ gradient in closed form from ``G = ∂L/∂w`` (``[n, d]``, summed per row).
+
+        ``∂/∂Δ_x = s·Σ_d G_{x,d}·dd(w_{x,d}/Δ_x)`` with ``dd = R_D(z) − z`` inside the range,
+        ``q_n`` / ``q_p`` at or beyond it (the gradient ``lsq_fake_quant`` passes back), summed
+        over the whole table for a per-table Δ. Rows with ``G = 0`` contribute nothing.
+        """
+        qn, qp = (float(v) for v in qrange(self.bits))
+        z = self.work.value / self.delta.value
+        inside = tf.logical_and(z > qn, z < qp)
+        dd = tf.where(inside, tf.clip_by_value(tf.floor(z + 0.5), qn, qp) - z, tf.where(z <= qn, qn, qp))
+        gd = g_work * dd * self._grad_scale(n_read)
+        if self.step == "row":
+            return tf.reduce_sum(gd, axis=1, keepdims=True)
+        return tf.reshape(tf.reduce_sum(gd), [1, 1])
+
     def requantize_changed(self) -> None:
         """Step 4 with ``rerounded="all"``: re-quantise every value whose float value changed.
 
@@ -366,7 +395,7 @@ class QuantizedEmbedding(keras.layers.Layer):
             "input_dim": self.input_dim, "output_dim": self.output_dim, "precision": self.precision,
             "bits": self.bits, "step": self.step, "grad_scale": self.grad_scale, "delta_init": self.delta_init,
             "delta_lr": self.delta_lr, "rounding": self.rounding, "min_delta": self.min_delta,
-            "init_stddev": self.init_stddev, "rerounded": self.rerounded,
+            "init_stddev": self.init_stddev, "rerounded": self.rerounded, "delta_grad": self.delta_grad,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer), "seed": self.seed,
         })
         return config
@@ -376,9 +405,10 @@ class QuantizedEmbedding(keras.layers.Layer):
         self.sync_work()
 
     def sync_work(self) -> None:
-        """Sets every float row to its stored value ``Δ·Ẽ`` (after loading weights)."""
+        """Sets every float row to its stored value ``Δ·Ẽ`` (after loading weights; and at the
+        start of every step with ``rerounded="all"``)."""
         if self.work is not None:
-            self.work.assign(self.dequantize(tf.range(self.input_dim)))
+            self.work.assign(ops.cast(self.codes.value, "float32") * self.delta.value)
 
 
 def check_single_replica() -> None:
@@ -401,6 +431,10 @@ def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str,
     check_single_replica()
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
     batch = tf.shape(next(i for i in tree.flatten(x) if i is not None))[0]
+    if q.rerounded == "all":
+        # every step starts from the stored table (also after weights were set between steps,
+        # e.g. early stopping's restore); the batch's lookups then read the float rows directly
+        q.sync_work()
     with q.training_pass("work") as touched:
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
@@ -411,9 +445,16 @@ def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str,
     grads = tape.gradient(loss, variables)
     model.optimizer.apply(grads, variables)
     rows = tf.concat(touched, axis=0)
-    if q.precision == "alpt":
+    if q.precision == "alpt" and q.delta_grad == "first_pass":
+        g_work = tf.convert_to_tensor(grads[-1])  # IndexedSlices → dense, summed per row
+        factor = getattr(model.optimizer, "loss_scale_factor", None)
+        g_work = g_work / factor if factor else g_work
+        q.update_delta(q.delta_gradient_from_rows(g_work, tf.size(rows)), rows)
+    elif q.precision == "alpt":
         with q.training_pass("lsq"):
-            with tf.GradientTape() as tape2:
+            # only Δ is watched: the backward pass forms activation gradients down to the
+            # lookups and Δ's LSQ term, no dense-weight or float-row gradients
+            with tf.GradientTape(watch_accessed_variables=False) as tape2:
                 tape2.watch(q.delta.value)
                 y2 = model(x, training=True)
                 loss2 = model._compute_loss(x=x, y=y, y_pred=y2, sample_weight=sample_weight, training=True)
