@@ -56,8 +56,12 @@ def saved_model_bytes(model) -> int:
 
 
 def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant: dict, batch_size: int,
-          steps_per_execution: int, rounds: int, log=print) -> dict[str, dict[str, float]]:
+          steps_per_execution: int, rounds: int, log=print,
+          variants: dict[str, tuple[str, int, dict]] | None = None) -> dict[str, dict[str, float]]:
     """Training samples/s per (model, config), interleaved: one epoch of each per round, medians.
+
+    ``variants`` adds named configurations ``{name: (mode, bits, quantization overrides)}``
+    (e.g. ALPT with ``delta_grad="first_pass"``) to the same interleaved rounds.
 
     Records samples per wall second and per CPU second of this process (``relative_to_fp32``
     is the CPU figure: on a shared machine the wall clock mostly measures the scheduler).
@@ -76,9 +80,11 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
     out: dict[str, dict[str, float]] = {}
     for name in models:
         epochs = {}
-        for mode, bits in cfgs:
+        runs = [(config_name(mode, bits), mode, bits, quant) for mode, bits in cfgs]
+        runs += [(vname, mode, int(bits), {**quant, **over}) for vname, (mode, bits, over) in (variants or {}).items()]
+        for key, mode, bits, run_quant in runs:
             keras.utils.set_random_seed(0)
-            model = registry.get(name).build(schema, **embedding_kwargs(mode, bits, quant))
+            model = registry.get(name).build(schema, **embedding_kwargs(mode, bits, run_quant))
             model.build()
             compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1))
 
@@ -91,7 +97,6 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
             install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
             ds = blocks()[2].batch(steps_per_execution)
             n_fit = (len(labels) // batch_size) * batch_size
-            key = config_name(mode, bits)
             out[f"{name}/{key}"] = {"table_bytes": parameter_report(model)["table_bytes"]}
 
             def epoch(model=model, ds=ds, n=n_fit):
@@ -203,6 +208,9 @@ def define_flags() -> None:
     flags.DEFINE_string("output_dir", "results/alpt", "Results folder (one trial log per config below it).")
     flags.DEFINE_boolean("speed", True, "Measure training samples/s relative to fp32 (interleaved) and sizes.")
     flags.DEFINE_integer("speed_rounds", 3, "Interleaved rounds (one epoch of every config each).")
+    flags.DEFINE_string("speed_variants", "{}", "JSON {name: [mode, bits, {QuantizedEmbedding overrides}]}: "
+                        "further configurations in the interleaved speed rounds, e.g. "
+                        '\'{"alpt-8-first_pass": ["alpt", 8, {"delta_grad": "first_pass"}]}\'.')
     flags.DEFINE_integer("speed_bits", 8, "Bit width of the speed runs (speed does not depend on it; the "
                          "table shows this figure for every bit width).")
     flags.DEFINE_boolean("accuracy", True, "Run the trials (off: speed only).")
@@ -240,8 +248,10 @@ def _main(f: flags.FlagValues) -> None:
     speed_path = os.path.join(f.output_dir, "speed.json")
     if f.speed and not f.aggregate_only:
         schema = Schema.load(prepare_dataset(f.dataset, f.data_dir, f.raw_path, _parse_options(f.dataset_options)))
+        variants = {k: (v[0], int(v[1]), dict(v[2] if len(v) > 2 else {}))
+                    for k, v in json.loads(f.speed_variants).items()}
         speeds = speed(schema, f.models, configs(f.modes, [f.speed_bits]), quant, f.batch_size,
-                       f.steps_per_execution, f.speed_rounds)
+                       f.steps_per_execution, f.speed_rounds, variants=variants)
         speeds.update(sizes(schema, f.models, [int(b) for b in f.bits], quant))
         _atomic_write(speed_path, json.dumps(speeds, indent=2) + "\n")
     elif os.path.exists(speed_path):

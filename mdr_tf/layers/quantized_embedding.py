@@ -9,8 +9,10 @@ training, LPT) keeps no float copy of the table between steps. Per batch:
 2. the model's optimizer updates the float rows ``w = ê − opt(g)`` (and the dense layers);
 3. ALPT only: a second forward/backward on the same batch with rows ``Δ·Q_D(w; Δ)``,
    whose LSQ gradient updates only ``Δ`` (own optimizer of the same type, rate ``η_Δ``);
-4. re-quantise the touched rows ``Ẽ_x ← Q(w_x; Δ_x)`` (stochastic rounding for LPT-SR
-   and ALPT, deterministic for LPT-DR).
+4. re-quantise ``Ẽ_x ← Q(w_x; Δ_x)`` (stochastic rounding for LPT-SR and ALPT,
+   deterministic for LPT-DR): by default every value whose float changed (mpe: the whole
+   table, as the dense optimizer's momentum moves rows the batch did not read), or only
+   the batch's rows (``rerounded="touched"``, Hetu).
 
 ``Q_R(w; Δ) = clip(R(w/Δ), q_n, q_p)`` with ``R_D(z) = ⌊z + ½⌋`` and
 ``R_S(z) = ⌊z + u⌋``, ``u ~ U[0, 1)`` (so ``E[R_S(z)] = z``).
@@ -19,16 +21,19 @@ Where the two available code bases disagree (the author's PyTorch baseline ``mpe
 Hetu's re-implementation; ``/work/shared/reference/more-seeds.md`` §1.3) the choice is an
 argument: ``step`` (Δ per row, default, or per table), ``grad_scale`` (LSQ per row
 ``1/√(d·q_p)``, default; Hetu's ``1/√(B·d·q_p)``; mpe's ``1/√(2^{m−1}·n·d)``),
-``delta_init`` (mpe's ``2·mean|E₀|/√(2^{m−1})``, default, or a constant), re-rounded rows
-(only the batch's, as Hetu), ``delta_lr`` (η_Δ, mpe's 1e-6 default). See
-docs/models/alpt.md.
+``delta_init`` (mpe's ``2·mean|E₀|/√(2^{m−1})``, default, or a constant), ``rerounded``
+(the whole table, as mpe, default; or only the batch's rows, as Hetu), ``delta_lr`` (η_Δ,
+mpe's 1e-6 default). ``delta_grad`` (ours) can replace the second pass by a closed form
+from the first pass's gradient (not the default). See docs/models/alpt.md.
 
 Implementation notes: ``MultiDomainModel.train_step`` runs steps 1-4 (``lpt_train_step``);
 the float rows ``w`` live in a scratch variable that the model's optimizer updates but
 that is not a model weight (it is never saved or exported: ``.keras`` files and
-SavedModels hold ``codes`` — int8 for ≤ 8 bits, else int16 — and ``delta``). Only the
-rows a step reads are synchronised into the scratch and re-quantised; the others' codes
-and Δ stay bit-identical. Stochastic rounding draws ``u`` from a counter-based hash of
+SavedModels hold ``codes`` — int8 for ≤ 8 bits, else int16 — and ``delta``). With
+``rerounded="all"`` every step sets the scratch to ``Δ·Ẽ`` first and re-quantises every
+changed value at its end (dense, elementwise); with ``"touched"`` only the rows a step
+reads are synchronised and re-quantised, and the others' codes and Δ stay bit-identical.
+Rows no batch has read stay bit-identical in both. Stochastic rounding draws ``u`` from a counter-based hash of
 (row, column, step seed), so duplicate occurrences of a row in a batch round identically.
 """
 
@@ -148,8 +153,8 @@ class QuantizedEmbedding(keras.layers.Layer):
     """An embedding table stored as ``bits``-bit integers plus step size Δ (LPT / ALPT).
 
     ``lookup(rows)`` returns ``Δ_rows·Ẽ_rows`` (float32). In a training step
-    (``training_pass``) lookups also record the rows read, so that the step updates and
-    re-quantises exactly those rows. Paper: Li et al., "Adaptive Low-Precision Training
+    (``training_pass``) lookups also record the rows read (the rows whose Δ ALPT updates,
+    and the rows re-quantised with ``rerounded="touched"``). Paper: Li et al., "Adaptive Low-Precision Training
     for Embeddings in Click-Through Rate Prediction", AAAI 2023.
 
     Args:
@@ -422,8 +427,9 @@ def check_single_replica() -> None:
 def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str, Any]:
     """One LPT / ALPT training step of ``model`` whose embedding table is ``q`` (steps 1-4 above).
 
-    Keras' ``train_step`` plus: the optimizer also updates the float rows read by the
-    batch; ALPT's second pass updates Δ; the rows read are re-quantised.
+    Keras' ``train_step`` plus: the optimizer also updates the float rows; ALPT's second
+    pass (or its closed form, ``delta_grad="first_pass"``) updates Δ of the rows read; the
+    changed values (``rerounded="all"``) or the rows read (``"touched"``) are re-quantised.
     """
     from keras.src.trainers.data_adapters import data_adapter_utils
     from keras.src import tree

@@ -253,17 +253,15 @@ def _two_pass_reference_step(model, q, data):
 
     x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
     q.sync_work()
-    with q.training_pass("work") as touched:
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=True)
-            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw, training=True)
+    with q.training_pass("work") as touched, tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw, training=True)
     variables = list(model.trainable_variables) + [q.work]
     model.optimizer.apply(tape.gradient(loss, variables), variables)
     rows = tf.concat(touched, axis=0)
-    with q.training_pass("lsq"):
-        with tf.GradientTape() as tape2:
-            tape2.watch(q.delta.value)
-            loss2 = model._compute_loss(x=x, y=y, y_pred=model(x, training=True), sample_weight=sw, training=True)
+    with q.training_pass("lsq"), tf.GradientTape() as tape2:
+        tape2.watch(q.delta.value)
+        loss2 = model._compute_loss(x=x, y=y, y_pred=model(x, training=True), sample_weight=sw, training=True)
     q.update_delta(tape2.gradient(loss2, q.delta.value), rows)
     q.requantize_changed()
     return {}
@@ -395,7 +393,7 @@ def test_first_pass_delta_runs_one_forward_and_learns_delta(synth_schema):
         q = m.embedding.quantized
         n = [0]
         call = m.call
-        m.call = lambda *a, **k: (n.__setitem__(0, n[0] + 1), call(*a, **k))[1]
+        m.call = lambda *a, n=n, call=call, **k: (n.__setitem__(0, n[0] + 1), call(*a, **k))[1]
         d0 = q.delta.numpy().copy()
         x, y = _batch(synth_schema, 32, seed=0)
         m.train_on_batch(x, y)
