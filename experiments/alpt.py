@@ -127,6 +127,54 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
     return out
 
 
+def reround_cost(rows: int, dim: int = 16, bits: int = 8, batch_rows: int = 4096, reps: int = 5,
+                 log=print) -> dict[str, float]:
+    """CPU-ms per step of the O(table) pieces on an ``rows × dim`` table (XLA, median of ``reps``).
+
+    ``adam_dense``: Keras' Adam applying a batch's gradient (``batch_rows`` ids) to the float
+    rows, which it densifies (what fp32 training pays too); ``reround_all``: ``rerounded="all"``'s
+    synchronisation and re-rounding of every changed value; ``reround_touched``: re-rounding
+    the ``batch_rows`` rows read.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from mdr_tf.layers.quantized_embedding import QuantizedEmbedding
+
+    q = QuantizedEmbedding(rows, dim, "lpt_sr", bits=bits, seed=0)
+    q.build(None)
+    opt = keras.optimizers.Adam(1e-3)
+    opt.build([q.work])
+    ids = tf.constant(np.random.default_rng(0).integers(0, rows, batch_rows), tf.int32)
+    g = tf.IndexedSlices(tf.random.normal([batch_rows, dim], seed=0), ids, tf.constant([rows, dim]))
+
+    @tf.function(jit_compile=True)
+    def adam_dense():
+        opt.apply([tf.convert_to_tensor(g)], [q.work])
+
+    @tf.function(jit_compile=True)
+    def reround_all():
+        q.sync_work()
+        q.requantize_changed()
+
+    @tf.function(jit_compile=True)
+    def reround_touched():
+        q.requantize(ids)
+
+    out = {}
+    for name, fn in (("adam_dense", adam_dense), ("reround_all", reround_all), ("reround_touched", reround_touched)):
+        fn()
+        ts = []
+        for _ in range(reps):
+            c = time.process_time()
+            fn()
+            ts.append(time.process_time() - c)
+        out[name] = 1e3 * statistics.median(ts)
+        log(f"reround cost: {rows:,} rows × {dim}: {name:>16} {out[name]:8.1f} CPU-ms/step")
+    return out
+
+
 def sizes(schema, models: Sequence[str], bits: Sequence[int], quant: dict, log=print) -> dict[str, dict[str, int]]:
     """SavedModel variable bytes and stored table bytes per model: fp32 and ALPT at each bit width.
 
@@ -216,6 +264,8 @@ def define_flags() -> None:
     flags.DEFINE_boolean("accuracy", True, "Run the trials (off: speed only).")
     flags.DEFINE_boolean("include_fp", True, "Run the fp32 trials too (off: split a sweep over processes "
                          "by bit width, the fp32 trials run by one of them).")
+    flags.DEFINE_list("reround_cost_rows", [], "Table sizes (rows) at which to time the per-step O(table) "
+                      "pieces (dense Adam, rerounded='all', 'touched'); results in reround_cost.json.")
     flags.DEFINE_boolean("aggregate_only", False, "Rebuild the table from the trial logs without training.")
 
 
@@ -257,6 +307,9 @@ def _main(f: flags.FlagValues) -> None:
     elif os.path.exists(speed_path):
         with open(speed_path) as fh:
             speeds = json.load(fh)
+    if f.reround_cost_rows and not f.aggregate_only:
+        costs = {str(r): reround_cost(int(r), f.embedding_dim) for r in f.reround_cost_rows}
+        _atomic_write(os.path.join(f.output_dir, "reround_cost.json"), json.dumps(costs, indent=2) + "\n")
     md, csv = table(rows_by_cfg, f.models, cfgs, speeds)
     title = (f"# ALPT / LPT on {f.dataset}: test metrics, mean ± std over {f.trials} trials, {f.epochs} epochs\n\n")
     _atomic_write(os.path.join(f.output_dir, "table.md"), title + md)
