@@ -56,8 +56,12 @@ def saved_model_bytes(model) -> int:
 
 
 def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant: dict, batch_size: int,
-          steps_per_execution: int, rounds: int, log=print) -> dict[str, dict[str, float]]:
+          steps_per_execution: int, rounds: int, log=print,
+          variants: dict[str, tuple[str, int, dict]] | None = None) -> dict[str, dict[str, float]]:
     """Training samples/s per (model, config), interleaved: one epoch of each per round, medians.
+
+    ``variants`` adds named configurations ``{name: (mode, bits, quantization overrides)}``
+    (e.g. ALPT with ``delta_grad="first_pass"``) to the same interleaved rounds.
 
     Records samples per wall second and per CPU second of this process (``relative_to_fp32``
     is the CPU figure: on a shared machine the wall clock mostly measures the scheduler).
@@ -76,9 +80,11 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
     out: dict[str, dict[str, float]] = {}
     for name in models:
         epochs = {}
-        for mode, bits in cfgs:
+        runs = [(config_name(mode, bits), mode, bits, quant) for mode, bits in cfgs]
+        runs += [(vname, mode, int(bits), {**quant, **over}) for vname, (mode, bits, over) in (variants or {}).items()]
+        for key, mode, bits, run_quant in runs:
             keras.utils.set_random_seed(0)
-            model = registry.get(name).build(schema, **embedding_kwargs(mode, bits, quant))
+            model = registry.get(name).build(schema, **embedding_kwargs(mode, bits, run_quant))
             model.build()
             compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1))
 
@@ -91,7 +97,6 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
             install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
             ds = blocks()[2].batch(steps_per_execution)
             n_fit = (len(labels) // batch_size) * batch_size
-            key = config_name(mode, bits)
             out[f"{name}/{key}"] = {"table_bytes": parameter_report(model)["table_bytes"]}
 
             def epoch(model=model, ds=ds, n=n_fit):
@@ -119,6 +124,54 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
             log(f"speed {name:>8} {key:>10}: {med:,.0f} samples/s wall ({med / fp:.2f}× fp32), "
                 f"{med_cpu:,.0f} samples/CPU-s ({med_cpu / fp_cpu:.2f}× fp32)")
         keras.backend.clear_session()
+    return out
+
+
+def reround_cost(rows: int, dim: int = 16, bits: int = 8, batch_rows: int = 4096, reps: int = 5,
+                 log=print) -> dict[str, float]:
+    """CPU-ms per step of the O(table) pieces on an ``rows × dim`` table (XLA, median of ``reps``).
+
+    ``adam_dense``: Keras' Adam applying a batch's gradient (``batch_rows`` ids) to the float
+    rows, which it densifies (what fp32 training pays too); ``reround_all``: ``rerounded="all"``'s
+    synchronisation and re-rounding of every changed value; ``reround_touched``: re-rounding
+    the ``batch_rows`` rows read.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from mdr_tf.layers.quantized_embedding import QuantizedEmbedding
+
+    q = QuantizedEmbedding(rows, dim, "lpt_sr", bits=bits, seed=0)
+    q.build(None)
+    opt = keras.optimizers.Adam(1e-3)
+    opt.build([q.work])
+    ids = tf.constant(np.random.default_rng(0).integers(0, rows, batch_rows), tf.int32)
+    g = tf.IndexedSlices(tf.random.normal([batch_rows, dim], seed=0), ids, tf.constant([rows, dim]))
+
+    @tf.function(jit_compile=True)
+    def adam_dense():
+        opt.apply([tf.convert_to_tensor(g)], [q.work])
+
+    @tf.function(jit_compile=True)
+    def reround_all():
+        q.sync_work()
+        q.requantize_changed()
+
+    @tf.function(jit_compile=True)
+    def reround_touched():
+        q.requantize(ids)
+
+    out = {}
+    for name, fn in (("adam_dense", adam_dense), ("reround_all", reround_all), ("reround_touched", reround_touched)):
+        fn()
+        ts = []
+        for _ in range(reps):
+            c = time.process_time()
+            fn()
+            ts.append(time.process_time() - c)
+        out[name] = 1e3 * statistics.median(ts)
+        log(f"reround cost: {rows:,} rows × {dim}: {name:>16} {out[name]:8.1f} CPU-ms/step")
     return out
 
 
@@ -203,11 +256,16 @@ def define_flags() -> None:
     flags.DEFINE_string("output_dir", "results/alpt", "Results folder (one trial log per config below it).")
     flags.DEFINE_boolean("speed", True, "Measure training samples/s relative to fp32 (interleaved) and sizes.")
     flags.DEFINE_integer("speed_rounds", 3, "Interleaved rounds (one epoch of every config each).")
+    flags.DEFINE_string("speed_variants", "{}", "JSON {name: [mode, bits, {QuantizedEmbedding overrides}]}: "
+                        "further configurations in the interleaved speed rounds, e.g. "
+                        '\'{"alpt-8-first_pass": ["alpt", 8, {"delta_grad": "first_pass"}]}\'.')
     flags.DEFINE_integer("speed_bits", 8, "Bit width of the speed runs (speed does not depend on it; the "
                          "table shows this figure for every bit width).")
     flags.DEFINE_boolean("accuracy", True, "Run the trials (off: speed only).")
     flags.DEFINE_boolean("include_fp", True, "Run the fp32 trials too (off: split a sweep over processes "
                          "by bit width, the fp32 trials run by one of them).")
+    flags.DEFINE_list("reround_cost_rows", [], "Table sizes (rows) at which to time the per-step O(table) "
+                      "pieces (dense Adam, rerounded='all', 'touched'); results in reround_cost.json.")
     flags.DEFINE_boolean("aggregate_only", False, "Rebuild the table from the trial logs without training.")
 
 
@@ -240,13 +298,18 @@ def _main(f: flags.FlagValues) -> None:
     speed_path = os.path.join(f.output_dir, "speed.json")
     if f.speed and not f.aggregate_only:
         schema = Schema.load(prepare_dataset(f.dataset, f.data_dir, f.raw_path, _parse_options(f.dataset_options)))
+        variants = {k: (v[0], int(v[1]), dict(v[2] if len(v) > 2 else {}))
+                    for k, v in json.loads(f.speed_variants).items()}
         speeds = speed(schema, f.models, configs(f.modes, [f.speed_bits]), quant, f.batch_size,
-                       f.steps_per_execution, f.speed_rounds)
+                       f.steps_per_execution, f.speed_rounds, variants=variants)
         speeds.update(sizes(schema, f.models, [int(b) for b in f.bits], quant))
         _atomic_write(speed_path, json.dumps(speeds, indent=2) + "\n")
     elif os.path.exists(speed_path):
         with open(speed_path) as fh:
             speeds = json.load(fh)
+    if f.reround_cost_rows and not f.aggregate_only:
+        costs = {str(r): reround_cost(int(r), f.embedding_dim) for r in f.reround_cost_rows}
+        _atomic_write(os.path.join(f.output_dir, "reround_cost.json"), json.dumps(costs, indent=2) + "\n")
     md, csv = table(rows_by_cfg, f.models, cfgs, speeds)
     title = (f"# ALPT / LPT on {f.dataset}: test metrics, mean ± std over {f.trials} trials, {f.epochs} epochs\n\n")
     _atomic_write(os.path.join(f.output_dir, "table.md"), title + md)

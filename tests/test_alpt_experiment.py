@@ -33,3 +33,11 @@ def test_table_compares_every_config_with_fp32():
     assert "| 120 | 500 | 0.80× | 3 |" in lines[3]
     p = float(csv.splitlines()[2].split(",")[7])
     assert 0 < p < 0.01  # Welch's t-test: clearly different
+
+
+def test_reround_cost_times_the_three_table_updates():
+    from experiments.alpt import reround_cost
+
+    out = reround_cost(200, 4, batch_rows=16, reps=1, log=lambda s: None)
+    assert set(out) == {"adam_dense", "reround_all", "reround_touched"}
+    assert all(v >= 0 and v == v for v in out.values())

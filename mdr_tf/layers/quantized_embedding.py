@@ -9,8 +9,10 @@ training, LPT) keeps no float copy of the table between steps. Per batch:
 2. the model's optimizer updates the float rows ``w = ê − opt(g)`` (and the dense layers);
 3. ALPT only: a second forward/backward on the same batch with rows ``Δ·Q_D(w; Δ)``,
    whose LSQ gradient updates only ``Δ`` (own optimizer of the same type, rate ``η_Δ``);
-4. re-quantise the touched rows ``Ẽ_x ← Q(w_x; Δ_x)`` (stochastic rounding for LPT-SR
-   and ALPT, deterministic for LPT-DR).
+4. re-quantise ``Ẽ_x ← Q(w_x; Δ_x)`` (stochastic rounding for LPT-SR and ALPT,
+   deterministic for LPT-DR): by default every value whose float changed (mpe: the whole
+   table, as the dense optimizer's momentum moves rows the batch did not read), or only
+   the batch's rows (``rerounded="touched"``, Hetu).
 
 ``Q_R(w; Δ) = clip(R(w/Δ), q_n, q_p)`` with ``R_D(z) = ⌊z + ½⌋`` and
 ``R_S(z) = ⌊z + u⌋``, ``u ~ U[0, 1)`` (so ``E[R_S(z)] = z``).
@@ -19,16 +21,19 @@ Where the two available code bases disagree (the author's PyTorch baseline ``mpe
 Hetu's re-implementation; ``/work/shared/reference/more-seeds.md`` §1.3) the choice is an
 argument: ``step`` (Δ per row, default, or per table), ``grad_scale`` (LSQ per row
 ``1/√(d·q_p)``, default; Hetu's ``1/√(B·d·q_p)``; mpe's ``1/√(2^{m−1}·n·d)``),
-``delta_init`` (mpe's ``2·mean|E₀|/√(2^{m−1})``, default, or a constant), re-rounded rows
-(only the batch's, as Hetu), ``delta_lr`` (η_Δ, mpe's 1e-6 default). See
-docs/models/alpt.md.
+``delta_init`` (mpe's ``2·mean|E₀|/√(2^{m−1})``, default, or a constant), ``rerounded``
+(the whole table, as mpe, default; or only the batch's rows, as Hetu), ``delta_lr`` (η_Δ,
+mpe's 1e-6 default). ``delta_grad`` (ours) can replace the second pass by a closed form
+from the first pass's gradient (not the default). See docs/models/alpt.md.
 
 Implementation notes: ``MultiDomainModel.train_step`` runs steps 1-4 (``lpt_train_step``);
 the float rows ``w`` live in a scratch variable that the model's optimizer updates but
 that is not a model weight (it is never saved or exported: ``.keras`` files and
-SavedModels hold ``codes`` — int8 for ≤ 8 bits, else int16 — and ``delta``). Only the
-rows a step reads are synchronised into the scratch and re-quantised; the others' codes
-and Δ stay bit-identical. Stochastic rounding draws ``u`` from a counter-based hash of
+SavedModels hold ``codes`` — int8 for ≤ 8 bits, else int16 — and ``delta``). With
+``rerounded="all"`` every step sets the scratch to ``Δ·Ẽ`` first and re-quantises every
+changed value at its end (dense, elementwise); with ``"touched"`` only the rows a step
+reads are synchronised and re-quantised, and the others' codes and Δ stay bit-identical.
+Rows no batch has read stay bit-identical in both. Stochastic rounding draws ``u`` from a counter-based hash of
 (row, column, step seed), so duplicate occurrences of a row in a batch round identically.
 """
 
@@ -46,6 +51,7 @@ from keras import ops
 PRECISIONS = ("fp", "lpt_dr", "lpt_sr", "alpt")
 STEPS = ("row", "table")
 GRAD_SCALES = ("lsq", "hetu", "mpe", "none")
+DELTA_GRADS = ("second_pass", "first_pass")
 
 
 def qrange(bits: int) -> tuple[int, int]:
@@ -147,8 +153,8 @@ class QuantizedEmbedding(keras.layers.Layer):
     """An embedding table stored as ``bits``-bit integers plus step size Δ (LPT / ALPT).
 
     ``lookup(rows)`` returns ``Δ_rows·Ẽ_rows`` (float32). In a training step
-    (``training_pass``) lookups also record the rows read, so that the step updates and
-    re-quantises exactly those rows. Paper: Li et al., "Adaptive Low-Precision Training
+    (``training_pass``) lookups also record the rows read (the rows whose Δ ALPT updates,
+    and the rows re-quantised with ``rerounded="touched"``). Paper: Li et al., "Adaptive Low-Precision Training
     for Embeddings in Click-Through Rate Prediction", AAAI 2023.
 
     Args:
@@ -166,9 +172,23 @@ class QuantizedEmbedding(keras.layers.Layer):
       rounding: re-quantisation rounding, "stochastic" or "deterministic"; default by
         precision (LPT-DR deterministic, LPT-SR and ALPT stochastic). Also used at build.
       min_delta: lower bound kept on Δ after each ALPT update.
-      rerounded: rows re-quantised after each step: "touched" (the rows the batch read,
-        Hetu; default) or "all" (the whole table, mpe: the optimizer's momentum then also
-        moves rows the batch did not read, as in float training).
+      rerounded: which float rows are re-quantised after each step. "all" (default; mpe,
+        the author's code): every value of the table whose float value changed (rows the
+        batch did not read move too, by the optimizer's momentum, exactly as in float
+        training with Keras' dense Adam; a value whose float equals its stored value keeps
+        its integer). "touched" (Hetu): only the rows the batch read; their float rows are
+        reset from the integers when next read, so the momentum part of the dense
+        optimizer's update on unread rows is discarded (Hetu pairs it with a sparse
+        optimizer; with Keras' Adam it lost ≈ 0.007 AUC at 8 and 16 bits on ML-100k, but
+        rounds less often and measured better at 2-4 bits; docs/models/alpt.md).
+      delta_grad: how ALPT's step 3 gets Δ's gradient. "second_pass" (default; both code
+        bases): a second forward/backward on the same batch after the float update, with
+        rows ``Δ·Q_D(w; Δ)`` and the updated dense weights; only the gradient towards Δ is
+        taken (no weight gradients are formed). "first_pass" (ours, not in the sources):
+        the closed form ``s·Σ_d G_{x,d}·∂(Δ·Q_D(w_x; Δ_x))/∂Δ_x`` with ``G = ∂L/∂ê`` of the
+        first pass summed per row, i.e. the second pass's gradient with the pre-update
+        dense weights and rows; no second pass (LPT's speed). ``grad_scale="hetu"`` then
+        uses B = all rows read by the batch.
       init_stddev: the float table ``E₀`` quantised at build is N(0, init_stddev²)
         (mpe: 0.003); None uses ``embeddings_initializer`` instead (mdr_tf's float
         default N(0, 1e-4²) would give Δ₀ ≈ 1e-5 at 8 bits, a range of ±0.002, far below
@@ -180,7 +200,7 @@ class QuantizedEmbedding(keras.layers.Layer):
     def __init__(self, input_dim: int, output_dim: int, precision: str = "alpt", bits: int = 8,
                  step: str = "row", grad_scale: str = "lsq", delta_init: Any = "mpe", delta_lr: float = 1e-6,
                  rounding: str | None = None, min_delta: float = 1e-10, init_stddev: float | None = 0.003,
-                 rerounded: str = "touched",
+                 rerounded: str = "all", delta_grad: str = "second_pass",
                  embeddings_initializer: Any = "random_normal", seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if precision not in PRECISIONS or precision == "fp":
@@ -203,6 +223,9 @@ class QuantizedEmbedding(keras.layers.Layer):
         if rerounded not in ("touched", "all"):
             raise ValueError(f"QuantizedEmbedding: rerounded must be touched or all, got {rerounded!r}")
         self.rerounded = rerounded
+        if delta_grad not in DELTA_GRADS:
+            raise ValueError(f"QuantizedEmbedding: delta_grad must be one of {DELTA_GRADS}, got {delta_grad!r}")
+        self.delta_grad = delta_grad
         self.init_stddev = None if init_stddev is None else float(init_stddev)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.seed = seed
@@ -261,8 +284,9 @@ class QuantizedEmbedding(keras.layers.Layer):
             return self.dequantize(rows)
         self._touched.append(ops.reshape(rows, [-1]))
         if self._source == "work":
-            flat = tf.reshape(rows, [-1])
-            self.work.value.scatter_update(tf.IndexedSlices(self.dequantize(flat), flat))
+            if self.rerounded == "touched":  # "all": the step synchronised every float row first
+                flat = tf.reshape(rows, [-1])
+                self.work.value.scatter_update(tf.IndexedSlices(self.dequantize(flat), flat))
             return ops.take(self.work, rows, axis=0)
         # "lsq": ALPT's second pass, Δ·Q_D(w; Δ) with the LSQ gradient towards Δ.
         w = ops.take(self.work, rows, axis=0)
@@ -313,6 +337,40 @@ class QuantizedEmbedding(keras.layers.Layer):
         q = quantize(w, self._delta_of(rows), self.bits, self.stochastic, u)
         self.codes.value.scatter_update(tf.IndexedSlices(tf.cast(q, self.codes.dtype), rows))
 
+    def delta_gradient_from_rows(self, g_work, n_read=None):
+        """Δ's LSQ gradient in closed form from ``G = ∂L/∂w`` (``[n, d]``, summed per row).
+
+        ``∂/∂Δ_x = s·Σ_d G_{x,d}·dd(w_{x,d}/Δ_x)`` with ``dd = R_D(z) − z`` inside the range,
+        ``q_n`` / ``q_p`` at or beyond it (the gradient ``lsq_fake_quant`` passes back), summed
+        over the whole table for a per-table Δ. Rows with ``G = 0`` contribute nothing.
+        """
+        qn, qp = (float(v) for v in qrange(self.bits))
+        z = self.work.value / self.delta.value
+        inside = tf.logical_and(z > qn, z < qp)
+        dd = tf.where(inside, tf.clip_by_value(tf.floor(z + 0.5), qn, qp) - z, tf.where(z <= qn, qn, qp))
+        gd = g_work * dd * self._grad_scale(n_read)
+        if self.step == "row":
+            return tf.reduce_sum(gd, axis=1, keepdims=True)
+        return tf.reshape(tf.reduce_sum(gd), [1, 1])
+
+    def requantize_changed(self) -> None:
+        """Step 4 with ``rerounded="all"``: re-quantise every value whose float value changed.
+
+        ``Ẽ ← Q(w; Δ)`` where ``w ≠ Δ·Ẽ`` (with the current Δ), else ``Ẽ`` is kept; then the
+        float rows are set to the stored values again. Dense and elementwise over the table
+        (no gather/scatter): O(n·d) per step, like the dense optimizer update before it.
+        Keeping unchanged values matters for stochastic rounding: ``(Δ·c)/Δ`` may fall an
+        ulp below the integer ``c`` and ``⌊z + u⌋`` would then flip it with probability ≈ ulp.
+        """
+        w = self.work.value
+        codes = ops.cast(self.codes.value, "float32")
+        delta = self.delta.value  # [n, 1] or [1, 1]: broadcasts over the table
+        u = (hash_uniform(tf.range(self.input_dim), self.output_dim, self.seed_generator.next())
+             if self.stochastic else None)
+        q = tf.where(tf.equal(w, codes * delta), codes, quantize(w, delta, self.bits, self.stochastic, u))
+        self.codes.assign(tf.cast(q, self.codes.dtype))
+        self.work.assign(q * delta)
+
     def make_delta_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
         """ALPT's Δ optimizer: the model optimizer's class and settings with rate ``delta_lr``."""
         cfg = dict(optimizer.get_config())
@@ -342,7 +400,7 @@ class QuantizedEmbedding(keras.layers.Layer):
             "input_dim": self.input_dim, "output_dim": self.output_dim, "precision": self.precision,
             "bits": self.bits, "step": self.step, "grad_scale": self.grad_scale, "delta_init": self.delta_init,
             "delta_lr": self.delta_lr, "rounding": self.rounding, "min_delta": self.min_delta,
-            "init_stddev": self.init_stddev, "rerounded": self.rerounded,
+            "init_stddev": self.init_stddev, "rerounded": self.rerounded, "delta_grad": self.delta_grad,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer), "seed": self.seed,
         })
         return config
@@ -352,9 +410,10 @@ class QuantizedEmbedding(keras.layers.Layer):
         self.sync_work()
 
     def sync_work(self) -> None:
-        """Sets every float row to its stored value ``Δ·Ẽ`` (after loading weights)."""
+        """Sets every float row to its stored value ``Δ·Ẽ`` (after loading weights; and at the
+        start of every step with ``rerounded="all"``)."""
         if self.work is not None:
-            self.work.assign(self.dequantize(tf.range(self.input_dim)))
+            self.work.assign(ops.cast(self.codes.value, "float32") * self.delta.value)
 
 
 def check_single_replica() -> None:
@@ -368,8 +427,9 @@ def check_single_replica() -> None:
 def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str, Any]:
     """One LPT / ALPT training step of ``model`` whose embedding table is ``q`` (steps 1-4 above).
 
-    Keras' ``train_step`` plus: the optimizer also updates the float rows read by the
-    batch; ALPT's second pass updates Δ; the rows read are re-quantised.
+    Keras' ``train_step`` plus: the optimizer also updates the float rows; ALPT's second
+    pass (or its closed form, ``delta_grad="first_pass"``) updates Δ of the rows read; the
+    changed values (``rerounded="all"``) or the rows read (``"touched"``) are re-quantised.
     """
     from keras.src.trainers.data_adapters import data_adapter_utils
     from keras.src import tree
@@ -377,6 +437,10 @@ def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str,
     check_single_replica()
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
     batch = tf.shape(next(i for i in tree.flatten(x) if i is not None))[0]
+    if q.rerounded == "all":
+        # every step starts from the stored table (also after weights were set between steps,
+        # e.g. early stopping's restore); the batch's lookups then read the float rows directly
+        q.sync_work()
     with q.training_pass("work") as touched:
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
@@ -387,16 +451,22 @@ def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str,
     grads = tape.gradient(loss, variables)
     model.optimizer.apply(grads, variables)
     rows = tf.concat(touched, axis=0)
-    if q.precision == "alpt":
+    if q.precision == "alpt" and q.delta_grad == "first_pass":
+        g_work = tf.convert_to_tensor(grads[-1])  # IndexedSlices → dense, summed per row
+        factor = getattr(model.optimizer, "loss_scale_factor", None)
+        g_work = g_work / factor if factor else g_work
+        q.update_delta(q.delta_gradient_from_rows(g_work, tf.size(rows)), rows)
+    elif q.precision == "alpt":
         with q.training_pass("lsq"):
-            with tf.GradientTape() as tape2:
+            # only Δ is watched: the backward pass forms activation gradients down to the
+            # lookups and Δ's LSQ term, no dense-weight or float-row gradients
+            with tf.GradientTape(watch_accessed_variables=False) as tape2:
                 tape2.watch(q.delta.value)
                 y2 = model(x, training=True)
                 loss2 = model._compute_loss(x=x, y=y, y_pred=y2, sample_weight=sample_weight, training=True)
         q.update_delta(tape2.gradient(loss2, q.delta.value), rows)
     if q.rerounded == "all":
-        q.requantize(tf.range(q.input_dim))
-        q.work.assign(q.dequantize(tf.range(q.input_dim)))  # the float rows are the stored values again
+        q.requantize_changed()  # and the float rows are the stored values again
     else:
         q.requantize(rows)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

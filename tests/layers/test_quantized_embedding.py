@@ -97,7 +97,8 @@ def test_delta_gradient_matches_closed_form_in_three_regions(bits):
 # --- the training step -------------------------------------------------------------------
 @pytest.mark.parametrize("precision,bits", [("lpt_dr", 2), ("lpt_sr", 4), ("alpt", 2), ("alpt", 8)])
 def test_every_step_keeps_the_grid_and_leaves_unread_rows_alone(synth_schema, precision, bits):
-    m = _model(synth_schema, precision, bits, delta_lr=1e-3 if bits == 2 else 1e-5)
+    # rerounded="touched" (Hetu): only the batch's rows are re-quantised
+    m = _model(synth_schema, precision, bits, delta_lr=1e-3 if bits == 2 else 1e-5, rerounded="touched")
     q = m.embedding.quantized
     qn, qp = qrange(bits)
     assert q.codes.dtype == ("int8" if bits <= 8 else "int16")
@@ -243,3 +244,162 @@ def test_rerounding_the_whole_table_moves_unread_rows_by_momentum(synth_schema):
     m.train_on_batch(x2, y2)
     assert (q.codes.numpy()[moved] != codes0[moved]).any()  # Adam's momentum reaches them (mpe)
     np.testing.assert_array_equal(q.work.numpy(), q.codes.numpy() * q.delta.numpy())
+
+
+# --- rerounded="all" (the default), the step's cost-saving forms ---------------------------
+def _two_pass_reference_step(model, q, data):
+    """ALPT's step as first written: the second pass's tape watches every variable it reads."""
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
+    q.sync_work()
+    with q.training_pass("work") as touched, tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw, training=True)
+    variables = list(model.trainable_variables) + [q.work]
+    model.optimizer.apply(tape.gradient(loss, variables), variables)
+    rows = tf.concat(touched, axis=0)
+    with q.training_pass("lsq"), tf.GradientTape() as tape2:
+        tape2.watch(q.delta.value)
+        loss2 = model._compute_loss(x=x, y=y, y_pred=model(x, training=True), sample_weight=sw, training=True)
+    q.update_delta(tape2.gradient(loss2, q.delta.value), rows)
+    q.requantize_changed()
+    return {}
+
+
+def test_delta_only_second_pass_equals_the_full_two_pass_step(synth_schema):
+    import types
+
+    fast = _model(synth_schema, "alpt", 4, delta_lr=1e-3)
+    ref = _model(synth_schema, "alpt", 4, delta_lr=1e-3)
+    q_ref = ref.embedding.quantized
+    ref.train_step = types.MethodType(lambda self, data: _two_pass_reference_step(self, q_ref, data), ref)
+    d0 = fast.embedding.quantized.delta.numpy().copy()
+    for step in range(3):
+        x, y = _batch(synth_schema, 32, seed=step)
+        fast.train_on_batch(x, y)
+        ref.train_on_batch(x, y)
+    qf = fast.embedding.quantized
+    np.testing.assert_array_equal(qf.codes.numpy(), q_ref.codes.numpy())
+    np.testing.assert_array_equal(qf.delta.numpy(), q_ref.delta.numpy())
+    for a, b in zip(fast.trainable_variables, ref.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert np.mean(qf.delta.numpy() != d0) > 0.1  # control: Δ did learn
+
+
+@pytest.mark.parametrize("precision,bits", [("lpt_sr", 4), ("alpt", 8)])
+def test_whole_table_rerounding_keeps_the_grid_and_never_read_rows(synth_schema, precision, bits):
+    m = _model(synth_schema, precision, bits, delta_lr=1e-5)
+    q = m.embedding.quantized
+    assert q.rerounded == "all"  # the default
+    qn, qp = qrange(bits)
+    codes_init, delta_init = q.codes.numpy().copy(), q.delta.numpy().copy()
+    ever_read: set = set()
+    for step in range(3):
+        x, y = _batch(synth_schema, 32, seed=step)
+        m.train_on_batch(x, y)
+        ever_read |= _rows_read(m, x)
+        codes, delta = q.codes.numpy(), q.delta.numpy()
+        assert qn <= codes.min() and codes.max() <= qp
+        np.testing.assert_array_equal(q.work.numpy(), codes * delta)  # float rows = stored values
+        never = np.setdiff1d(np.arange(q.input_dim), sorted(ever_read))
+        assert len(never) > 0
+        np.testing.assert_array_equal(codes[never], codes_init[never])  # no gradient, no momentum: identical
+        np.testing.assert_array_equal(delta[never], delta_init[never])
+    read = sorted(ever_read)
+    assert (codes[read] != codes_init[read]).any(axis=1).mean() > 0.5  # control: rows read move
+
+
+def test_touched_rerounding_discards_the_momentum_of_unread_rows(synth_schema):
+    """The mechanism behind "touched"'s accuracy loss: a row read at step 1 only does not move at step 2."""
+    moved = {}
+    for mode in ("all", "touched"):
+        m = _model(synth_schema, "lpt_dr", 8, rerounded=mode)
+        q = m.embedding.quantized
+        x, y = _batch(synth_schema, 32, seed=0)
+        m.train_on_batch(x, y)
+        x2, y2 = _batch(synth_schema, 32, seed=1)
+        only_first = sorted(_rows_read(m, x) - _rows_read(m, x2))
+        codes0 = q.codes.numpy().copy()
+        m.train_on_batch(x2, y2)
+        moved[mode] = (q.codes.numpy()[only_first] != codes0[only_first]).mean()
+    assert moved["touched"] == 0.0 and moved["all"] > 0.05, moved
+
+
+def test_unchanged_values_keep_their_integer_under_stochastic_rounding():
+    from mdr_tf.layers.quantized_embedding import QuantizedEmbedding
+
+    q = QuantizedEmbedding(400, 16, "lpt_sr", bits=8, step="row", seed=3)
+    q.build(None)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-128, 128, (400, 16)).astype("int8")
+    delta = rng.uniform(1e-4, 1e-2, (400, 1)).astype("float32")
+    q.codes.assign(codes)
+    q.delta.assign(delta)
+    q.sync_work()
+    w = q.work.numpy()
+    below = (w / delta) < codes  # (Δ·c)/Δ lands an ulp under c: ⌊z + u⌋ would give c − 1 for u ≈ 0
+    assert below.any()  # control: the case exists
+    np.testing.assert_array_equal(quantize(w, delta, 8, stochastic=True, u=np.zeros_like(w)).numpy()[below],
+                                  codes[below] - 1)
+    for _ in range(3):
+        q.requantize_changed()
+        np.testing.assert_array_equal(q.codes.numpy(), codes)
+    q.work.assign(w + delta)  # a changed value is re-rounded: c + 1 (or c + 1 ± rounding at the range's edge)
+    q.requantize_changed()
+    changed = np.clip(codes.astype(int) + 1, -128, 127)
+    assert np.mean(q.codes.numpy() == changed) > 0.99
+
+
+def test_each_step_starts_from_the_stored_table(synth_schema):
+    """Weights set between steps (early stopping's restore) are what the next step updates."""
+    m = _model(synth_schema, "lpt_dr", 8)
+    q = m.embedding.quantized
+    x, y = _batch(synth_schema, 32, seed=0)
+    m.train_on_batch(x, y)
+    saved = m.get_weights()
+    m.train_on_batch(*_batch(synth_schema, 32, seed=1))
+    m.set_weights(saved)  # codes back to step 1; the float rows are still those of step 2
+    assert (q.work.numpy() != q.codes.numpy() * q.delta.numpy()).any()
+    m.optimizer.learning_rate.assign(0.0)  # a step that moves nothing
+    m.train_on_batch(*_batch(synth_schema, 32, seed=2))
+    np.testing.assert_array_equal(q.codes.numpy(), saved[[w.path for w in m.weights].index(q.codes.path)])
+
+
+def test_first_pass_delta_gradient_is_the_lsq_closed_form(synth_schema):
+    from mdr_tf.layers.quantized_embedding import QuantizedEmbedding
+
+    for step in ("row", "table"):
+        q = QuantizedEmbedding(50, 4, "alpt", bits=2, step=step, seed=0)
+        q.build(None)
+        rng = np.random.default_rng(1)
+        q.work.assign(rng.normal(0, 0.01, (50, 4)).astype("float32"))
+        rows = tf.constant(rng.integers(0, 50, 80), tf.int32)  # with duplicates
+        g = tf.constant(rng.normal(size=(80, 4)).astype("float32"))
+        with tf.GradientTape() as tape:
+            tape.watch(q.delta.value)
+            out = lsq_fake_quant(tf.gather(q.work, rows), q._delta_of(rows), q.bits, q._grad_scale())
+            loss = tf.reduce_sum(out * g)
+        want = tf.convert_to_tensor(tape.gradient(loss, q.delta.value)).numpy()
+        g_rows = tf.math.unsorted_segment_sum(g, rows, 50)
+        np.testing.assert_allclose(q.delta_gradient_from_rows(g_rows).numpy(), want, rtol=1e-5, atol=1e-7)
+        assert np.abs(want).max() > 0
+
+
+def test_first_pass_delta_runs_one_forward_and_learns_delta(synth_schema):
+    calls = {}
+    for mode in ("second_pass", "first_pass"):
+        m = _model(synth_schema, "alpt", 4, delta_lr=1e-3, delta_grad=mode)
+        q = m.embedding.quantized
+        n = [0]
+        call = m.call
+        m.call = lambda *a, n=n, call=call, **k: (n.__setitem__(0, n[0] + 1), call(*a, **k))[1]
+        d0 = q.delta.numpy().copy()
+        x, y = _batch(synth_schema, 32, seed=0)
+        m.train_on_batch(x, y)
+        calls[mode] = n[0]
+        read = sorted(_rows_read(m, x))
+        assert np.mean(q.delta.numpy()[read] != d0[read]) > 0.9, mode
+    assert calls["second_pass"] == 2 * calls["first_pass"], calls  # traced forwards per step
+    with pytest.raises(ValueError, match="delta_grad"):
+        _model(synth_schema, "alpt", 4, delta_grad="both")
