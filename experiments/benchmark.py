@@ -207,6 +207,59 @@ def bench_serving(model_name: str, schema, batch_sizes: Sequence[int], repeats: 
     return res
 
 
+def bench_relative_cost(model_names: Sequence[str], schema, batch_size: int, rounds: int, steps_per_execution: int,
+                        jit: Any, baseline: str = "dnn") -> dict[str, dict[str, float]]:
+    """Cost per training sample of each model ÷ the baseline's, all in one process.
+
+    Every model (and the baseline) trains on the default path (``tfrecord_fused``, as
+    ``bench_train``); each round runs one epoch of every model in turn, so a slow spell of
+    the shared machine hits them alike. Reports the median seconds per epoch of each and
+    the ratio of medians ``median(model) / median(baseline)`` (cost per sample ÷ DNN's).
+    """
+    import keras
+
+    from mdr_tf import registry
+    from mdr_tf.data import in_memory_index_batches
+    from mdr_tf.fused import install_on_columns
+    from mdr_tf.training import TrainConfig, compile_model
+
+    names = [baseline] + [m for m in model_names if m != baseline]
+    epochs: dict[str, Callable[[], int]] = {}
+    keras.backend.clear_session()
+    for name in names:
+        keras.utils.set_random_seed(0)
+        model = registry.get(name).build(schema)
+        model.build()
+        compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1, jit_compile=jit))
+
+        def index_blocks():
+            return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
+                                           domains=list(range(schema.num_domains)),
+                                           label_key=schema.label_keys[0], drop_remainder=True)
+
+        feats, labels, _ = index_blocks()
+        n_fit = (len(labels) // batch_size) * batch_size
+        install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
+        ds = index_blocks()[2].batch(steps_per_execution)
+
+        def epoch(model=model, ds=ds, n_fit=n_fit):
+            model.fit(ds, epochs=1, verbose=0)
+            return n_fit
+
+        epoch()  # compile + warm-up
+        epochs[name] = epoch
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name, epoch in epochs.items():
+            t = time.perf_counter()
+            epoch()
+            seconds[name].append(time.perf_counter() - t)
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {s[-1]:.2f}s" for n, s in seconds.items()), flush=True)
+    base = statistics.median(seconds[baseline])
+    return {n: {"median_epoch_s": statistics.median(s), f"cost_vs_{baseline}": statistics.median(s) / base}
+            for n, s in seconds.items()}
+
+
 def define_flags() -> None:
     flags.DEFINE_string("dataset", "ml100k", "Registered dataset name.")
     flags.DEFINE_string("data_dir", "data", "Root of prepared datasets.")
@@ -225,6 +278,8 @@ def define_flags() -> None:
     flags.DEFINE_boolean("cost_ratio", False, "Only the cost per training sample relative to the DNN: the DNN and "
                          "--models trained in alternating epochs in one process (--repeats rounds, first of "
                          "--sources); prints the ratios of the medians.")
+    flags.DEFINE_integer("relative_cost_rounds", 0, "If > 0: only the relative-cost mode (bench_relative_cost): "
+                         "this many interleaved rounds of one epoch per model, cost per sample ÷ the DNN's.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -235,6 +290,21 @@ def main(argv: Sequence[str]) -> None:
 
     schema = Schema.load(prepare_dataset(FLAGS.dataset, FLAGS.data_dir, None, _parse_options(FLAGS.dataset_options)))
     jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
+    if FLAGS.relative_cost_rounds > 0:
+        print(f"# relative cost on {FLAGS.dataset}, batch {FLAGS.batch_size}, {FLAGS.relative_cost_rounds} "
+              f"interleaved rounds (one epoch per model each)", flush=True)
+        rel = bench_relative_cost(FLAGS.models, schema, FLAGS.batch_size, FLAGS.relative_cost_rounds,
+                                  FLAGS.steps_per_execution, jit)
+        for name, r in rel.items():
+            print(f"{name:>14}: median epoch {r['median_epoch_s']:.3f} s, {r['cost_vs_dnn']:.2f}× the DNN's cost "
+                  f"per sample", flush=True)
+        if FLAGS.output:
+            tmp = FLAGS.output + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"versions": _versions(), "relative_cost": rel, "batch_size": FLAGS.batch_size,
+                           "rounds": FLAGS.relative_cost_rounds}, f, indent=2)
+            os.replace(tmp, FLAGS.output)
+        return
     results: dict[str, Any] = {"versions": _versions(), "dataset": FLAGS.dataset,
                                "train_examples": sum(schema.counts("train")), "batch_size": FLAGS.batch_size,
                                "repeats": FLAGS.repeats}

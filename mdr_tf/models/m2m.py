@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from mdr_tf.layers.experts import FieldTransformer, MetaAttention, MetaDense, StackedMLP
+from mdr_tf.layers.experts import StackedMLP
+from mdr_tf.layers.mechanisms.m2m import FieldTransformer, MetaAttention, MetaDense
 from mdr_tf.layers.mlp import DomainMLP
 from mdr_tf.models.base import MultiDomainModel
 

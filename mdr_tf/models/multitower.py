@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from mdr_tf.layers.experts import CGCLevel, StackedMLP, mix_experts
+from mdr_tf.layers.experts import StackedMLP, mix_experts
+from mdr_tf.layers.mechanisms.ple import CGCLevel
 from mdr_tf.layers.mlp import DomainMLP
 from mdr_tf.models.base import MultiDomainModel
 
