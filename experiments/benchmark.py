@@ -260,6 +260,71 @@ def bench_relative_cost(model_names: Sequence[str], schema, batch_size: int, rou
             for n, s in seconds.items()}
 
 
+def bench_op_profile(model_name: str, schema, batch_size: int, steps: int, depth: int, dump_dir: str
+                     ) -> dict[str, float]:
+    """Where one XLA-compiled training step's time goes: ms per step by model part.
+
+    Runs ``steps`` forward + backward steps (``GradientTape``, XLA) of ``model_name`` on
+    one training batch under ``tf.profiler``, reads the per-HLO-op events of the trace and
+    maps each op to the Keras layer path that emitted it (the ``op_name`` metadata of the
+    optimised HLO in ``dump_dir``, written because ``main`` sets ``XLA_FLAGS`` first).
+    Keys: "fwd|grad <layer path, ``depth`` levels>"; op time summed over the CPU threads.
+    """
+    import collections
+    import glob
+    import re
+
+    import keras
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from mdr_tf import registry
+    from mdr_tf.data import load_arrays
+
+    x, y = load_arrays(schema, "train")
+    xb = {k: tf.constant(v[:batch_size]) for k, v in x.items()}
+    yb = tf.constant(y[:batch_size].reshape(-1, 1).astype("float32"))
+    keras.utils.set_random_seed(0)
+    model = registry.get(model_name).build(schema)
+    model.build()
+
+    @tf.function(jit_compile=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.binary_crossentropy(y, model(x, training=True), from_logits=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    for _ in range(3):
+        step(xb, yb)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        tf.profiler.experimental.start(trace_dir)
+        for _ in range(steps):
+            out = step(xb, yb)
+        tf.convert_to_tensor(out[-1]).numpy()
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1], "rb") as f:
+            space.ParseFromString(f.read())
+    modules = [p for p in glob.glob(f"{dump_dir}/*after_optimizations.txt") if "step" in p]
+    meta = {}
+    with open(max(modules, key=os.path.getsize)) as f:
+        for line in f:
+            m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name="([^"]+)"', line)
+            if m:
+                meta[m.group(1)] = m.group(2)
+    parts: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for ev in line.events:
+                op = meta.get(plane.event_metadata[ev.metadata_id].name)
+                if op is None:
+                    continue
+                path = [p for p in re.sub(r"^.*?step/", "", op).split("/") if p != "gradient_tape"][1:1 + depth]
+                kind = "grad" if "gradient" in op.lower() else "fwd"
+                parts[f"{kind} {'/'.join(path) or '(model)'}"] += ev.duration_ps / 1e9 / steps
+    return dict(parts.most_common())
+
+
 def define_flags() -> None:
     flags.DEFINE_string("dataset", "ml100k", "Registered dataset name.")
     flags.DEFINE_string("data_dir", "data", "Root of prepared datasets.")
@@ -278,18 +343,36 @@ def define_flags() -> None:
     flags.DEFINE_boolean("cost_ratio", False, "Only the cost per training sample relative to the DNN: the DNN and "
                          "--models trained in alternating epochs in one process (--repeats rounds, first of "
                          "--sources); prints the ratios of the medians.")
+    flags.DEFINE_string("profile_ops", None, "If set: only the per-part op profile (bench_op_profile) of this model.")
+    flags.DEFINE_integer("profile_depth", 1, "Layer-path levels of the op profile's parts.")
     flags.DEFINE_integer("relative_cost_rounds", 0, "If > 0: only the relative-cost mode (bench_relative_cost): "
                          "this many interleaved rounds of one epoch per model, cost per sample ÷ the DNN's.")
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    if FLAGS.profile_ops:  # before TensorFlow compiles anything: dump the optimised HLO (op → layer names)
+        dump_dir = tempfile.mkdtemp(prefix="hlo_")
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump_dir} --xla_dump_hlo_as_text"
     import mdr_tf  # noqa: F401
     from experiments.run import _parse_options, _versions, prepare_dataset
     from mdr_tf.schema import Schema
 
     schema = Schema.load(prepare_dataset(FLAGS.dataset, FLAGS.data_dir, None, _parse_options(FLAGS.dataset_options)))
     jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
+    if FLAGS.profile_ops:
+        prof = bench_op_profile(FLAGS.profile_ops, schema, FLAGS.batch_size, 50, FLAGS.profile_depth, dump_dir)
+        total = sum(prof.values())
+        print(f"# {FLAGS.profile_ops}: XLA train step (fwd + grad), batch {FLAGS.batch_size}, op time "
+              f"{total:.2f} ms/step summed over threads", flush=True)
+        by_part: dict[str, float] = {}
+        for key, ms in prof.items():
+            part = key.split(" ", 1)[1].split("/")[0]
+            by_part[part] = by_part.get(part, 0.0) + ms
+        print("by part: " + ", ".join(f"{p} {v / total:.0%}" for p, v in sorted(by_part.items(), key=lambda kv: -kv[1])))
+        for key, ms in list(prof.items())[:25]:
+            print(f"  {ms:7.3f} ms  {100 * ms / total:5.1f}%  {key}")
+        return
     if FLAGS.relative_cost_rounds > 0:
         print(f"# relative cost on {FLAGS.dataset}, batch {FLAGS.batch_size}, {FLAGS.relative_cost_rounds} "
               f"interleaved rounds (one epoch per model each)", flush=True)
