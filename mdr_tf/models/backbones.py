@@ -99,7 +99,7 @@ class BackboneModel(MultiDomainModel):
                 schema=self.schema_config, context_dims=self.context_dims, num_fields=self.embedding.num_fields,
                 num_dense=len(self.schema.dense), embedding_dim=self.embedding_dim,
                 embeddings_initializer=self.embeddings_initializer, embedding_l2=self.embedding_l2,
-                name="input_hook", **self.input_hook_config)
+                name="input_hook", dtype=self.dtype_policy, **self.input_hook_config)
             dims.update(self.input_hook_layer.output_dims)
         deep_block_config = dict(self.block_config)
         if kernel_initializer is not None:
@@ -108,23 +108,25 @@ class BackboneModel(MultiDomainModel):
             self.hidden_units, num_domains=self.num_domains, context_dims=dims, block=block,
             block_config=deep_block_config, hook=hook, hook_config=self.hook_config,
             hook_positions=self.hook_positions, hook_on_input=self.hook_on_input, activation=activation,
-            batch_norm=self.batch_norm, dropout=self.dropout, name="deep")
+            batch_norm=self.batch_norm, dropout=self.dropout, name="deep", dtype=self.dtype_policy)
         # A hook class may provide a layer run once per batch before the deep part whose
         # output dict is merged into ctx (HAMUR: the instance core shared by all adapters).
         provider = getattr(hook_class(hook), "context_provider", None) if hook else None
         self.hook_context = provider(self.hook_config, dims, name="hook_context") if provider else None
         self.head = self.make_head()
         if backbone in ("wdl", "deepfm"):
-            self.linear = LinearTerm(self.schema_config, include_domain=self.embed_domain, name="linear")
+            self.linear = LinearTerm(self.schema_config, include_domain=self.embed_domain, name="linear",
+                                     dtype=self.dtype_policy)
         if backbone == "dcn":
             self.cross = CrossNetwork(self.cross_layers, kernel_initializer=kernel_initializer or "glorot_uniform",
-                                      name="cross")
+                                      name="cross", dtype=self.dtype_policy)
         if backbone == "deepfm":
-            self.fm = FactorizationMachine(name="fm")
+            self.fm = FactorizationMachine(name="fm", dtype=self.dtype_policy)
 
     def make_head(self) -> keras.layers.Layer:
         """The output layer (a subclass may return a domain-aware block, e.g. MI-DPG's DWM head)."""
-        return keras.layers.Dense(1, kernel_initializer=self.kernel_initializer or "glorot_uniform", name="head")
+        return keras.layers.Dense(1, kernel_initializer=self.kernel_initializer or "glorot_uniform", name="head",
+                                  dtype=self.dtype_policy)
 
     def apply_head(self, h, ctx, training=None):
         """Runs the output layer on ``h`` (``ctx`` for heads that need it)."""

@@ -80,13 +80,13 @@ class SARNetModel(MultiDomainModel):
         self.scale_initializer = scale_initializer
         self.shift_initializer = shift_initializer
         self.transform = ScenarioFeatureTransform(self.num_domains, scale_initializer, shift_initializer,
-                                                  name="transform")
+                                                  name="transform", dtype=self.dtype_policy)
         self.experts = ScenarioExperts(self.num_domains, self.num_shared_experts, self.num_specific_experts,
                                        self.expert_units, expert_activation, self.expert_batch_norm,
-                                       gate=gate, name="experts")
+                                       gate=gate, name="experts", dtype=self.dtype_policy)
         self.mlp = DomainMLP(self.hidden_units, num_domains=self.num_domains, context_dims=self.context_dims,
-                             activation=activation, name="mlp")
-        self.head = keras.layers.Dense(1, name="head")
+                             activation=activation, name="mlp", dtype=self.dtype_policy)
+        self.head = keras.layers.Dense(1, name="head", dtype=self.dtype_policy)
 
     def compute_logit(self, inputs, ctx, training=None):
         e = self.transform(ctx["all"], ctx["domain"])

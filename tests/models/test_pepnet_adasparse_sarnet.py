@@ -346,3 +346,29 @@ def test_input_hook_registry_rejects_unknown_names(synth_schema):
     assert "epnet" in INPUT_HOOKS and input_hook_class("epnet").__name__ == "EPNetInputHook"
     with pytest.raises(ValueError, match="unknown input hook 'nope'"):
         BackboneModel(synth_schema.to_config(), input_hook="nope")
+
+
+MIXED = {"m2m": dict(expert_units=[8], output_units=[4]), "ple": dict(expert_units=[8], tower_units=[4]),
+         "sarnet": dict(hidden_units=[8], expert_units=4, num_shared_experts=2),
+         "pepnet_dcn": dict(hidden_units=[8, 4], backbone="dcn")}
+
+
+@pytest.mark.parametrize("name", sorted(MIXED))
+def test_mixed_precision_policy_reaches_every_sublayer(name):
+    """Hygiene (issue 12.8): M2M, PLE, SAR-Net and PEPNet-on-DCN give the model's dtype policy to
+    every sublayer; the float16 forward matches float32 with the same weights."""
+    from tests.test_dtype_and_config import SCHEMA, _inputs
+
+    spec = registry.get(name.split("_")[0])
+    m = spec.build(SCHEMA, embedding_dim=4, dtype="mixed_float16", **MIXED[name])
+    m.build()
+    wrong = [(lyr.path, lyr.dtype_policy.name) for lyr in m._flatten_layers(include_self=False)
+             if lyr.dtype_policy.name != "mixed_float16"]
+    assert not wrong, wrong
+    assert all(v.dtype == "float32" for v in m.weights if "int" not in str(v.dtype))
+    x = _inputs()
+    p = np.asarray(m(x, training=False))
+    ref = spec.build(SCHEMA, embedding_dim=4, **MIXED[name])
+    ref.build()
+    ref.set_weights(m.get_weights())
+    np.testing.assert_allclose(p, np.asarray(ref(x, training=False)), atol=5e-3)
