@@ -250,6 +250,124 @@ def bench_serving(model_name: str, schema, batch_sizes: Sequence[int], repeats: 
     return res
 
 
+def bench_relative_cost(model_names: Sequence[str], schema, batch_size: int, rounds: int, steps_per_execution: int,
+                        jit: Any, baseline: str = "dnn") -> dict[str, dict[str, float]]:
+    """Cost per training sample of each model ÷ the baseline's, all in one process.
+
+    Every model (and the baseline) trains on the default path (``tfrecord_fused``, as
+    ``bench_train``); each round runs one epoch of every model in turn, so a slow spell of
+    the shared machine hits them alike. Reports the median seconds per epoch of each and
+    the ratio of medians ``median(model) / median(baseline)`` (cost per sample ÷ DNN's).
+    """
+    import keras
+
+    from mdr_tf import registry
+    from mdr_tf.data import in_memory_index_batches
+    from mdr_tf.fused import install_on_columns
+    from mdr_tf.training import TrainConfig, compile_model
+
+    names = [baseline] + [m for m in model_names if m != baseline]
+    epochs: dict[str, Callable[[], int]] = {}
+    keras.backend.clear_session()
+    for name in names:
+        keras.utils.set_random_seed(0)
+        model = registry.get(name).build(schema)
+        model.build()
+        compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1, jit_compile=jit))
+
+        def index_blocks():
+            return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
+                                           domains=list(range(schema.num_domains)),
+                                           label_key=schema.label_keys[0], drop_remainder=True)
+
+        feats, labels, _ = index_blocks()
+        n_fit = (len(labels) // batch_size) * batch_size
+        install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
+        ds = index_blocks()[2].batch(steps_per_execution)
+
+        def epoch(model=model, ds=ds, n_fit=n_fit):
+            model.fit(ds, epochs=1, verbose=0)
+            return n_fit
+
+        epoch()  # compile + warm-up
+        epochs[name] = epoch
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name, epoch in epochs.items():
+            t = time.perf_counter()
+            epoch()
+            seconds[name].append(time.perf_counter() - t)
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {s[-1]:.2f}s" for n, s in seconds.items()), flush=True)
+    base = statistics.median(seconds[baseline])
+    return {n: {"median_epoch_s": statistics.median(s), f"cost_vs_{baseline}": statistics.median(s) / base}
+            for n, s in seconds.items()}
+
+
+def bench_op_profile(model_name: str, schema, batch_size: int, steps: int, depth: int, dump_dir: str
+                     ) -> dict[str, float]:
+    """Where one XLA-compiled training step's time goes: ms per step by model part.
+
+    Runs ``steps`` forward + backward steps (``GradientTape``, XLA) of ``model_name`` on
+    one training batch under ``tf.profiler``, reads the per-HLO-op events of the trace and
+    maps each op to the Keras layer path that emitted it (the ``op_name`` metadata of the
+    optimised HLO in ``dump_dir``, written because ``main`` sets ``XLA_FLAGS`` first).
+    Keys: "fwd|grad <layer path, ``depth`` levels>"; op time summed over the CPU threads.
+    """
+    import collections
+    import glob
+    import re
+
+    import keras
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from mdr_tf import registry
+    from mdr_tf.data import load_arrays
+
+    x, y = load_arrays(schema, "train")
+    xb = {k: tf.constant(v[:batch_size]) for k, v in x.items()}
+    yb = tf.constant(y[:batch_size].reshape(-1, 1).astype("float32"))
+    keras.utils.set_random_seed(0)
+    model = registry.get(model_name).build(schema)
+    model.build()
+
+    @tf.function(jit_compile=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.binary_crossentropy(y, model(x, training=True), from_logits=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    for _ in range(3):
+        step(xb, yb)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        tf.profiler.experimental.start(trace_dir)
+        for _ in range(steps):
+            out = step(xb, yb)
+        tf.convert_to_tensor(out[-1]).numpy()
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1], "rb") as f:
+            space.ParseFromString(f.read())
+    modules = [p for p in glob.glob(f"{dump_dir}/*after_optimizations.txt") if "step" in p]
+    meta = {}
+    with open(max(modules, key=os.path.getsize)) as f:
+        for line in f:
+            m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name="([^"]+)"', line)
+            if m:
+                meta[m.group(1)] = m.group(2)
+    parts: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for ev in line.events:
+                op = meta.get(plane.event_metadata[ev.metadata_id].name)
+                if op is None:
+                    continue
+                path = [p for p in re.sub(r"^.*?step/", "", op).split("/") if p != "gradient_tape"][1:1 + depth]
+                kind = "grad" if "gradient" in op.lower() else "fwd"
+                parts[f"{kind} {'/'.join(path) or '(model)'}"] += ev.duration_ps / 1e9 / steps
+    return dict(parts.most_common())
+
+
 def define_flags() -> None:
     flags.DEFINE_string("dataset", "ml100k", "Registered dataset name.")
     flags.DEFINE_string("data_dir", "data", "Root of prepared datasets.")
@@ -271,16 +389,51 @@ def define_flags() -> None:
     flags.DEFINE_boolean("columnar", False, "Also measure the columnar pipeline (derives the shards once).")
     flags.DEFINE_integer("ooc_buffer_rows", 1 << 20, "Out-of-core sources: rows per buffer.")
     flags.DEFINE_integer("ooc_chunk_rows", 1 << 16, "Out-of-core sources: rows per chunk (shuffle granularity).")
+    flags.DEFINE_string("profile_ops", None, "If set: only the per-part op profile (bench_op_profile) of this model.")
+    flags.DEFINE_integer("profile_depth", 1, "Layer-path levels of the op profile's parts.")
+    flags.DEFINE_integer("relative_cost_rounds", 0, "If > 0: only the relative-cost mode (bench_relative_cost): "
+                         "this many interleaved rounds of one epoch per model, cost per sample ÷ the DNN's.")
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    if FLAGS.profile_ops:  # before TensorFlow compiles anything: dump the optimised HLO (op → layer names)
+        dump_dir = tempfile.mkdtemp(prefix="hlo_")
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump_dir} --xla_dump_hlo_as_text"
     import mdr_tf  # noqa: F401
     from experiments.run import _parse_options, _versions, prepare_dataset
     from mdr_tf.schema import Schema
 
     schema = Schema.load(prepare_dataset(FLAGS.dataset, FLAGS.data_dir, None, _parse_options(FLAGS.dataset_options)))
     jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
+    if FLAGS.profile_ops:
+        prof = bench_op_profile(FLAGS.profile_ops, schema, FLAGS.batch_size, 50, FLAGS.profile_depth, dump_dir)
+        total = sum(prof.values())
+        print(f"# {FLAGS.profile_ops}: XLA train step (fwd + grad), batch {FLAGS.batch_size}, op time "
+              f"{total:.2f} ms/step summed over threads", flush=True)
+        by_part: dict[str, float] = {}
+        for key, ms in prof.items():
+            part = key.split(" ", 1)[1].split("/")[0]
+            by_part[part] = by_part.get(part, 0.0) + ms
+        print("by part: " + ", ".join(f"{p} {v / total:.0%}" for p, v in sorted(by_part.items(), key=lambda kv: -kv[1])))
+        for key, ms in list(prof.items())[:25]:
+            print(f"  {ms:7.3f} ms  {100 * ms / total:5.1f}%  {key}")
+        return
+    if FLAGS.relative_cost_rounds > 0:
+        print(f"# relative cost on {FLAGS.dataset}, batch {FLAGS.batch_size}, {FLAGS.relative_cost_rounds} "
+              f"interleaved rounds (one epoch per model each)", flush=True)
+        rel = bench_relative_cost(FLAGS.models, schema, FLAGS.batch_size, FLAGS.relative_cost_rounds,
+                                  FLAGS.steps_per_execution, jit)
+        for name, r in rel.items():
+            print(f"{name:>14}: median epoch {r['median_epoch_s']:.3f} s, {r['cost_vs_dnn']:.2f}× the DNN's cost "
+                  f"per sample", flush=True)
+        if FLAGS.output:
+            tmp = FLAGS.output + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"versions": _versions(), "relative_cost": rel, "batch_size": FLAGS.batch_size,
+                           "rounds": FLAGS.relative_cost_rounds}, f, indent=2)
+            os.replace(tmp, FLAGS.output)
+        return
     results: dict[str, Any] = {"versions": _versions(), "dataset": FLAGS.dataset,
                                "train_examples": sum(schema.counts("train")), "batch_size": FLAGS.batch_size,
                                "repeats": FLAGS.repeats}

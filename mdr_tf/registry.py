@@ -218,7 +218,12 @@ _SPECS: list[ModelSpec] = [
               description="STAR: partitioned norm + star-topology FCN 128-64-32 (W*W_d, b+b_d) + aux net [32]"),
     ModelSpec("m2m", "mdr_tf.models.m2m:M2M", {},
               description="M2M: field transformer, 4 experts, meta attention + meta tower from the scenario embedding"),
-    ModelSpec("pepnet", "mdr_tf.models.pepnet:PEPNetModel", {"hidden_units": [128, 64, 32]},
+    # PEPNet as a backbone with an input hook (EPNet) and a layer hook (PPNet, the paper's
+    # layout: the input of every layer incl. the output layer); equal to PEPNetModel's
+    # default (tests/models/test_pepnet_adasparse_sarnet.py), and "backbone": "dcn" etc. work.
+    ModelSpec("pepnet", "mdr_tf.models.backbones:BackboneModel",
+              {"hidden_units": [128, 64, 32], "input_hook": "epnet", "input_hook_config": {"gate_ids": True},
+               "hook": "ppnet", "hook_config": {"id_key": "gate_ids", "context_key": "all"}, "hook_on_input": True},
               description="PEPNet: EPNet embedding gate (domain side) + PPNet gates (ids) on every layer input, MLP 128-64-32"),
     ModelSpec("ppnet", "mdr_tf.models.pepnet:PEPNetModel", {"hidden_units": [128, 64, 32], "use_epnet": False},
               in_main_table=False, description="PPNet only: id-conditioned GateNU on the input of every layer (L + 1 gates)"),

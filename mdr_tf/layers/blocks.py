@@ -22,6 +22,7 @@ from keras import ops
 
 BLOCKS: dict[str, type] = {}
 HOOKS: dict[str, type] = {}
+INPUT_HOOKS: dict[str, type] = {}
 
 
 def register_block(name: str) -> Callable[[type], type]:
@@ -41,6 +42,17 @@ def register_hook(name: str) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         cls = keras.saving.register_keras_serializable(package="mdr_tf")(cls)
         HOOKS[name] = cls
+        return cls
+
+    return deco
+
+
+def register_input_hook(name: str) -> Callable[[type], type]:
+    """Class decorator: makes an ``InputHook`` subclass selectable by ``name`` and serialisable."""
+
+    def deco(cls: type) -> type:
+        cls = keras.saving.register_keras_serializable(package="mdr_tf")(cls)
+        INPUT_HOOKS[name] = cls
         return cls
 
     return deco
@@ -66,6 +78,13 @@ def hook_class(name: str) -> type:
     if name not in HOOKS:
         raise ValueError(f"unknown hook {name!r}; available: {sorted(HOOKS)}")
     return HOOKS[name]
+
+
+def input_hook_class(name: str) -> type:
+    _ensure_registered()
+    if name not in INPUT_HOOKS:
+        raise ValueError(f"unknown input hook {name!r}; available: {sorted(INPUT_HOOKS)}")
+    return INPUT_HOOKS[name]
 
 
 class DenseBlock(keras.layers.Layer):
@@ -159,4 +178,50 @@ class DomainHook(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"num_domains": self.num_domains, "context_dims": self.context_dims})
+        return config
+
+
+class InputHook(keras.layers.Layer):
+    """Base of a transform of a backbone's *input* views, run once before every part.
+
+    ``call(inputs, ctx)`` returns the ``ctx`` views it replaces or adds (e.g. EPNet:
+    ``{"all": e'}`` plus the views its own gate table produces); the backbone merges them
+    into ``ctx`` before its deep part, cross network or FM read it. ``output_dims`` names
+    the widths of the views it adds, so that the layer hooks can build against them.
+
+    Args:
+      schema: ``Schema.to_config()`` dict of the model.
+      context_dims: widths of the model's ``ctx`` views.
+      num_fields: F, the categorical fields of ``ctx["all"]`` (each ``embedding_dim`` wide).
+      num_dense: dense scalars appended to ``ctx["all"]``.
+      embedding_dim: d.
+      embeddings_initializer, embedding_l2: the model's embedding settings (for a hook
+        with its own embedding table).
+    """
+
+    def __init__(self, schema: dict[str, Any] | None = None, context_dims: dict[str, int] | None = None,
+                 num_fields: int = 0, num_dense: int = 0, embedding_dim: int = 16,
+                 embeddings_initializer: Any = "uniform", embedding_l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.schema = dict(schema or {})
+        self.context_dims = dict(context_dims or {})
+        self.num_fields = int(num_fields)
+        self.num_dense = int(num_dense)
+        self.embedding_dim = int(embedding_dim)
+        self.embeddings_initializer = embeddings_initializer
+        self.embedding_l2 = float(embedding_l2)
+
+    @property
+    def output_dims(self) -> dict[str, int]:
+        """Widths of the ``ctx`` views this hook adds (replaced views keep their width)."""
+        return {}
+
+    def call(self, inputs, ctx: dict, training: bool | None = None) -> dict:
+        return {}
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"schema": self.schema, "context_dims": self.context_dims, "num_fields": self.num_fields,
+                       "num_dense": self.num_dense, "embedding_dim": self.embedding_dim,
+                       "embeddings_initializer": self.embeddings_initializer, "embedding_l2": self.embedding_l2})
         return config

@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from mdr_tf.layers.experts import FieldTransformer, MetaAttention, MetaDense, StackedMLP
+from mdr_tf.layers.experts import StackedMLP
+from mdr_tf.layers.mechanisms.m2m import FieldTransformer, MetaAttention, MetaDense
 from mdr_tf.layers.mlp import DomainMLP
 from mdr_tf.models.base import MultiDomainModel
 
@@ -101,20 +102,23 @@ class M2M(MultiDomainModel):
         self.output_activation = output_activation
         self.dropout = float(dropout)
         self.encoder = FieldTransformer(self.encoder_layers, self.num_heads, self.ff_units, self.dropout,
-                                        name="encoder") if self.encoder_layers else None
+                                        name="encoder", dtype=self.dtype_policy) if self.encoder_layers else None
         self.experts = StackedMLP(self.num_experts, self.expert_units, activation="leaky_relu",
-                                  negative_slope=self.leaky_alpha, name="experts")
-        self.scenario = keras.layers.Dense(self.scenario_units, name="scenario")
-        self.task = keras.layers.Dense(self.task_dim, name="task") \
+                                  negative_slope=self.leaky_alpha, name="experts", dtype=self.dtype_policy)
+        self.scenario = keras.layers.Dense(self.scenario_units, name="scenario", dtype=self.dtype_policy)
+        self.task = keras.layers.Dense(self.task_dim, name="task", dtype=self.dtype_policy) \
             if task_source == "scenario" and self.task_dim else None
         self.meta_attention = MetaAttention(self.attention_units, self.scenario_units, self.task_dim,
                                             self.leaky_alpha, learned_task=task_source == "learned",
-                                            meta_layers=self.meta_unit_layers, name="meta_attention")
+                                            meta_layers=self.meta_unit_layers, name="meta_attention",
+                                            dtype=self.dtype_policy)
         h = self.expert_units[-1]
-        self.meta_tower = [MetaDense(h, self.scenario_units, name=f"meta_tower_{i}") for i in range(self.tower_layers)]
+        self.meta_tower = [MetaDense(h, self.scenario_units, name=f"meta_tower_{i}", dtype=self.dtype_policy)
+                           for i in range(self.tower_layers)]
         self.output_mlp = DomainMLP(self.output_units, num_domains=self.num_domains, context_dims=self.context_dims,
-                                    activation=output_activation, name="output_mlp") if self.output_units else None
-        self.head = keras.layers.Dense(1, name="head")
+                                    activation=output_activation, name="output_mlp",
+                                    dtype=self.dtype_policy) if self.output_units else None
+        self.head = keras.layers.Dense(1, name="head", dtype=self.dtype_policy)
 
     def scenario_representation(self, ctx):
         """s [B, scenario_units] from the scenario embedding (domain-side view)."""

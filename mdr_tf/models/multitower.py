@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from mdr_tf.layers.experts import CGCLevel, StackedMLP, mix_experts
+from mdr_tf.layers.experts import StackedMLP, mix_experts
+from mdr_tf.layers.mechanisms.ple import CGCLevel
 from mdr_tf.layers.mlp import DomainMLP
 from mdr_tf.models.base import MultiDomainModel
 
@@ -54,7 +55,8 @@ class _TowerModel(MultiDomainModel):
         self.routing = routing
         self.towers = StackedMLP(self.num_domains, self.tower_units, output_units=1, activation=activation,
                                  batch_norm=self.batch_norm, dropout=self.dropout, bn_momentum=self.bn_momentum,
-                                 bn_epsilon=self.bn_epsilon, routing=routing, per_domain=True, name="towers")
+                                 bn_epsilon=self.bn_epsilon, routing=routing, per_domain=True, name="towers",
+                                 dtype=self.dtype_policy)
 
     def tower_logit(self, h, ctx, training=None):
         return self.towers(h, ctx["domain"], training=training)
@@ -179,7 +181,7 @@ class PLE(_TowerModel):
             CGCLevel(self.num_domains, self.num_specific, self.num_shared, self.expert_units,
                      last=i == self.num_levels - 1, activation=self.activation, batch_norm=self.batch_norm,
                      gate_batch_norm=self.gate_batch_norm, dropout=self.dropout, bn_momentum=self.bn_momentum,
-                     bn_epsilon=self.bn_epsilon, name=f"cgc_{i}")
+                     bn_epsilon=self.bn_epsilon, name=f"cgc_{i}", dtype=self.dtype_policy)
             for i in range(self.num_levels)]
 
     def compute_logit(self, inputs, ctx, training=None):

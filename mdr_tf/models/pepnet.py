@@ -2,34 +2,26 @@
 
 Chang et al., "PEPNet: Parameter and Embedding Personalized Network for Infusing with
 Personalized Prior Information", KDD 2023. Single task here, so one tower.
+
+The registry's "pepnet" is ``BackboneModel(input_hook="epnet", hook="ppnet")`` (EPNet as
+an input hook, ``mdr_tf.layers.mechanisms.pepnet``), equal to this class's default and
+usable on every backbone; this class keeps the gate-layout variants ("after",
+"before"), EPNet / PPNet alone, and loads the models saved with it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import keras
 
 from mdr_tf.layers.embedding import FeatureEmbedding
 from mdr_tf.layers.mechanisms.gates import EPNet
+from mdr_tf.layers.mechanisms.pepnet import gate_schema_config  # noqa: F401  (also re-exported here)
 from mdr_tf.layers.mlp import DomainMLP
 from mdr_tf.models.base import MultiDomainModel
-from mdr_tf.schema import Schema
 
 GATE_POSITIONS = ("paper", "after", "before")
-
-
-def gate_schema_config(schema: Schema, domain_side: bool, ids: bool) -> dict[str, Any]:
-    """The schema restricted to the features the gates read (their own embedding tables).
-
-    ``domain_side``: keep the features of group "domain" (EPNet's ``E(F_d)``); ``ids``:
-    keep the id features (PPNet's ``E(F_u) ⊕ E(F_i) ⊕ …``). The domain id is always there.
-    """
-    keep = [f for f in schema.features if (domain_side and f.group == "domain") or (ids and f.is_id)]
-    cfg = schema.to_config()
-    cfg["features"] = [dataclasses.asdict(f) for f in keep]
-    return cfg
 
 
 @keras.saving.register_keras_serializable(package="mdr_tf")

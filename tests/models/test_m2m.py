@@ -123,3 +123,64 @@ def test_m2m_learns_ml100k(ml100k_schema):
     row = run_trial("m2m", ml100k_schema, TrainConfig(epochs=1, seed=0))
     # observed: test AUC 0.769 (1 epoch, seed 0; DNN 0.770)
     assert row["test_auc"] > 0.75, row
+
+
+def _encoder_reference(enc, h, training=None):
+    """FieldTransformer.call before issue 18 (Keras' MultiHeadAttention called as a layer)."""
+    for mha, ln1, ff1, ff2, ln2 in zip(enc.attn, enc.ln1, enc.ff1, enc.ff2, enc.ln2):
+        h = ln1(h + mha(h, h, training=training))
+        h = ln2(h + ff2(ff1(h)))
+    return h
+
+
+def _outputs_and_gradients(m, x):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        p = m(x, training=True)
+        loss = tf.reduce_sum(p * p)
+    return np.asarray(m(x, training=False)), [np.asarray(tf.convert_to_tensor(g))
+                                              for g in tape.gradient(loss, m.trainable_variables)]
+
+
+@pytest.mark.parametrize("config", [{}, {**SMALL, "encoder_layers": 2, "num_heads": 4}])
+def test_fast_encoder_equals_keras_mha_outputs_and_gradients(synth_schema, monkeypatch, config):
+    """Issue 18: the within-sample attention (GEMMs + broadcast-reduce on the MHA layer's own
+    weights) computes today's function: outputs and every gradient equal to ~1e-5 against the
+    pre-issue-18 computation (Keras' MHA called as a layer), the default M2M included."""
+    from mdr_tf.layers.mechanisms.m2m import FieldTransformer
+
+    m = M2M(synth_schema.to_config(), **config)
+    m.build()
+    rng = np.random.default_rng(5)
+    for v in m.encoder.trainable_weights:  # non-trivial attention (not the near-uniform init)
+        v.assign(rng.normal(0, 0.4, v.shape).astype("float32"))
+    x = random_inputs(synth_schema, 32, seed=4)
+    h = m.embedding(x)["fields"]
+    np.testing.assert_allclose(np.asarray(m.encoder(h)), np.asarray(_encoder_reference(m.encoder, h)),
+                               rtol=1e-5, atol=1e-5)
+    fast_out, fast_grads = _outputs_and_gradients(m, x)
+    monkeypatch.setattr(FieldTransformer, "call", _encoder_reference)
+    ref_out, ref_grads = _outputs_and_gradients(m, x)
+    np.testing.assert_allclose(fast_out, ref_out, rtol=1e-5, atol=1e-6)
+    assert len(fast_grads) == len(ref_grads) == len(m.trainable_variables)
+    for v, g, r in zip(m.trainable_variables, fast_grads, ref_grads):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5, err_msg=v.path)
+    # control: the attention matters (a uniform attention gives other outputs)
+    monkeypatch.setattr(FieldTransformer, "call", lambda self, h, training=None: h)
+    assert np.abs(np.asarray(m(x, training=False)) - ref_out).max() > 1e-3
+
+
+def test_old_import_paths_still_resolve():
+    """Issue 12: M2M's and PLE's layers moved to layers/mechanisms/; the old path re-exports them."""
+    from mdr_tf.layers import experts
+    from mdr_tf.layers.mechanisms import m2m, ple
+
+    assert experts.MetaDense is m2m.MetaDense and experts.MetaAttention is m2m.MetaAttention
+    assert experts.FieldTransformer is m2m.FieldTransformer and experts.CGCLevel is ple.CGCLevel
+    import keras
+
+    for cls in (m2m.MetaDense, m2m.MetaAttention, m2m.FieldTransformer, ple.CGCLevel):
+        assert keras.saving.get_registered_name(cls) == f"mdr_tf>{cls.__name__}"
+    with pytest.raises(AttributeError):
+        experts.NoSuchLayer  # noqa: B018

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import ops
 
 from mdr_tf import registry
 from mdr_tf.layers.mechanisms.gates import AdaSparsePruner, PPNetGate
@@ -282,3 +283,92 @@ def test_learns_on_ml100k(name, ml100k_schema):
     # sarnet 0.773; the DNN gets 0.770 after 1 epoch, ~0.78 after 3.
     row = run_trial(name, ml100k_schema, TrainConfig(epochs=1, seed=0, jit_compile=False))
     assert row["test_auc"] > 0.75
+
+
+def test_registry_pepnet_is_backbone_with_epnet_input_hook_equal_to_pepnet_model(synth_schema):
+    """Issue 12.5: the registry's pepnet is BackboneModel(input_hook="epnet", hook="ppnet");
+    same seed → the same weights and outputs as PEPNetModel's default, and with the
+    (randomised) weights transferred the outputs stay equal."""
+    from mdr_tf.layers.mechanisms.pepnet import EPNetInputHook
+    from mdr_tf.models.backbones import BackboneModel
+
+    cfg = synth_schema.to_config()
+    keras.utils.set_random_seed(0)
+    old = PEPNetModel(cfg, hidden_units=[8, 6, 4])
+    old.build()
+    keras.utils.set_random_seed(0)
+    new = registry.get("pepnet").build(synth_schema, hidden_units=[8, 6, 4])
+    new.build()
+    assert isinstance(new, BackboneModel) and isinstance(new.input_hook_layer, EPNetInputHook)
+    assert new.input_hook == "epnet" and new.hook == "ppnet"
+    x = random_inputs(synth_schema, 32, seed=2)
+    np.testing.assert_array_equal(new.predict(x, verbose=0), old.predict(x, verbose=0))
+    rng = np.random.default_rng(1)
+    for v in old.weights:
+        v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
+    assert [tuple(v.shape) for v in new.weights] == [tuple(v.shape) for v in old.weights]
+    new.set_weights(old.get_weights())
+    np.testing.assert_allclose(new.predict(x, verbose=0), old.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+    assert parameter_report(new) == parameter_report(old)
+
+
+@pytest.mark.parametrize("backbone", ["dcn", "wdl", "deepfm"])
+def test_pepnet_on_other_backbones_trains_and_its_input_hook_matters(synth_schema, monkeypatch, backbone):
+    """PEPNet on DCN / W&D / DeepFM: builds, a few training steps lower the loss, and the
+    EPNet input hook matters (control: its gate neutralised to 1 changes the outputs)."""
+    from mdr_tf.layers.mechanisms.gates import EPNet
+
+    keras.utils.set_random_seed(0)
+    m = registry.get("pepnet").build(synth_schema, hidden_units=[8, 4], backbone=backbone)
+    m.build()
+    assert m.backbone == backbone and m.input_hook_layer is not None
+    x = random_inputs(synth_schema, 256, seed=3)
+    rng = np.random.default_rng(0)
+    for v in m.input_hook_layer.epnet.trainable_weights:  # a gate far from its near-constant init
+        v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
+    ref = np.asarray(m(x, training=False))
+    with monkeypatch.context() as mp:
+        mp.setattr(EPNet, "gate_values", lambda self, inputs: ops.ones_like(inputs[0]))
+        neutral = np.asarray(m(x, training=False))
+    assert np.abs(neutral - ref).max() > 1e-3
+    np.testing.assert_array_equal(np.asarray(m(x, training=False)), ref)
+    y = (x["item_id"] % 2).astype("float32").reshape(-1, 1)
+    m.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.BinaryCrossentropy())
+    hist = m.fit(x, y, batch_size=64, epochs=4, verbose=0).history["loss"]
+    assert hist[-1] < hist[0], hist
+    assert_config_json(m)
+
+
+def test_input_hook_registry_rejects_unknown_names(synth_schema):
+    from mdr_tf.layers.blocks import INPUT_HOOKS, input_hook_class
+    from mdr_tf.models.backbones import BackboneModel
+
+    assert "epnet" in INPUT_HOOKS and input_hook_class("epnet").__name__ == "EPNetInputHook"
+    with pytest.raises(ValueError, match="unknown input hook 'nope'"):
+        BackboneModel(synth_schema.to_config(), input_hook="nope")
+
+
+MIXED = {"m2m": dict(expert_units=[8], output_units=[4]), "ple": dict(expert_units=[8], tower_units=[4]),
+         "sarnet": dict(hidden_units=[8], expert_units=4, num_shared_experts=2),
+         "pepnet_dcn": dict(hidden_units=[8, 4], backbone="dcn")}
+
+
+@pytest.mark.parametrize("name", sorted(MIXED))
+def test_mixed_precision_policy_reaches_every_sublayer(name):
+    """Hygiene (issue 12.8): M2M, PLE, SAR-Net and PEPNet-on-DCN give the model's dtype policy to
+    every sublayer; the float16 forward matches float32 with the same weights."""
+    from tests.test_dtype_and_config import SCHEMA, _inputs
+
+    spec = registry.get(name.split("_")[0])
+    m = spec.build(SCHEMA, embedding_dim=4, dtype="mixed_float16", **MIXED[name])
+    m.build()
+    wrong = [(lyr.path, lyr.dtype_policy.name) for lyr in m._flatten_layers(include_self=False)
+             if lyr.dtype_policy.name != "mixed_float16"]
+    assert not wrong, wrong
+    assert all(v.dtype == "float32" for v in m.weights if "int" not in str(v.dtype))
+    x = _inputs()
+    p = np.asarray(m(x, training=False))
+    ref = spec.build(SCHEMA, embedding_dim=4, **MIXED[name])
+    ref.build()
+    ref.set_weights(m.get_weights())
+    np.testing.assert_allclose(p, np.asarray(ref(x, training=False)), atol=5e-3)

@@ -119,7 +119,8 @@ class EPNet(keras.layers.Layer):
         self.gamma = float(gamma)
         self.width = self.num_fields * self.embedding_dim + self.num_dense
         gate_units = self.width if granularity == "dimension" else self.num_fields + self.num_dense
-        self.gate = GateNU(gate_units, hidden_units=self.hidden_units, gamma=self.gamma, name="gate")
+        self.gate = GateNU(gate_units, hidden_units=self.hidden_units, gamma=self.gamma, name="gate",
+                           dtype=self.dtype_policy)
         # field granularity: element j of e reads gate column index[j].
         self.index = np.concatenate([np.repeat(np.arange(self.num_fields), self.embedding_dim),
                                      self.num_fields + np.arange(self.num_dense)]).astype("int32")
@@ -191,7 +192,8 @@ class PPNetGate(DomainHook):
         shapes = [(None, int(self.context_dims[self.id_key]))]
         if self.context_key:
             shapes.append((None, int(self.context_dims[self.context_key])))
-        self.gate = GateNU(units, hidden_units=self.hidden_units, gamma=self.gamma, name="gate")
+        self.gate = GateNU(units, hidden_units=self.hidden_units, gamma=self.gamma, name="gate",
+                           dtype=self.dtype_policy)
         self.gate.build(shapes)
         self.built = True
 
