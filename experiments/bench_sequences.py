@@ -81,10 +81,10 @@ def bench(schema, models: Sequence[str], batch_size: int, k: int, blocks: int, r
 
 def main(f: flags.FlagValues) -> None:
     import mdr_tf  # noqa: F401
-    from experiments.run import _parse_options, prepare_dataset
+    from experiments.common import parse_options, prepare_dataset
     from mdr_tf.schema import Schema
 
-    schema = Schema.load(prepare_dataset(f.dataset, f.data_dir, None, _parse_options([])))
+    schema = Schema.load(prepare_dataset(f.dataset, f.data_dir, None, parse_options([])))
     res = bench(schema, list(f.models), f.batch_size, f.steps_per_execution, f.blocks, f.rounds)
     first = list(f.models)[0]
     print(f"# {f.dataset}: fused training, batch {f.batch_size}, K={f.steps_per_execution}, "
