@@ -96,11 +96,9 @@ def main(f: flags.FlagValues) -> None:
         print(f"| {name} | {r['params']:,} | {r['samples_per_s']:,.0f} | {r['samples_per_cpu_s']:,.0f} | "
               f"{res[first]['samples_per_cpu_s'] / r['samples_per_cpu_s']:.1f}× |", flush=True)
     if f.output:
-        with open(f.output + ".tmp", "w") as fh:
-            json.dump(res, fh, indent=2)
-        import os
+        from mdr_base.atomic import write_text_atomic
 
-        os.replace(f.output + ".tmp", f.output)
+        write_text_atomic(f.output, json.dumps(res, indent=2))
 
 
 def cli() -> None:
