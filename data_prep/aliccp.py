@@ -66,6 +66,7 @@ from data_prep.common import (DataError, FeatureDef, ShardSetWriter, StreamingWr
                               existing_output, finish_streamed_dataset, fingerprint, gather_spans, iter_line_blocks,
                               line_spans, log, merge_counts, parse_float_spans, parse_int_spans, span_matrix,
                               split_delimited, split_uniform, write_vocab_file, run_cli)
+from data_prep.common import define_streaming_flags, savez_atomic
 
 FORMAT_VERSION = 1
 SPARSE_FIELDS = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
@@ -360,10 +361,9 @@ def common_unit(path: str, start: int, end: int, out_path: str, block_bytes: int
     except _LineError as e:
         return {"error": e.args}
     w = max([k.dtype.itemsize for k in keys] + [1])
-    np.savez(out_path + ".part.npz", keys=np.concatenate(keys).astype(f"S{w}") if keys else np.zeros(0, "S1"),
-             ids=np.concatenate(ids) if ids else np.zeros((0, NF), np.int64),
-             vals=np.concatenate(vals) if vals else np.zeros((0, len(DENSE_FIELDS)), np.float32))
-    os.replace(out_path + ".part.npz", out_path)
+    savez_atomic(out_path, keys=np.concatenate(keys).astype(f"S{w}") if keys else np.zeros(0, "S1"),
+                 ids=np.concatenate(ids) if ids else np.zeros((0, NF), np.int64),
+                 vals=np.concatenate(vals) if vals else np.zeros((0, len(DENSE_FIELDS)), np.float32))
     stats["rows"] = int(sum(len(k) for k in keys))
     stats["max_rss_mb"] = _rss_mb()
     stats["cpu_s"] = round(_cpu_s() - cpu0, 3)
@@ -492,8 +492,7 @@ def stats_unit(role: str, path: str, start: int, end: int, work: str, opt: dict,
         arrays[f"v{j}"], arrays[f"c{j}"] = v.astype(np.int64), n
     dv = np.concatenate(dom_vals) if dom_vals else np.zeros(0, np.int64)
     df = np.concatenate(dom_first) if dom_first else np.zeros(0, np.int64)
-    np.savez(out_path + ".part.npz", dom_vals=dv, dom_first=df, dmin=dmin, dmax=dmax, **arrays)
-    os.replace(out_path + ".part.npz", out_path)
+    savez_atomic(out_path, dom_vals=dv, dom_first=df, dmin=dmin, dmax=dmax, **arrays)
     stats["rows"] = rows_n
     stats["max_rss_mb"] = _rss_mb()
     stats["cpu_s"] = round(_cpu_s() - cpu0, 3)
@@ -936,8 +935,7 @@ def _build_vocab(work: WorkDir, pass1: dict, min_freq: int, train_path: str) -> 
         sizes[f] = len(voc)
     dmin = np.where(np.isfinite(dmin), dmin, 0.0)
     dmax = np.where(np.isfinite(dmax), dmax, 0.0)
-    np.savez(work.file("vocab.npz.part.npz"), domains=np.array(seen, np.int64), dmin=dmin, dmax=dmax, **arrays)
-    os.replace(work.file("vocab.npz.part.npz"), work.file("vocab.npz"))
+    savez_atomic(work.file("vocab.npz"), domains=np.array(seen, np.int64), dmin=dmin, dmax=dmax, **arrays)
     info = {"domains": seen, "sizes": sizes, "dmin": dmin.tolist(), "dmax": dmax.tolist()}
     work.mark("vocab", info)
     log(f"[vocab] domains (field {DOMAIN_FIELD}, first appearance): {seen}; sizes "
@@ -964,8 +962,10 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("raw_path", None, "Folder (or archive) with sample_skeleton_*/common_features_* files.")
-    flags.DEFINE_string("output_dir", None, "Output directory.")
+    define_streaming_flags(raw_path_help="Folder (or archive) with sample_skeleton_*/common_features_* files.",
+                           num_shards=16, num_shards_help="Byte ranges per file = shards per (domain, split); "
+                           "unit of resumption.", block_mb=8.0,
+                           block_mb_help="MiB of lines parsed per block (bounds worker memory).")
     flags.DEFINE_enum("task", "ctr", list(TASKS), "ctr: label click; cvr: label purchase on clicked rows; "
                       "ctcvr: label purchase (= click and buy) on all rows.")
     flags.DEFINE_integer("min_freq", 10, "Ids seen fewer times in the train file map to 0.")
@@ -975,12 +975,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("dense_fit", "train", ["train", "all"], "Rows whose min/max scale the dense fields.")
     flags.DEFINE_float("valid_frac", 0.5, "Fraction of the test file that becomes the valid split.")
     flags.DEFINE_integer("seed", 2022, "Valid/test split seed.")
-    flags.DEFINE_integer("num_shards", 16, "Byte ranges per file = shards per (domain, split); unit of resumption.")
     flags.DEFINE_integer("workers", 0, "Worker processes (0 = number of CPU cores).")
-    flags.DEFINE_float("block_mb", 8.0, "MiB of lines parsed per block (bounds worker memory).")
     flags.DEFINE_boolean("check_num_features", True, "Require num_features to equal the number of entries.")
-    flags.DEFINE_boolean("skip_bad_rows", False, "Skip and count malformed lines instead of failing.")
-    flags.DEFINE_boolean("keep_work", False, "Keep the work directory after success.")
     flags.DEFINE_enum("input_format", "raw", ["raw", "rechub_csv"], "raw Tianchi files, or torch-rechub's "
                       "preprocessed ali_ccp_{train,val,test}.csv (ids and dense values kept as they are).")
 

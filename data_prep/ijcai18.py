@@ -51,6 +51,7 @@ from data_prep.common import (SPLITS, DataError, FeatureDef, StreamingWriter, St
                               WorkDir, existing_output, finish_streamed_dataset, fingerprint, gather_spans,
                               iter_line_blocks, log, parse_float_spans, parse_int_spans, split_delimited,
                               write_vocab_file, run_cli)
+from data_prep.common import define_streaming_flags, savez_atomic
 
 FORMAT_VERSION = 2  # 2: the dense missing marker -1 is kept as -1.0, not min-max scaled
 TRAIN_FILES = {"1": ("round1_ijcai_18_train_20180301.txt",), "2": ("round2_train.txt",)}
@@ -480,8 +481,7 @@ def _pass1(work: WorkDir, src: StreamSource, files, features, domain_field, bloc
         keep_first[:] = False
         keep_first[good_rows[first]] = True
         duplicates = int(len(good_rows) - len(first))
-    np.savez(work.file("pass1.part.npz"), keep_first=np.packbits(keep_first), n_rows=len(all_ids), **arrays)
-    os.replace(work.file("pass1.part.npz"), work.file("pass1.npz"))
+    savez_atomic(work.file("pass1.npz"), keep_first=np.packbits(keep_first), n_rows=len(all_ids), **arrays)
     lo = np.min([dmin[d] for d in train_days], axis=0)
     hi = np.max([dmax[d] for d in train_days], axis=0)
     none = ~np.isfinite(lo)  # a column missing on every train row: identity scaling
@@ -499,8 +499,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("raw_path", None, "File, folder or archive with the IJCAI-18 training file(s).")
-    flags.DEFINE_string("output_dir", None, "Output directory.")
+    define_streaming_flags(raw_path_help="File, folder or archive with the IJCAI-18 training file(s).", num_shards=4,
+                           block_mb=16.0)
     flags.DEFINE_enum("round", "1", ["1", "2"], "Competition round whose training file is read.")
     flags.DEFINE_list("train_files", None, "Explicit training file names (instead of --round).")
     flags.DEFINE_string("domain_field", "user_gender_id", "Column whose values are the scenarios (MMLRec: gender).")
@@ -516,10 +516,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("tz_offset_hours", 8, "Hours added to timestamps before taking days (Beijing: 8).")
     flags.DEFINE_integer("min_freq", 1, "Values seen fewer times on train days map to 0.")
     flags.DEFINE_boolean("dedup", True, "Keep only the first row of a repeated instance_id.")
-    flags.DEFINE_integer("num_shards", 4, "Shards per (domain, split).")
-    flags.DEFINE_float("block_mb", 16.0, "MiB of lines parsed per block.")
-    flags.DEFINE_boolean("skip_bad_rows", False, "Skip and count malformed lines instead of failing.")
-    flags.DEFINE_boolean("keep_work", False, "Keep the work directory after success.")
 
 
 def _prepare_from_flags(f: flags.FlagValues) -> None:

@@ -54,6 +54,7 @@ from absl import flags
 from data_prep.common import (check_split_ratios, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
                               WorkDir, existing_output, finish_streamed_dataset, fingerprint, iter_line_blocks, log,
                               parse_int_spans, split_delimited, split_uniform, write_vocab_file, run_cli)
+from data_prep.common import define_streaming_flags
 
 FORMAT_VERSION = 1
 VARIANTS = {"1k": "1k", "pure": "pure"}
@@ -467,8 +468,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("raw_path", None, "Folder or archive with the KuaiRand files.")
-    flags.DEFINE_string("output_dir", None, "Output directory.")
+    define_streaming_flags(raw_path_help="Folder or archive with the KuaiRand files.", num_shards=4, block_mb=16.0,
+                           block_mb_help="MiB of log lines parsed per block.")
     flags.DEFINE_enum("variant", "1k", list(VARIANTS), "KuaiRand variant (file-name suffix).")
     flags.DEFINE_list("log_files", None, "Log files, in order (default: log_standard_4_22_to_5_08_<variant>.csv).")
     flags.DEFINE_list("tabs", [str(t) for t in HIERREC_TABS], "Scenario tabs to keep (HierRec: 0,1,2,3,6 raw; "
@@ -482,10 +483,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 2022, "Random split seed.")
     flags.DEFINE_enum("fit_on", "all", ["all", "train"], "Rows defining vocabularies and min/max.")
     flags.DEFINE_integer("min_freq", 1, "Values seen fewer times map to 0.")
-    flags.DEFINE_integer("num_shards", 4, "Shards per (domain, split).")
-    flags.DEFINE_float("block_mb", 16.0, "MiB of log lines parsed per block.")
-    flags.DEFINE_boolean("skip_bad_rows", False, "Skip and count malformed lines instead of failing.")
-    flags.DEFINE_boolean("keep_work", False, "Keep the work directory after success.")
 
 
 def _prepare_from_flags(f: flags.FlagValues) -> None:

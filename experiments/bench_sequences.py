@@ -81,10 +81,10 @@ def bench(schema, models: Sequence[str], batch_size: int, k: int, blocks: int, r
 
 def main(f: flags.FlagValues) -> None:
     import mdr_tf  # noqa: F401
-    from experiments.run import _parse_options, prepare_dataset
+    from experiments.common import parse_options, prepare_dataset
     from mdr_tf.schema import Schema
 
-    schema = Schema.load(prepare_dataset(f.dataset, f.data_dir, None, _parse_options([])))
+    schema = Schema.load(prepare_dataset(f.dataset, f.data_dir, None, parse_options([])))
     res = bench(schema, list(f.models), f.batch_size, f.steps_per_execution, f.blocks, f.rounds)
     first = list(f.models)[0]
     print(f"# {f.dataset}: fused training, batch {f.batch_size}, K={f.steps_per_execution}, "
@@ -96,11 +96,9 @@ def main(f: flags.FlagValues) -> None:
         print(f"| {name} | {r['params']:,} | {r['samples_per_s']:,.0f} | {r['samples_per_cpu_s']:,.0f} | "
               f"{res[first]['samples_per_cpu_s'] / r['samples_per_cpu_s']:.1f}× |", flush=True)
     if f.output:
-        with open(f.output + ".tmp", "w") as fh:
-            json.dump(res, fh, indent=2)
-        import os
+        from mdr_base.atomic import write_text_atomic
 
-        os.replace(f.output + ".tmp", f.output)
+        write_text_atomic(f.output, json.dumps(res, indent=2))
 
 
 def cli() -> None:

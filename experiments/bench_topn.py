@@ -16,7 +16,7 @@ import time
 import numpy as np
 from absl import flags
 
-from experiments.run import prepare_dataset
+from experiments.common import prepare_dataset
 
 
 def define_flags() -> None:

@@ -347,7 +347,7 @@ def run_arrays(scenario: str, variants: Sequence[str], trials: int, output_dir: 
     """
     from data_prep.common import fingerprint
 
-    from experiments.run import TrialLog, _atomic_write, _git_commit, _versions
+    from experiments.common import TrialLog, atomic_write, git_commit, versions
 
     out = os.path.join(output_dir, f"{scenario}-arrays")
     os.makedirs(out, exist_ok=True)
@@ -355,7 +355,7 @@ def run_arrays(scenario: str, variants: Sequence[str], trials: int, output_dir: 
                                       f"trials-shard-{shard[0]}-of-{shard[1]}.jsonl"))
     schema, train, test = arrays_data(scenario, ARRAYS_PROTOCOL["num_rows"], ARRAYS_PROTOCOL["train_rows"])
     proto = {k: v for k, v in ARRAYS_PROTOCOL.items() if k not in ("num_rows", "train_rows")}
-    commit, t_start, done_now, keys = _git_commit(), time.time(), 0, set()
+    commit, t_start, done_now, keys = git_commit(), time.time(), 0, set()
     total = len(variants) * trials
     for t in range(trials):
         for i, v in enumerate(variants):
@@ -385,9 +385,9 @@ def run_arrays(scenario: str, variants: Sequence[str], trials: int, output_dir: 
           f"{ARRAYS_PROTOCOL}; every model with embed_domain=False. Margin = mean over seeds of "
           f"(model − DNN of the same seed); Welch p against the DNN.\n\n"
           + markdown(summary, d, list(range(d)) if d <= 6 else []))
-    _atomic_write(os.path.join(out, "table.md"), md)
-    _atomic_write(os.path.join(out, "run_meta.json"), json.dumps(
-        {"git_commit": commit, "versions": _versions(), "scenario": scenario, "protocol": ARRAYS_PROTOCOL,
+    atomic_write(os.path.join(out, "table.md"), md)
+    atomic_write(os.path.join(out, "run_meta.json"), json.dumps(
+        {"git_commit": commit, "versions": versions(), "scenario": scenario, "protocol": ARRAYS_PROTOCOL,
          "variants": list(variants), "trials": trials, "wall_seconds": round(time.time() - t_start, 1),
          "argv": sys.argv}, indent=2) + "\n")
     log("\n" + md)
@@ -447,7 +447,7 @@ def run_scenario(scenario: str, variants: Sequence[str], trials: int, output_dir
     from data_prep.common import fingerprint
     from data_prep.synthetic import generate_conflict
 
-    from experiments.run import TrialLog, _atomic_write, _git_commit, _versions
+    from experiments.common import TrialLog, atomic_write, git_commit, versions
     from mdr_tf.schema import Schema
     from mdr_tf.training import TrainConfig
 
@@ -458,7 +458,7 @@ def run_scenario(scenario: str, variants: Sequence[str], trials: int, output_dir
     out = os.path.join(output_dir, scenario)
     os.makedirs(out, exist_ok=True)
     trial_log = TrialLog(os.path.join(out, "trials.jsonl"))
-    commit = _git_commit()
+    commit = git_commit()
     t_start = time.time()
     total = len(variants) * trials
     done_now = 0
@@ -494,17 +494,17 @@ def run_scenario(scenario: str, variants: Sequence[str], trials: int, output_dir
           f"{n} rows, {d} domains, train rows per domain {schema.counts('train')}. "
           f"Margin = mean over seeds of (model − DNN of the same seed); Welch p against the DNN.\n\n"
           + markdown(summary, d, show))
-    _atomic_write(os.path.join(out, "table.md"), md)
+    atomic_write(os.path.join(out, "table.md"), md)
     csv = ["model,n,mean_auc,mean_auc_std,margin,margin_min,p," + ",".join(f"auc_d{k}" for k in range(d))]
     csv += [",".join([s["model"], str(s["n"])] + [f"{s[k]:.6f}" for k in
                                                   ("mean_auc", "mean_auc_std", "margin", "margin_min", "p")]
                      + [f"{a:.6f}" for a in s["domain_auc"]]) for s in summary]
-    _atomic_write(os.path.join(out, "table.csv"), "\n".join(csv) + "\n")
-    meta = {"git_commit": commit, "versions": _versions(), "scenario": scenario, "num_rows": n,
+    atomic_write(os.path.join(out, "table.csv"), "\n".join(csv) + "\n")
+    meta = {"git_commit": commit, "versions": versions(), "scenario": scenario, "num_rows": n,
             "data_fingerprint": schema.raw["fingerprint"], "variants": list(variants), "trials": trials,
             "train": train_kwargs, "model_kwargs": model_kwargs, "wall_seconds": round(time.time() - t_start, 1),
             "argv": sys.argv}
-    _atomic_write(os.path.join(out, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
+    atomic_write(os.path.join(out, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
     log("\n" + md)
     return md
 
@@ -544,9 +544,9 @@ def _main(f) -> None:
         if f.protocol == "arrays":
             if f.embed_domain:
                 raise ValueError("--protocol=arrays runs embed_domain=False only (the tests' setting)")
-            from experiments.run import _parse_shard
+            from experiments.common import parse_shard
 
-            run_arrays(s, variants, f.trials, out, shard=_parse_shard(f.trial_shard), aggregate_only=f.aggregate_only)
+            run_arrays(s, variants, f.trials, out, shard=parse_shard(f.trial_shard), aggregate_only=f.aggregate_only)
             continue
         run_scenario(s, variants, f.trials, out, f.data_dir, train_kwargs, model_kwargs, f.num_rows)
 

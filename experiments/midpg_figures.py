@@ -44,9 +44,12 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from data_prep.common import run_cli  # noqa: E402
-from experiments.run import (  # noqa: E402
-    TrialLog, _atomic_write, _parse_options, _parse_shard, _trial_key, define_data_flags, define_training_flags,
-    prepare_dataset, train_kwargs_from_flags)
+from experiments.common import (TrialLog, atomic_write, parse_options, parse_shard,  # noqa: E402
+                                prepare_dataset, trial_key)
+from experiments.run import define_data_flags, define_training_flags, train_kwargs_from_flags  # noqa: E402
+from experiments.tsne import (  # noqa: E402,F401  (conditional_probabilities, exact_tsne: re-exported)
+    between_within, conditional_probabilities, embed_2d, exact_tsne, silhouette)
+from mdr_base.atomic import atomic_path, savez_atomic  # noqa: E402
 
 DWM_VARIANTS = ("non", "rc", "r", "c")
 DEFAULT_SIZES = ("2x2x1", "4x4x2", "8x8x4", "16x16x8")
@@ -226,12 +229,12 @@ def run_sweep(schema, data_fp: str, points: Sequence[SweepPoint], *, trials: int
                 f"({100 * extra['apg_param_rel_diff']:+.2f}%)")
         for t in range(trials):
             cfg = training.TrainConfig(seed=seed_base + t, **train_kwargs)
-            trial_key = _trial_key(name, cfg, kwargs, data_fp)
+            tkey = trial_key(name, cfg, kwargs, data_fp)
             # The point is part of the key: two points may resolve to the same settings
             # (APG matched to the same rank at two sizes) and both must appear.
-            key = fingerprint({"trial": trial_key, "point": point.label})
+            key = fingerprint({"trial": tkey, "point": point.label})
             plan.append(dict(index=pi, point=point, name=name, kwargs=kwargs, extra=extra, trial=t, cfg=cfg,
-                             key=key, trial_key=trial_key))
+                             key=key, trial_key=tkey))
     keys = {p["key"] for p in plan}
     todo = [p for p in plan
             if not aggregate_only and p["index"] % shard_n == shard_i and not sweep_log.done(p["key"])]
@@ -298,11 +301,11 @@ def sweep_markdown(summary: Sequence[dict[str, Any]], metric: str = "auc") -> st
 
 # ----------------------------------------------------------------------- figures
 def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png", makedirs=True) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -365,30 +368,18 @@ def _dwm_blocks(model) -> list:
 
 
 def deep_forward(model, x: dict[str, Any], upto: int | None = None):
-    """Runs the embedding and the deep MLP in inference mode, as ``DomainMLP.call`` does.
+    """Runs the model's own forward in inference mode and returns what its deep MLP saw.
+
+    Uses ``DomainMLP.record_block_inputs`` (the model's ``call``, not a re-implementation).
 
     Returns:
-      ``(ctx, h)``: the context views and the input of block ``upto`` (or, with
-      ``upto=None``, the deep part's output).
+      ``(ctx, h)``: the context views the deep blocks receive and the input of block
+      ``upto`` (or, with ``upto=None``, the deep part's output).
     """
-    deep = model.deep
-    ctx = model.embedding(x)
-    if getattr(model, "hook_context", None) is not None:
-        ctx = {**ctx, **model.hook_context(ctx, training=False)}
-    h = ctx["all"]
-    if deep.hook and deep.hook_on_input:
-        h = deep.input_hook(h, ctx, training=False)
-    hooks = iter(deep.hook_layers)
-    for i, blk in enumerate(deep.blocks):
-        if i == upto:
-            return ctx, h
-        h = blk(h, ctx, training=False)
-        if deep.batch_norm:
-            h = deep.norms[i](h, training=False)
-        h = deep.act(h)
-        if deep.hook and i in deep.hook_positions:
-            h = next(hooks)(h, ctx, training=False)
-    return ctx, h
+    with model.deep.record_block_inputs() as rec:
+        model(x, training=False)
+    last = rec[-1]  # the eager call (a first call may also trace the layer symbolically)
+    return last["ctx"], (last["output"] if upto is None else last["block_inputs"][upto])
 
 
 def weighting_matrices(model, x: dict[str, np.ndarray], layer: int = 0, full: bool = False,
@@ -431,149 +422,6 @@ def sample_per_domain(domains: np.ndarray, per_domain: int, seed: int = 0) -> np
 
 
 # ----------------------------------------------------------- embedding and scores
-def _sq_distances(x: np.ndarray) -> np.ndarray:
-    sq = np.sum(x * x, axis=1)
-    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
-
-
-def _sq_distances_2d(y: np.ndarray) -> np.ndarray:
-    """Squared distances of 2-D points, elementwise (exact zeros on the diagonal, no BLAS)."""
-    dx = y[:, 0, None] - y[None, :, 0]
-    dy = y[:, 1, None] - y[None, :, 1]
-    return dx * dx + dy * dy
-
-
-def conditional_probabilities(d2: np.ndarray, perplexity: float, tol: float = 1e-5,
-                              max_steps: int = 100) -> np.ndarray:
-    """Rows ``p_{j|i} ∝ exp(-β_i d²_ij)`` with β_i set by bisection so that each row's
-    entropy is ``log(perplexity)`` (nats); all rows are searched at once.
-
-    Args:
-      d2: [N, N] squared distances.
-      perplexity: target perplexity.
-      tol: tolerance on the entropy.
-      max_steps: bisection steps.
-    """
-    n = len(d2)
-    target = np.log(perplexity)
-    d2 = d2.copy()
-    np.fill_diagonal(d2, np.inf)
-    d2 = d2 - d2.min(1, keepdims=True)  # shift per row: same p, no underflow
-    d2_finite = np.where(np.isfinite(d2), d2, 0.0)
-    beta = np.ones(n)
-    lo, hi = np.zeros(n), np.full(n, np.inf)
-    for _ in range(max_steps):
-        w = np.exp(-d2 * beta[:, None])
-        z = w.sum(1)
-        p = w / z[:, None]
-        h = np.log(z) + beta * np.sum(p * d2_finite, axis=1)  # entropy in nats
-        diff = h - target
-        if np.all(np.abs(diff) < tol):
-            break
-        up = diff > 0  # too flat: raise β
-        lo = np.where(up, beta, lo)
-        hi = np.where(up, hi, beta)
-        beta = np.where(np.isinf(hi), beta * 2.0, (lo + hi) / 2.0)
-    return p
-
-
-def exact_tsne(x: np.ndarray, perplexity: float = 30.0, max_iter: int = 1000, seed: int = 0,
-               exaggeration: float = 12.0, exaggeration_iters: int = 250) -> tuple[np.ndarray, float]:
-    """Exact t-SNE (van der Maaten & Hinton, 2008) in NumPy, O(N²) per step.
-
-    Symmetric ``P`` from perplexity-calibrated Gaussians; Student-t ``Q``; gradient
-    ``4 Σ_j (p_ij − q_ij)(y_i − y_j)/(1 + |y_i − y_j|²)``; early exaggeration of ``P``
-    with momentum 0.5 for the first ``exaggeration_iters`` steps, then momentum 0.8
-    (momentum and gains restart between the two stages); per-coordinate adaptive gains;
-    learning rate ``max(N / exaggeration / 4, 50)`` (scikit-learn's "auto"); PCA
-    initialisation scaled to std 1e-4. Matches scikit-learn 1.9's ``method="exact"`` on
-    the tests' clusters (silhouette 0.892 vs 0.893); written here because scikit-learn's
-    OpenMP Barnes-Hut t-SNE ran for minutes on 900 points on a busy 2-core machine.
-
-    Returns:
-      ``(y [N, 2], KL(P || Q))``.
-    """
-    x = np.asarray(x, np.float64)
-    n = len(x)
-    p = conditional_probabilities(_sq_distances(x), perplexity)
-    p = np.maximum((p + p.T) / (2.0 * n), 1e-12)
-    xc = x - x.mean(0)
-    u, sv, _ = np.linalg.svd(xc, full_matrices=False)
-    y = u[:, :2] * sv[:2] if xc.shape[1] >= 2 else np.random.default_rng(seed).normal(size=(n, 2))
-    rng = np.random.default_rng(seed)
-    y = y + 1e-8 * rng.normal(size=y.shape)  # break exact ties
-    y = y / max(np.std(y[:, 0]), 1e-12) * 1e-4
-    lr = max(n / exaggeration / 4.0, 50.0)
-    update, gains = np.zeros_like(y), np.ones_like(y)
-    for it in range(max_iter):
-        exag, momentum = (exaggeration, 0.5) if it < exaggeration_iters else (1.0, 0.8)
-        if it == exaggeration_iters:  # the second stage starts afresh (as scikit-learn's two stages)
-            update, gains = np.zeros_like(y), np.ones_like(y)
-        num = 1.0 / (1.0 + _sq_distances_2d(y))
-        np.fill_diagonal(num, 0.0)
-        q = np.maximum(num / num.sum(), 1e-12)
-        w = (exag * p - q) * num
-        grad = 4.0 * (w.sum(1)[:, None] * y - w @ y)
-        gains = np.where(update * grad < 0.0, gains + 0.2, gains * 0.8).clip(0.01)
-        update = momentum * update - lr * gains * grad
-        y = y + update
-    num = 1.0 / (1.0 + _sq_distances_2d(y))
-    np.fill_diagonal(num, 0.0)
-    q = np.maximum(num / num.sum(), 1e-12)
-    return y, float(np.sum(p * np.log(p / q)))
-
-
-def embed_2d(x: np.ndarray, perplexity: float = 30.0, seed: int = 0, pca_dims: int = 50,
-             max_iter: int = 1000) -> tuple[np.ndarray, str]:
-    """2-D t-SNE (``exact_tsne``) of the rows of ``x`` after a PCA to ``pca_dims`` dimensions.
-
-    The perplexity is capped at ``(N - 1) / 3`` for small samples.
-
-    Returns:
-      ``(y [N, 2], method)``: the embedding and a one-line description.
-    """
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    xc = x - x.mean(0)
-    if xc.shape[1] > pca_dims:
-        u, sv, _ = np.linalg.svd(xc, full_matrices=False)
-        xc = u[:, :pca_dims] * sv[:pca_dims]
-    perp = float(min(perplexity, max(2.0, (len(x) - 1) / 3.0)))
-    y, kl = exact_tsne(xc, perp, max_iter=max_iter, seed=seed)
-    return y, f"t-SNE (perplexity {perp:g}, KL {kl:.2f})"
-
-
-def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette coefficient (Euclidean); 1 = tight, separated clusters, ~0 = overlap."""
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    labels = np.asarray(labels)
-    sq = np.sum(x * x, axis=1)
-    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0))
-    classes = np.unique(labels)
-    if len(classes) < 2:
-        return float("nan")
-    member = np.stack([labels == c for c in classes], axis=1).astype(np.float64)  # [N, C]
-    sums = dist @ member
-    sizes = member.sum(0)
-    own = np.searchsorted(classes, labels)
-    rows = np.arange(len(x))
-    a = sums[rows, own] / np.maximum(sizes[own] - 1, 1)
-    mean_other = sums / sizes[None, :]
-    mean_other[rows, own] = np.inf
-    b = mean_other.min(1)
-    s = np.where(sizes[own] > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-300), 0.0)
-    return float(s.mean())
-
-
-def between_within(x: np.ndarray, labels: np.ndarray) -> float:
-    """Mean distance between scenario means / mean distance of a row to its scenario mean."""
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    classes = np.unique(labels)
-    mus = np.stack([x[labels == c].mean(0) for c in classes])
-    within = np.mean(np.linalg.norm(x - mus[np.searchsorted(classes, labels)], axis=1))
-    between = np.mean([np.linalg.norm(mus[i] - mus[j]) for i, j in itertools.combinations(range(len(mus)), 2)])
-    return float(between / max(within, 1e-300))
-
-
 def similarity_matrices(x: np.ndarray, labels: np.ndarray, num_domains: int) -> dict[str, np.ndarray]:
     """Cosine similarity and Pearson correlation between the per-scenario mean matrices.
 
@@ -633,13 +481,6 @@ def plot_heatmaps(sims: dict[str, dict[str, np.ndarray]], domain_names: Sequence
 
 
 # --------------------------------------------------------------------- t-SNE part
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
 def tsne_matrices(schema, data_fp: str, *, tag: str, model_name: str, kwargs: dict[str, Any], cfg, layer: int,
                   per_scenario: int, sample_seed: int, output_dir: str, aggregate_only: bool = False,
                   log: Callable[[str], None] = print) -> dict[str, Any] | None:
@@ -655,7 +496,7 @@ def tsne_matrices(schema, data_fp: str, *, tag: str, model_name: str, kwargs: di
     from mdr_tf.data import load_arrays
     from mdr_tf.models.midpg import mir_estimates
 
-    key = fingerprint({"trial": _trial_key(model_name, cfg, kwargs, data_fp), "layer": layer,
+    key = fingerprint({"trial": trial_key(model_name, cfg, kwargs, data_fp), "layer": layer,
                        "per_scenario": per_scenario, "sample_seed": sample_seed})
     path = os.path.join(output_dir, f"matrices-{tag}-{key[:16]}.npz")
     if os.path.exists(path):
@@ -676,7 +517,7 @@ def tsne_matrices(schema, data_fp: str, *, tag: str, model_name: str, kwargs: di
     mir = mir_estimates(model)
     out = {"S": s, "domains": np.asarray(x[schema.domain_key]), "test_auc": float(row["test_auc"]),
            "mir": mir, "path": path}
-    _atomic_savez(path, S=s, domains=out["domains"], test_auc=np.float64(row["test_auc"]),
+    savez_atomic(path, S=s, domains=out["domains"], test_auc=np.float64(row["test_auc"]),
                   mir=np.asarray(mir, np.float64))
     log(f"t-SNE {tag}: test AUC {row['test_auc']:.4f}, matrices {s.shape} → {path} ({time.time() - t0:.1f}s)")
     return out
@@ -810,8 +651,8 @@ def run(
             md = sweep_markdown(summary, metric)
             text += [f"## Fig. 2 (a/c/e): test {metric} vs low-rank size (λ1 = {sweep_mir_weight:g})\n", md]
             log("\n" + md)
-            _atomic_write(os.path.join(output_dir, "fig2_table.md"), md)
-            _atomic_write(os.path.join(output_dir, "fig2_summary.json"), json.dumps(summary, indent=2) + "\n")
+            atomic_write(os.path.join(output_dir, "fig2_table.md"), md)
+            atomic_write(os.path.join(output_dir, "fig2_summary.json"), json.dumps(summary, indent=2) + "\n")
             result["files"].append(plot_fig2(summary, os.path.join(output_dir, "fig2_lowrank.png"), metric,
                                              f"{dataset}: DPG variants vs APG at matched parameters"))
     if "tsne" in parts and shard_i == 0:
@@ -825,12 +666,12 @@ def run(
             md = tsne_markdown(res, schema.domain_names)
             text += ["## t-SNE separability and scenario similarity (Fig. 2 b/d/f)\n", md]
             log("\n" + md)
-            _atomic_write(os.path.join(output_dir, "tsne_stats.json"), json.dumps(res, indent=2) + "\n")
+            atomic_write(os.path.join(output_dir, "tsne_stats.json"), json.dumps(res, indent=2) + "\n")
             result["files"] += [os.path.join(output_dir, "tsne_dwm.png"),
                                 os.path.join(output_dir, "similarity_heatmap.png")]
     wall = time.time() - t_start
     text.append(f"\nWall time of this run: {wall:.0f} s.\n")
-    _atomic_write(os.path.join(output_dir, "summary.md" if shard_n == 1 else f"summary-shard-{shard_i}.md"),
+    atomic_write(os.path.join(output_dir, "summary.md" if shard_n == 1 else f"summary-shard-{shard_i}.md"),
                   "\n".join(text))
     log(f"wrote {', '.join(os.path.basename(f) for f in result['files']) or 'no figures'} "
         f"in {os.path.abspath(output_dir)} ({wall:.0f}s)")
@@ -841,10 +682,10 @@ def run(
 def _main(f: flags.FlagValues) -> None:
     common = {"embedding_dim": f.embedding_dim, "hidden_units": [int(u) for u in f.hidden_units]}
     run(dataset=f.dataset, data_dir=f.data_dir, raw_path=f.raw_path,
-        dataset_options=_parse_options(f.dataset_options), output_dir=f.output_dir, parts=f.parts,
+        dataset_options=parse_options(f.dataset_options), output_dir=f.output_dir, parts=f.parts,
         variants=f.variants, sizes=parse_sizes(f.sizes), apg=f.apg, apg_match=f.apg_match,
         sweep_mir_weight=f.sweep_mir_weight, trials=f.trials, seed_base=f.seed_base,
-        metric=f.metric, shard=_parse_shard(f.shard), aggregate_only=f.aggregate_only,
+        metric=f.metric, shard=parse_shard(f.shard), aggregate_only=f.aggregate_only,
         train_kwargs=train_kwargs_from_flags(f), common=common, tsne_variant=f.tsne_variant,
         tsne_size=parse_sizes([f.tsne_size])[0], mir_weight=f.mir_weight, tsne_layer=f.tsne_layer,
         tsne_per_scenario=f.tsne_per_scenario, perplexity=f.perplexity, tsne_iters=f.tsne_iters,

@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags
 
+from mdr_base.atomic import write_text_atomic
+
 
 def define_flags() -> None:
     from experiments import run as runner
@@ -239,14 +241,6 @@ def summary_table(rows: list[dict[str, Any]], domain_names: Sequence[str]) -> st
     return out
 
 
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def run(*, dataset: str = "ml100k", raw_path: str | None = None, data_dir: str = "data",
         dataset_options: dict[str, Any] | None = None, model: str = "mlora", holdout: int | None = None,
         init_from: int | str = "mean", unseen: bool = True, trials: int = 2,
@@ -255,7 +249,7 @@ def run(*, dataset: str = "ml100k", raw_path: str | None = None, data_dir: str =
         log=print) -> dict[str, Any]:
     """Runs the trials; returns ``{"rows", "table_md", "summary"}`` (see module doc)."""
     import mdr_tf  # noqa: F401  (sets the Keras backend)
-    from experiments.run import prepare_dataset
+    from experiments.common import prepare_dataset
     from mdr_tf import registry
     from mdr_tf.schema import Schema
 
@@ -283,17 +277,18 @@ def run(*, dataset: str = "ml100k", raw_path: str | None = None, data_dir: str =
     result = {"rows": rows, "table_md": title + table, "model": model, "dataset": dataset, "holdout": holdout,
               "model_kwargs": kwargs, "train": train_kwargs, "wall_seconds": round(time.time() - t0, 1)}
     if output:
-        _atomic_write(output, json.dumps(result, indent=2, default=float) + "\n")
+        write_text_atomic(output, json.dumps(result, indent=2, default=float) + "\n", makedirs=True)
         log(f"wrote {output}")
     return result
 
 
 def _main(f: flags.FlagValues) -> None:
-    from experiments.run import _parse_options, parse_model_args, train_kwargs_from_flags
+    from experiments.common import parse_options
+    from experiments.run import parse_model_args, train_kwargs_from_flags
 
     init_from: int | str = int(f.init_from) if f.init_from.lstrip("-").isdigit() else f.init_from
     run(dataset=f.dataset, raw_path=f.raw_path, data_dir=f.data_dir,
-        dataset_options=_parse_options(f.dataset_options), model=f.model, holdout=f.holdout,
+        dataset_options=parse_options(f.dataset_options), model=f.model, holdout=f.holdout,
         init_from=init_from, unseen=f.unseen_ids, trials=f.trials, seed_base=f.seed_base,
         train_kwargs=train_kwargs_from_flags(f), onboard_epochs=f.onboard_epochs, embedding_dim=f.embedding_dim,
         model_args=parse_model_args(f.model_args), output=f.output)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import matplotlib
@@ -10,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from mdr_base.atomic import atomic_path  # noqa: E402
 
 
 def per_domain_bars(summary: Sequence[dict[str, Any]], domain_names: Sequence[str], path: str,
@@ -32,9 +33,9 @@ def per_domain_bars(summary: Sequence[dict[str, Any]], domain_names: Sequence[st
     ax.set_title(title)
     ax.legend(ncol=min(4, len(models)), fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png", makedirs=True) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
     return path

@@ -49,7 +49,8 @@ def main(argv: Sequence[str]) -> None:
         return
     if FLAGS.config not in CONFIGS:
         raise app.UsageError(f"unknown --config={FLAGS.config!r}; available: {', '.join(CONFIGS)}")
-    from experiments.run import _parse_shard, run
+    from experiments.common import parse_shard
+    from experiments.run import run
 
     c = CONFIGS[FLAGS.config]
     dataset = "ml100k" if FLAGS.on_ml100k else c.dataset
@@ -60,7 +61,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         res = run(dataset=dataset, raw_path=FLAGS.raw_path, data_dir=FLAGS.data_dir, models=c.models,
                   trials=FLAGS.trials or c.trials, train_kwargs=train, model_kwargs=c.model_kwargs,
-                  per_model_args=c.per_model_args, output_dir=out, trial_shard=_parse_shard(FLAGS.trial_shard),
+                  per_model_args=c.per_model_args, output_dir=out, trial_shard=parse_shard(FLAGS.trial_shard),
                   aggregate_only=FLAGS.aggregate_only, tensorboard=FLAGS.tensorboard, base_model=c.base_model,
                   paper=c.paper, flags_record={"config": FLAGS.config, "on_ml100k": FLAGS.on_ml100k})
     except ValueError as e:

@@ -17,13 +17,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from typing import Any, Sequence
 
 from absl import app, flags
+
+from experiments.common import (TrialLog, TrialsFailed, atomic_write, git_commit, parse_options,  # noqa: F401
+                                parse_shard, prepare_dataset, trial_key, versions)
+
+# The helpers' former private names (scripts not yet moved to experiments.common import them from here).
+_atomic_write, _git_commit, _versions, _parse_options, _parse_shard, _trial_key = (
+    atomic_write, git_commit, versions, parse_options, parse_shard, trial_key)
 
 
 
@@ -158,52 +163,6 @@ def variant_from_flags(f: flags.FlagValues) -> dict[str, str | None]:
     return {"backbone": f.backbone, "block": f.block, "hook": f.hook}
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    import keras
-    import numpy
-    import pandas
-    import tensorflow as tf
-
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": numpy.__version__, "pandas": pandas.__version__, "platform": platform.platform(),
-            "cpus": str(os.cpu_count())}
-
-
-def _parse_options(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise app.UsageError(f"--dataset_options: expected key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
-def prepare_dataset(name: str, data_dir: str, raw_path: str | None, options: dict[str, Any]) -> str:
-    """Prepares (or reuses) a registered dataset and returns its directory."""
-    from data_prep import registry as data_registry
-
-    fn, defaults = data_registry.get(name)
-    kwargs = {**defaults, **options}
-    suffix = "" if not options else "-" + "-".join(f"{k}={v}" for k, v in sorted(options.items()))
-    out = os.path.join(data_dir, name + suffix.replace("/", "_").replace(" ", ""))
-    if raw_path is not None:
-        kwargs["raw_path"] = raw_path
-    fn(out, **kwargs)
-    return out
-
-
 def _model_kwargs(name: str, common: dict[str, Any], per_model: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Common overrides the model's constructor accepts, then the model's own arguments.
 
@@ -271,102 +230,6 @@ def _variant_family(name: str, applied: dict[str, Any]) -> str:
         return spec.family
     resolved = {**spec.builder_defaults(), **spec.defaults, **applied}
     return "seed" if resolved.get("block", "plain") != "plain" or resolved.get("hook") else "backbone"
-
-
-def _trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
-    from data_prep.common import fingerprint
-
-    from mdr_tf import registry
-
-    train = {k: v for k, v in vars(cfg).items() if k not in ("verbose", "tensorboard_dir", "checkpoint_dir")}
-    spec = registry.get(name)
-    # Every argument the model is built with: the builder's (and its class's) signature
-    # defaults, then the registry entry's, then the run's; a changed default of any of
-    # them must not reuse old trials.
-    resolved = {**spec.builder_defaults(), **spec.defaults, **kwargs}
-    resolved = json.loads(json.dumps(resolved, sort_keys=True, default=_stable_repr))
-    return fingerprint({"model": name, "seed": cfg.seed, "train": train, "model_kwargs": resolved,
-                        "builder": spec.builder, "procedure": spec.procedure, "data": data_fp})
-
-
-def _stable_repr(value: Any) -> str:
-    """``repr`` of a non-JSON argument for the trial key; refuses one that names a memory address."""
-    text = repr(value)
-    if " at 0x" in text:
-        raise TypeError(f"model argument {text} has no stable representation for the trial key; use a "
-                        "name or a config dict (e.g. an initializer's name) instead")
-    return text
-
-
-class TrialsFailed(ValueError):
-    """Some trials failed (e.g. a non-finite loss); the tables hold only the others."""
-
-
-class TrialLog:
-    """Append-only JSONL of finished trials; the key makes reruns skip finished work.
-
-    A failed trial is logged with ``"status": "failed"`` and its error; it is kept apart
-    (``failed``), left out of the tables and run again by a rerun.
-
-    Reads every ``trials*.jsonl`` in the folder (shards of one sweep written by several
-    processes or machines and copied together), appends to its own file only.
-    """
-
-    def __init__(self, path: str, pattern: str = "trials*.jsonl"):
-        import glob
-
-        self.path = path
-        self.rows: list[dict[str, Any]] = []
-        self.failed: list[dict[str, Any]] = []
-        seen = set()
-        for p in sorted(glob.glob(os.path.join(os.path.dirname(path) or ".", pattern))):
-            self._read(p, seen)
-
-    def _read(self, path: str, seen: set) -> None:
-        if os.path.exists(path):
-            with open(path) as f:
-                for lineno, line in enumerate(f, 1):
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        # A line cut by a kill mid-write: ignore it (the trial reruns).
-                        print(f"warning: {path}:{lineno}: unreadable line skipped", file=sys.stderr)
-                        continue
-                    if row.get("status") == "failed":
-                        self.failed.append(row)
-                        continue
-                    if row.get("key") not in seen:
-                        seen.add(row.get("key"))
-                        self.rows.append(row)
-
-    def done(self, key: str) -> dict[str, Any] | None:
-        for r in self.rows:
-            if r.get("key") == key:
-                return r
-        return None
-
-    def append(self, row: dict[str, Any]) -> None:
-        """Appends one line; first ends a line cut by a kill, so the new row stays readable."""
-        cut = False
-        if os.path.exists(self.path) and os.path.getsize(self.path):
-            with open(self.path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                cut = f.read(1) != b"\n"
-        with open(self.path, "a") as f:
-            f.write(("\n" if cut else "") + json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        (self.failed if row.get("status") == "failed" else self.rows).append(row)
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def run(
@@ -538,14 +401,6 @@ def run(
         raise TrialsFailed(f"{len(failed)} of {len(keys)} trials failed: "
                            + "; ".join(f"{r['model']} trial {r['trial']}: {r['error']}" for r in failed.values()))
     return {"summary": summary, "table_md": md, "output_dir": output_dir, "rows": rows, "data_dir": data_path}
-
-
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise app.UsageError(f"--trial_shard={text!r}: expected i/n, e.g. 0/2")
-    return i, n
 
 
 def _main(f: flags.FlagValues) -> None:

@@ -36,8 +36,9 @@ from typing import Any, Sequence
 
 from absl import flags
 
-from experiments.run import (TrialLog, _atomic_write, _git_commit, _parse_options, _parse_shard, _versions,
-                             define_data_flags, parse_model_args, prepare_dataset)
+from experiments.common import (TrialLog, atomic_write, git_commit, parse_options, parse_shard, prepare_dataset,
+                                versions)
+from experiments.run import define_data_flags, parse_model_args
 
 DEFAULT_MODELS = ("cigf", "cigf_no_mesi", "cigf_no_mixing", "cigf_target_only", "lightgcn", "mf_bpr",
                   "popularity", "random")
@@ -221,7 +222,7 @@ def run(
     trainable = [m for m in models if topn.get(m).builder is not None]
     total = len(models) * trials + len(trainable) * max(len(lr_grid) - 1, 0)
     t_start, finished_now, done_count = time.time(), 0, 0
-    commit = _git_commit()
+    commit = git_commit()
     fp = data.meta["fingerprint"]
     log(f"dataset {dataset}: {data.num_users} users, {data.num_items} items, behaviours "
         f"{dict(zip(data.behaviors, (len(u) for u in data.train_users)))}, {len(data.test_users)} test users, "
@@ -307,7 +308,7 @@ def run(
                        + f" | {v['chosen']:g} |")
         sel_md = (f"# {dataset}: learning rate per model, chosen on validation NDCG@10 (seed {seed_base})\n\n"
                   + "\n".join(sel) + "\n")
-        _atomic_write(os.path.join(output_dir, "lr_selection.md"), sel_md)
+        atomic_write(os.path.join(output_dir, "lr_selection.md"), sel_md)
         log("\n" + sel_md)
     title = (f"# {dataset}: leave-one-out top-N, mean ± std over trials\n\n"
              f"Target behaviour `{data.behaviors[-1]}`; each of {len(data.test_users)} test users' held-out item "
@@ -315,9 +316,9 @@ def run(
              f"{', '.join(f'd{k} = {n}' for k, n in enumerate(data.domain_names))}. "
              "* = better than the best other non-CIGF model (Welch's t-test over trials, p < 0.05). "
              "Test metrics at each trial's best validation epoch; lr = the rate chosen on validation.\n\n")
-    _atomic_write(os.path.join(output_dir, "table.md"), title + md)
-    _atomic_write(os.path.join(output_dir, "table.csv"), csv_table(summary, data.num_domains))
-    meta = {"git_commit": commit, "versions": _versions(), "flags": flags_record or {}, "dataset": dataset,
+    atomic_write(os.path.join(output_dir, "table.md"), title + md)
+    atomic_write(os.path.join(output_dir, "table.csv"), csv_table(summary, data.num_domains))
+    meta = {"git_commit": commit, "versions": versions(), "flags": flags_record or {}, "dataset": dataset,
             "data_dir": os.path.abspath(data_path), "data_fingerprint": fp,
             "data_checksums": data.meta.get("checksums"),
             "models": models, "trials": trials, "seed_base": seed_base, "train": train_kwargs,
@@ -328,7 +329,7 @@ def run(
                                  "best_epoch": {str(k): x for k, x in v["best_epoch"].items()}}
                              for m, v in selection.items()},
             "wall_seconds": round(time.time() - t_start, 1)}
-    _atomic_write(os.path.join(output_dir, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
+    atomic_write(os.path.join(output_dir, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
     log("\n" + title + md)
     log(f"results: {os.path.abspath(output_dir)}/table.md, table.csv, trials.jsonl, run_meta.json "
         f"({time.time() - t_start:.0f}s)")
@@ -344,10 +345,10 @@ def _main(f: flags.FlagValues) -> None:
     flags_record = {flag.name: flag.value for flag in f.get_flags_for_module(sys.modules[__name__])}
     flags_record.update({n: getattr(f, n) for n in ("dataset", "raw_path", "data_dir", "dataset_options")})
     run(dataset=f.dataset, raw_path=f.raw_path, data_dir=f.data_dir,
-        dataset_options=_parse_options(f.dataset_options), models=f.models, trials=f.trials,
+        dataset_options=parse_options(f.dataset_options), models=f.models, trials=f.trials,
         seed_base=f.seed_base, train_kwargs=train_kwargs, model_kwargs={"embedding_dim": f.embedding_dim},
         per_model_args=parse_model_args(f.model_args), output_dir=f.output_dir, export_dir=f.export_dir,
-        flags_record=flags_record, trial_shard=_parse_shard(f.trial_shard), aggregate_only=f.aggregate_only,
+        flags_record=flags_record, trial_shard=parse_shard(f.trial_shard), aggregate_only=f.aggregate_only,
         lr_grid=[float(x) for x in f.lr_grid])
 
 

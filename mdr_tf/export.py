@@ -39,29 +39,16 @@ import bisect
 import functools
 import os
 import shutil
-import tempfile
 import time
 import warnings
 
 import keras
 import tensorflow as tf
 
+from mdr_base.atomic import mkdtemp_honouring_umask
 from mdr_tf.data import feature_spec, sequence_keys
 from mdr_tf.layers.embedding import check_inputs
 from mdr_tf.schema import Schema
-
-
-def mkdtemp_honouring_umask(prefix: str, dir: str) -> str:
-    """``tempfile.mkdtemp`` whose directory gets the mode the umask gives (mkdtemp's is 0700).
-
-    The temp directory is renamed into place as the final output, which other users
-    (e.g. TF Serving running as another account) must be able to read.
-    """
-    tmp = tempfile.mkdtemp(prefix=prefix, dir=dir)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)
-    return tmp
 
 
 def _input_signature(schema: Schema) -> dict[str, tf.TensorSpec]:

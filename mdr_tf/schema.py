@@ -7,14 +7,7 @@ import json
 import os
 from typing import Any
 
-
-@dataclasses.dataclass(frozen=True)
-class Feature:
-    name: str
-    kind: str  # "categorical" | "dense"
-    vocab_size: int = 0
-    group: str = "context"  # user | item | context | domain
-    is_id: bool = False
+from mdr_base.features import Feature  # noqa: F401  (the one feature type; data_prep's FeatureDef)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -399,31 +399,21 @@ def export_topn(model, directory: str) -> str:
     The graph representations are computed once (the graph is fixed after training), so
     serving is two gathers and the decoder. Ids outside [0, U) / [0, I) are rejected.
     """
-    import shutil
-    import tempfile
-
     import tensorflow as tf
+
+    from mdr_base.atomic import AtomicDir
 
     if model.adjacency_norm is not None and model._graph is None:
         raise ValueError("export_topn: the model has no graph; train it (or call set_graph) first")
     z = model.propagate(model._graph or [])
     U = model.num_users
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
-    try:
+    with AtomicDir(directory) as tmp:  # renamed into place (replacing an older export) when complete
         zn = np.asarray(z)
         np.savez(os.path.join(tmp, "embeddings.npz"), user=zn[:, :U], item=zn[:, U:],
                  behaviors=np.array(model.behaviors))
         scorer = _Scorer(model, zn)
         tf.saved_model.save(scorer, os.path.join(tmp, "saved_model"),
                             signatures={"serving_default": scorer.serve})
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import midpg_figures as mf
+from experiments import tsne  # the exact t-SNE and cluster scores moved there
 from mdr_tf import training
 from mdr_tf.models.midpg import build_midpg
 from tests.helpers import random_inputs
@@ -140,33 +141,33 @@ def test_similarity_diagonal_is_one_and_scores_separate_clusters():
     for m in sims.values():
         np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-12)
         np.testing.assert_allclose(m, m.T, atol=1e-12)
-    assert mf.silhouette(x, labels) > 0.7
-    assert mf.silhouette(rng.normal(size=(120, 6)), labels) < 0.1
-    assert mf.between_within(x, labels) > 5
+    assert tsne.silhouette(x, labels) > 0.7
+    assert tsne.silhouette(rng.normal(size=(120, 6)), labels) < 0.1
+    assert tsne.between_within(x, labels) > 5
 
 
 def test_silhouette_against_hand_computed_value():
     # Clusters {0, 1} and {10, 11} on a line: s(0) = 1 - 1/10.5, s(1) = 1 - 1/9.5, mirrored for
     # the other cluster, so the mean is (2 - 1/10.5 - 1/9.5) / 2.
     x = np.array([[0.0], [1.0], [10.0], [11.0]])
-    np.testing.assert_allclose(mf.silhouette(x, np.array([0, 0, 1, 1])), (2 - 1 / 10.5 - 1 / 9.5) / 2, rtol=1e-9)
+    np.testing.assert_allclose(tsne.silhouette(x, np.array([0, 0, 1, 1])), (2 - 1 / 10.5 - 1 / 9.5) / 2, rtol=1e-9)
 
 
 def test_exact_tsne_calibrates_perplexity_and_separates_clusters():
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(3), 50)
     x = 8.0 * np.eye(3, 10)[labels] + rng.normal(size=(150, 10))  # three Gaussians, 8σ apart
-    p = mf.conditional_probabilities(mf._sq_distances(x), perplexity=15.0)
+    p = tsne.conditional_probabilities(tsne._sq_distances(x), perplexity=15.0)
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-12)
     assert np.all(np.diag(p) == 0)
     entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
     np.testing.assert_allclose(entropy, np.log(15.0), atol=1e-4)  # perplexity 2^H(bits) = e^H(nats)
-    y, method = mf.embed_2d(x, perplexity=15.0, seed=0, max_iter=1000)
+    y, method = tsne.embed_2d(x, perplexity=15.0, seed=0, max_iter=1000)
     assert y.shape == (150, 2) and np.all(np.isfinite(y)) and "t-SNE" in method
     # Observed 0.892 (scikit-learn 1.9.1's exact t-SNE, same settings: 0.893); raw data: 0.51.
-    assert mf.silhouette(y, labels) > 0.8, mf.silhouette(y, labels)
+    assert tsne.silhouette(y, labels) > 0.8, tsne.silhouette(y, labels)
     # Every point's nearest 2-D neighbour is in its own cluster.
-    d = mf._sq_distances_2d(y) + np.diag(np.full(150, np.inf))
+    d = tsne._sq_distances_2d(y) + np.diag(np.full(150, np.inf))
     assert np.mean(labels[d.argmin(1)] == labels) == 1.0
 
 
@@ -178,3 +179,57 @@ def test_parse_sizes_and_points():
     assert [p.label for p in pts] == ["non", "rc@2x2x1", "apg@2x2x1", "rc@4x4x2", "apg@4x4x2"]
     with pytest.raises(ValueError, match="unknown DWM variants"):
         mf.sweep_points(["x"], [(2, 2, 1)])
+
+
+def _old_deep_forward(deep_model, x, upto=None):
+    """The walk ``experiments.midpg_figures.deep_forward`` used to do by hand (kept as the reference)."""
+    deep = deep_model.deep
+    ctx = deep_model.embedding(x)
+    if getattr(deep_model, "hook_context", None) is not None:
+        ctx = {**ctx, **deep_model.hook_context(ctx, training=False)}
+    h = ctx["all"]
+    if deep.hook and deep.hook_on_input:
+        h = deep.input_hook(h, ctx, training=False)
+    hooks = iter(deep.hook_layers)
+    for i, blk in enumerate(deep.blocks):
+        if i == upto:
+            return ctx, h
+        h = blk(h, ctx, training=False)
+        if deep.batch_norm:
+            h = deep.norms[i](h, training=False)
+        h = deep.act(h)
+        if deep.hook and i in deep.hook_positions:
+            h = next(hooks)(h, ctx, training=False)
+    return ctx, h
+
+
+@pytest.mark.parametrize("kind", ["midpg", "ppnet_bn", "adasparse_input"])
+def test_block_inputs_from_the_models_own_forward_equal_the_old_walk(synth_schema, kind):
+    """``DomainMLP.record_block_inputs`` (what ``deep_forward`` now uses) gives block i's input
+    exactly as the former hand-written walk did, with hooks, BN and an input hook."""
+    from mdr_tf.models.backbones import BackboneModel
+
+    cfg = synth_schema.to_config()
+    if kind == "midpg":
+        m = build_midpg(cfg, variant="r", a=2, b=2, k=1, mir_weight=0.0, **TINY)
+    elif kind == "ppnet_bn":
+        m = BackboneModel(cfg, hook="ppnet", batch_norm=True, **TINY)
+    else:
+        m = BackboneModel(cfg, hook="adasparse", hook_on_input=True, **TINY)
+    m.build()
+    x = random_inputs(synth_schema, 12)
+    for upto in (0, 1, None):
+        ctx_old, h_old = _old_deep_forward(m, x, upto)
+        ctx_new, h_new = mf.deep_forward(m, x, upto)
+        np.testing.assert_allclose(np.asarray(h_new), np.asarray(h_old), rtol=1e-6, atol=1e-7)
+        assert sorted(ctx_new) == sorted(ctx_old)
+    # Block 1's input is not block 0's (the recorder indexes blocks, not a constant), and the
+    # recorded output is the model's deep output (what the head sees).
+    _, h0 = mf.deep_forward(m, x, 0)
+    _, h1 = mf.deep_forward(m, x, 1)
+    assert h0.shape[-1] != h1.shape[-1] or not np.allclose(np.asarray(h0), np.asarray(h1))
+    # Nothing is recorded outside the ``with``.
+    with m.deep.record_block_inputs() as rec:
+        pass
+    m(x, training=False)
+    assert rec == []

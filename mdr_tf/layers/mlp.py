@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import keras
 
@@ -107,11 +108,32 @@ class DomainMLP(keras.layers.Layer):
     def output_dim(self) -> int:
         return self.units[-1] if self.units else 0
 
+    @contextlib.contextmanager
+    def record_block_inputs(self) -> Iterator[list[dict[str, Any]]]:
+        """Records what each block receives while the block of code runs (eager inspection).
+
+        Every call of this MLP inside the ``with`` appends ``{"ctx": ctx, "block_inputs":
+        [input of block 0, ..., input of block L-1], "output": the MLP's output}`` to the
+        yielded list, so a model's own forward (``model(x, training=False)``) exposes
+        block i's input (e.g. MI-DPG's weighting matrices, docs/models/midpg.md). Outside
+        the ``with`` nothing is recorded; the computation is the same either way.
+        """
+        log: list[dict[str, Any]] = []
+        object.__setattr__(self, "_block_input_log", log)  # plain attribute: not tracked by Keras
+        try:
+            yield log
+        finally:
+            object.__setattr__(self, "_block_input_log", None)
+
     def call(self, x, ctx: dict | None = None, training: bool | None = None):
+        log = getattr(self, "_block_input_log", None)
+        record = None if log is None else {"ctx": ctx, "block_inputs": []}
         if self.hook and self.hook_on_input:
             x = self.input_hook(x, ctx, training=training)
         it = iter(self.hook_layers)
         for i, blk in enumerate(self.blocks):
+            if record is not None:
+                record["block_inputs"].append(x)
             x = blk(x, ctx, training=training)
             if self.batch_norm:
                 x = self.norms[i](x, training=training)
@@ -120,6 +142,9 @@ class DomainMLP(keras.layers.Layer):
                 x = self.drop(x, training=training)
             if self.hook and i in self.hook_positions:
                 x = next(it)(x, ctx, training=training)
+        if record is not None:
+            record["output"] = x
+            log.append(record)
         return x
 
     def compute_output_shape(self, input_shape):

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep import amazon, common
+from data_prep import amazon, base, common  # base: where ALLOW_EMPTY_SPLITS lives
 from data_prep.common import DataError
 
 # ----------------------------------------------------------------------------- fixtures
@@ -306,7 +306,7 @@ def test_midpg_metadata_join_scenarios(tmp_path, release):
 
 
 def test_midpg_custom_category_map(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "ALLOW_EMPTY_SPLITS", True)  # 4 rows: the valid split comes out empty
+    monkeypatch.setattr(base, "ALLOW_EMPTY_SPLITS", True)  # 4 rows: the valid split comes out empty
     raw = write_midpg_2014(tmp_path / "m")
     cmap = tmp_path / "map.json"
     cmap.write_text(json.dumps({"PC": ["Computers & Accessories"], "AV": ["Home Audio", "Headphones"]}))

@@ -17,7 +17,7 @@ import zipfile
 
 import pytest
 
-from data_prep import common, movielens
+from data_prep import common, movielens, writers  # writers: where write_dataset looks up _serialize_rows
 from data_prep.common import DataError
 
 # ----------------------------------------------------------------------------- fixtures
@@ -338,13 +338,13 @@ def test_failure_leaves_no_half_written_output(tmp_path, ml1m_zip, monkeypatch):
                 raise OSError("disk full (simulated)")
             yield rec
 
-    monkeypatch.setattr(common, "_serialize_rows", failing)
+    monkeypatch.setattr(writers, "_serialize_rows", failing)
     with pytest.raises(OSError, match="simulated"):
         _prep(tmp_path / "out", ml1m_zip, version="1m")
     assert os.listdir(tmp_path) == []  # neither the output nor a temp sibling is left behind
-    monkeypatch.setattr(common, "_serialize_rows", real)
+    monkeypatch.setattr(writers, "_serialize_rows", real)
     good = _prep(tmp_path / "out", ml1m_zip, version="1m")
-    monkeypatch.setattr(common, "_serialize_rows", failing)
+    monkeypatch.setattr(writers, "_serialize_rows", failing)
     with pytest.raises(OSError):
         _prep(tmp_path / "out", ml1m_zip, version="1m", seed=1)  # different fingerprint -> rewrite fails
     # The previous complete output is untouched.
