@@ -20,12 +20,13 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import flags
 
-from experiments.run import (_atomic_write, _parse_options, define_data_flags, define_training_flags, embedding_kwargs,
-                             run, train_kwargs_from_flags)
+from experiments.common import atomic_write as _atomic_write
+from experiments.common import parse_options as _parse_options
+from experiments.run import define_data_flags, define_training_flags, embedding_kwargs, run, train_kwargs_from_flags
 
 
 def configs(modes: Sequence[str], bits: Sequence[int]) -> list[tuple[str, int]]:
@@ -271,7 +272,7 @@ def define_flags() -> None:
 
 def _main(f: flags.FlagValues) -> None:
     import mdr_tf  # noqa: F401
-    from experiments.run import _git_commit, _versions, prepare_dataset
+    from experiments.common import git_commit as _git_commit, prepare_dataset, versions as _versions
     from mdr_tf.schema import Schema
 
     quant = json.loads(f.embedding_quantization)

@@ -108,7 +108,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
     del argv
     import mdr_tf  # noqa: F401
-    from experiments.run import _parse_options, prepare_dataset
+    from experiments.common import parse_options as _parse_options, prepare_dataset
     from mdr_tf.schema import Schema
 
     schema = Schema.load(prepare_dataset(FLAGS.dataset, FLAGS.data_dir, None, _parse_options([])))

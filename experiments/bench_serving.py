@@ -248,7 +248,7 @@ def main(argv: Sequence[str]) -> None:
         tf_worker(FLAGS.worker_threads)
         return
     import mdr_tf  # noqa: F401
-    from experiments.run import _parse_options, _versions, prepare_dataset
+    from experiments.common import parse_options as _parse_options, prepare_dataset, versions as _versions
     from mdr_tf.data import load_arrays
     from mdr_tf.schema import Schema
 

@@ -401,7 +401,7 @@ def main(argv: Sequence[str]) -> None:
         dump_dir = tempfile.mkdtemp(prefix="hlo_")
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump_dir} --xla_dump_hlo_as_text"
     import mdr_tf  # noqa: F401
-    from experiments.run import _parse_options, _versions, prepare_dataset
+    from experiments.common import parse_options as _parse_options, prepare_dataset, versions as _versions
     from mdr_tf.schema import Schema
 
     schema = Schema.load(prepare_dataset(FLAGS.dataset, FLAGS.data_dir, None, _parse_options(FLAGS.dataset_options)))

@@ -174,7 +174,7 @@ def run_trial(name: str, schema, order: list[int], seed: int, kwargs: dict[str, 
         ids = unseen_ids(schema, new_id)
         row["unseen_ids"] = {k: int(len(v)) for k, v in ids.items()}
         row["onboard_ids"] = onboarded({k: v for k, v in ids.items() if len(v)}, " (+ unseen-id embeddings)")
-    del base
+    base = None  # release the base model before the retraining below
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)

@@ -26,10 +26,6 @@ from absl import app, flags
 from experiments.common import (TrialLog, TrialsFailed, atomic_write, git_commit, parse_options,  # noqa: F401
                                 parse_shard, prepare_dataset, trial_key, versions)
 
-# The helpers' former private names (scripts not yet moved to experiments.common import them from here).
-_atomic_write, _git_commit, _versions, _parse_options, _parse_shard, _trial_key = (
-    atomic_write, git_commit, versions, parse_options, parse_shard, trial_key)
-
 
 
 def define_data_flags() -> None:
@@ -315,7 +311,7 @@ def run(
     per_model_args = dict(per_model_args or {})
     total = len(models) * trials
     t_start = time.time()
-    commit = _git_commit()  # the code this process imported (the checkout may move while it runs)
+    commit = git_commit()  # the code this process imported (the checkout may move while it runs)
     finished_now = 0
     log(f"dataset {dataset}: {schema.raw['num_examples']:,} examples, {schema.num_domains} domains "
         f"{list(schema.domain_names)} (data in {data_path})")
@@ -330,8 +326,8 @@ def run(
             cfg = TrainConfig(seed=seed, tensorboard_dir=tb, **train_kwargs)
             if checkpoint:
                 cfg.checkpoint_dir = os.path.join(output_dir, "checkpoints",
-                                                  _trial_key(name, cfg, kwargs, schema.raw["fingerprint"]))
-            key = _trial_key(name, cfg, kwargs, schema.raw["fingerprint"])
+                                                  trial_key(name, cfg, kwargs, schema.raw["fingerprint"]))
+            key = trial_key(name, cfg, kwargs, schema.raw["fingerprint"])
             keys[key] = label
             idx = mi * trials + t + 1
             if aggregate_only or t % shard_n != shard_i:
@@ -385,15 +381,15 @@ def run(
         title += (f"**{len(failed)} trial(s) failed and are not in the table:** "
                   + "; ".join(f"{r['model']} trial {r['trial']} ({r['error'].split(':')[0]})" for r in failed.values())
                   + f" (details in {os.path.basename(log_path)}).\n\n")
-    _atomic_write(os.path.join(output_dir, "table.md"), title + md)
-    _atomic_write(os.path.join(output_dir, "table.csv"), report.csv_table(summary, schema.num_domains))
-    meta = {"git_commit": commit, "versions": _versions(), "flags": flags_record or {},
+    atomic_write(os.path.join(output_dir, "table.md"), title + md)
+    atomic_write(os.path.join(output_dir, "table.csv"), report.csv_table(summary, schema.num_domains))
+    meta = {"git_commit": commit, "versions": versions(), "flags": flags_record or {},
             "dataset": dataset, "data_dir": os.path.abspath(data_path),
             "data_fingerprint": schema.raw["fingerprint"], "data_checksums": schema.raw.get("checksums"),
             "models": models, "variant": variant, "trials": trials, "seed_base": seed_base, "train": train_kwargs,
             "model_kwargs": model_kwargs, "per_model_args": per_model_args,
             "wall_seconds": round(time.time() - t_start, 1)}
-    _atomic_write(os.path.join(output_dir, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
+    atomic_write(os.path.join(output_dir, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
     log("\n" + title + md)
     log(f"results: {os.path.abspath(output_dir)}/table.md, table.csv, trials.jsonl, run_meta.json "
         f"({time.time() - t_start:.0f}s)")
@@ -411,10 +407,10 @@ def _main(f: flags.FlagValues) -> None:
     train_kwargs = train_kwargs_from_flags(f, monitor=f.monitor, mode=f.mode, strategy=f.strategy)
     flags_record = {flag.name: flag.value for flag in f.get_flags_for_module(sys.modules[__name__])}
     run(dataset=f.dataset, raw_path=f.raw_path, data_dir=f.data_dir,
-        dataset_options=_parse_options(f.dataset_options), models=f.models, trials=f.trials,
+        dataset_options=parse_options(f.dataset_options), models=f.models, trials=f.trials,
         seed_base=f.seed_base, train_kwargs=train_kwargs, model_kwargs=model_kwargs,
         per_model_args=parse_model_args(f.model_args), output_dir=f.output_dir, export_dir=f.export_dir,
-        flags_record=flags_record, trial_shard=_parse_shard(f.trial_shard),
+        flags_record=flags_record, trial_shard=parse_shard(f.trial_shard),
         aggregate_only=f.aggregate_only, tensorboard=f.tensorboard, checkpoint=f.checkpoint,
         variant=variant_from_flags(f))
 

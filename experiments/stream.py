@@ -30,7 +30,9 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags
 
-from experiments.run import TrialLog, _atomic_write, _git_commit, _versions, parse_model_args
+from experiments.common import TrialLog, git_commit as _git_commit, versions as _versions
+from experiments.common import atomic_write as _atomic_write
+from experiments.run import parse_model_args
 
 POLICY_NAMES = ("full", "threshold", "hash", "autoassign")
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import run as runner
+from experiments.common import trial_key
 from mdr_tf import registry
 from tests.test_reliability import TINY, tiny_inputs
 
@@ -167,9 +168,9 @@ def test_trial_key_changes_with_a_builder_signature_default(monkeypatch):
 
     monkeypatch.setitem(registry.REGISTRY, "toy", registry.ModelSpec("toy", f"{__name__}:toy_builder"))
     assert registry.get("toy").builder_defaults() == {"width": 8}
-    key = runner._trial_key("toy", TrainConfig(), {}, "data")
-    assert runner._trial_key("toy", TrainConfig(), {}, "data") == key
+    key = trial_key("toy", TrainConfig(), {}, "data")
+    assert trial_key("toy", TrainConfig(), {}, "data") == key
     monkeypatch.setattr(toy_builder, "__defaults__", (16,))  # the builder's default changed
-    assert runner._trial_key("toy", TrainConfig(), {}, "data") != key
+    assert trial_key("toy", TrainConfig(), {}, "data") != key
     # The class a registry builder returns counts too (HierRec's widths are class defaults).
     assert registry.get("hierrec").builder_defaults()["num_heads"] == 2

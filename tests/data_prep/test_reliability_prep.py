@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import gzip
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -203,7 +202,7 @@ def test_taobao_skipped_embedding_line_counts_as_no_embedding(tmp_path):
     vocab = open(os.path.join(str(tmp_path / "o"), "vocab", "item_id.txt")).read().split("\n")
     assert "999" not in vocab  # its clicks are dropped like those of an item without embedding
     assert s["pretrained_embeddings"]["item_id"]["ids_without_embedding"] == 0
-    k = taobao.prepare(str(tmp_path / "k"), raw_path=raw, skip_bad_rows=True, require_embeddings=False)
+    taobao.prepare(str(tmp_path / "k"), raw_path=raw, skip_bad_rows=True, require_embeddings=False)
     assert "999" in open(os.path.join(str(tmp_path / "k"), "vocab", "item_id.txt")).read().split("\n")  # control
 
 
