@@ -217,7 +217,8 @@ def parse_feature_block(block: bytes, n_head: int, check_num: bool) -> dict[str,
         inside = (e < m) & (estart[np.minimum(e, m - 1)] <= p)
         if not inside.all():
             prow = np.searchsorted(re_, p[~inside])
-            raise _Bad({int(rows_line[min(r, n - 1)]): f"separator {name} outside a feature entry" for r in prow[:1000]})
+            raise _Bad({int(rows_line[min(r, n - 1)]): f"separator {name} outside a feature entry"
+                        for r in prow[:1000]})
         cnt = np.bincount(e, minlength=m)[:m]
         if (cnt != 1).any():
             raise _Bad(_bad(rows_line[erow], cnt != 1,
@@ -259,7 +260,8 @@ def parse_feature_block(block: bytes, n_head: int, check_num: bool) -> dict[str,
     ok = _float_like(b, p3[dent] + 1, eend[dent])
     if not ok.all():
         dfield = fidx[dpos[fidx] >= 0]
-        raise _Bad(_bad(rows_line[erow[dent]], ~ok, lambda i: f"field {SPARSE_FIELDS[dfield[i]]}: value is not a number"))
+        raise _Bad(_bad(rows_line[erow[dent]], ~ok,
+                        lambda i: f"field {SPARSE_FIELDS[dfield[i]]}: value is not a number"))
     idv, ok = parse_int_spans(b, p2[chosen] + 1, p3[chosen])
     if not ok.all():
         raise _Bad(_bad(rows_line[crow_], ~ok,
@@ -827,8 +829,9 @@ def prepare_rechub_csv(output_dir: str, *, raw_path: str, task: str = "ctr", num
                         if c in ("click", "purchase"):
                             ok &= v <= 1
                     for i in np.flatnonzero(~ok & keep)[:1000]:
-                        bad.setdefault(int(lines[i]), f"column {c} is not a{' 0/1' if c in ('click', 'purchase') else 'n'} "
-                                                      f"{'number' if c.startswith('D') else 'integer'}")
+                        bad.setdefault(int(lines[i]),
+                                       f"column {c} is not a{' 0/1' if c in ('click', 'purchase') else 'n'} "
+                                       f"{'number' if c.startswith('D') else 'integer'}")
                     keep &= ok
                     out[c] = v
                 dom = dom_lut[np.clip(out["301"], 0, len(dom_lut) - 1)]

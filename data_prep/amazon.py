@@ -48,8 +48,8 @@ import numpy as np
 import pandas as pd
 from absl import flags
 
-from data_prep.common import (check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
-                              random_split, sha256_of_file, stratified_split, write_dataset, run_cli)
+from data_prep.common import (check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output,
+                              fingerprint, log, random_split, sha256_of_file, stratified_split, write_dataset, run_cli)
 
 MLORA6 = ("Musical Instruments", "Office Products", "Patio Lawn and Garden", "Prime Pantry", "Toys and Games",
           "Video Games")

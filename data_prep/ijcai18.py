@@ -17,8 +17,9 @@ closest public code to MI-DPG, which uses this data; MI-DPG's own choices are un
     ``item_category_1``), ``--top_k_domains`` keeps the k most frequent values;
   * features: MMLRec's 18 sparse columns + the scenario column, and 4 dense columns
     (shop review rate / service / delivery / description scores, min-max scaled on
-    train; the missing marker -1 is left out of the range and written as -1.0). Our deviation (a flag): ``context_timestamp`` is replaced by the derived
-    ``context_hour`` (a raw-timestamp category is unseen in any later day);
+    train; the missing marker -1 is left out of the range and written as -1.0). Our deviation
+    (a flag): ``context_timestamp`` is replaced by the derived ``context_hour`` (a raw-timestamp
+    category is unseen in any later day);
   * nested fields (``--list_mode``): ``whole`` (MMLRec: each whole string is one
     category) or ``split`` (``item_category_1/2``, the first ``max_list_items``
     properties and predicted categories as separate categorical features);
@@ -459,7 +460,8 @@ def _pass1(work: WorkDir, src: StreamSource, files, features, domain_field, bloc
     if top_k:
         chosen = set(tv[np.argsort(-tcnt, kind="stable")[:top_k]].tolist())
         dvals = np.array([v for v in dvals if v in chosen], dtype=dvals.dtype)
-    domains = sorted((v.decode() for v in dvals), key=lambda s: (0, int(s), s) if s.lstrip("-").isdigit() else (1, 0, s))
+    domains = sorted((v.decode() for v in dvals),
+                     key=lambda s: (0, int(s), s) if s.lstrip("-").isdigit() else (1, 0, s))
     rows_outside = int(dcnt.sum() - sum(int(c) for v, c in zip(*dc.result()) if v.decode() in domains))
     arrays = {}
     for f in features:

@@ -51,9 +51,9 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags
 
-from data_prep.common import (check_split_ratios, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts, Vocab,
-                              WorkDir, existing_output, finish_streamed_dataset, fingerprint, iter_line_blocks, log,
-                              parse_int_spans, split_delimited, split_uniform, write_vocab_file, run_cli)
+from data_prep.common import (check_split_ratios, DataError, FeatureDef, StreamingWriter, StreamSource, ValueCounts,
+                              Vocab, WorkDir, existing_output, finish_streamed_dataset, fingerprint, iter_line_blocks,
+                              log, parse_int_spans, split_delimited, split_uniform, write_vocab_file, run_cli)
 from data_prep.common import define_streaming_flags
 
 FORMAT_VERSION = 1

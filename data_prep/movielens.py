@@ -41,9 +41,9 @@ import numpy as np
 import pandas as pd
 from absl import flags
 
-from data_prep.common import (check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output, fingerprint, log,
-                              random_split, remap_domains, sha256_of_bytes, sha256_of_file, stratified_split,
-                              write_dataset, run_cli)
+from data_prep.common import (check_split_ratios, DataError, FeatureDef, encode_categorical, existing_output,
+                              fingerprint, log, random_split, remap_domains, sha256_of_bytes, sha256_of_file,
+                              stratified_split, write_dataset, run_cli)
 from data_prep.sources import DEFAULT_CACHE, RawSource, fetch_recbole_wheel, parse_lines
 
 EXPECTED = {

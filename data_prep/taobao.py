@@ -41,8 +41,8 @@ import pandas as pd
 from absl import flags
 
 from data_prep.amazon import add_negatives, draw_ratios
-from data_prep.common import (check_split_ratios, AtomicDir, DataError, FeatureDef, encode_categorical, existing_output, fingerprint,
-                              log, random_split, sha256_of_file, stratified_split, write_dataset, run_cli)
+from data_prep.common import (check_split_ratios, AtomicDir, DataError, FeatureDef, encode_categorical, existing_output,
+                              fingerprint, log, random_split, sha256_of_file, stratified_split, write_dataset, run_cli)
 
 CLICK_FILE = "theme_click_log.csv"
 USER_EMB_FILE = "user_embedding.csv"

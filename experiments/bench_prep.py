@@ -3,9 +3,9 @@
 Writes ``sample_skeleton_{train,test}.csv`` / ``common_features_{train,test}.csv`` in the
 raw Ali-CCP format with a realistic shape (14 entries per sample row, about 300 entries
 per common-feature row, one common row per ~58 samples as in the real train file;
-numbers are fixed-width so that rows are assembled as byte matrices), runs ``data_prep.aliccp.prepare`` on them and reports rows/s, peak RSS of the
-parent and of the largest worker, and the output size. Also compares the columnar
-tf.Example encoder with building ``tf.train.Example`` protos row by row.
+numbers are fixed-width so that rows are assembled as byte matrices), runs ``data_prep.aliccp.prepare``
+on them and reports rows/s, peak RSS of the parent and of the largest worker, and the output size. Also
+compares the columnar tf.Example encoder with building ``tf.train.Example`` protos row by row.
 
 Example:
   python -m experiments.bench_prep --rows=3000000 --dir=/tmp/aliccp_bench --workers=2

@@ -112,7 +112,8 @@ def export_reference(model, name: str, path: str) -> None:
                     side_dense=[j for j, f in enumerate(s.dense) if f.group == "domain"])
         for v in ("gamma", "beta", "gamma_d", "beta_d", "moving_mean", "moving_variance"):
             w[f"pn/{v}"] = np.asarray(getattr(model.pn, v))
-        for prefix, blk in [(f"star_fcn/{i}", b) for i, b in enumerate(model.fcn.blocks)] + [("star_out", model.main_out)]:
+        for prefix, blk in ([(f"star_fcn/{i}", b) for i, b in enumerate(model.fcn.blocks)]
+                            + [("star_out", model.main_out)]):
             for v in ("kernel", "bias", "kernel_d", "bias_d"):
                 w[f"{prefix}/{v}"] = np.asarray(getattr(blk, v))
         plain(model.aux.blocks, "aux")

@@ -146,7 +146,9 @@ def _build_modules():
             with torch.no_grad():
                 self.experts.weight.copy_(k.permute(0, 2, 1).reshape(-1, k.shape[1]))
                 self.experts.bias.copy_(torch.from_numpy(w["experts/bias_0"]).reshape(-1))
-            p = lambda name: nn.Parameter(torch.from_numpy(w[name]))
+
+            def p(name):
+                return nn.Parameter(torch.from_numpy(w[name]))
             self.gate_k, self.gate_b = p("gates/kernel_0"), p("gates/bias_0")
             self.tower = nn.ParameterList([p(f"towers/kernel_{i}") for i in range(arch["tower_layers"])])
             self.tower_b = nn.ParameterList([p(f"towers/bias_{i}") for i in range(arch["tower_layers"])])
@@ -178,7 +180,9 @@ def _build_modules():
         def __init__(self, arch: dict, w: dict):
             super().__init__()
             self.embed = Embed(arch, w)
-            p = lambda name: nn.Parameter(torch.from_numpy(w[name]))
+
+            def p(name):
+                return nn.Parameter(torch.from_numpy(w[name]))
             self.gamma, self.beta, self.gamma_d, self.beta_d = (p("pn/gamma"), p("pn/beta"), p("pn/gamma_d"),
                                                                 p("pn/beta_d"))
             self.register_buffer("mean", torch.from_numpy(w["pn/moving_mean"]))
@@ -189,7 +193,8 @@ def _build_modules():
             self.b = nn.ParameterList([p(n + "/bias") for n in names])
             self.kd = nn.ParameterList([p(n + "/kernel_d") for n in names])
             self.bd = nn.ParameterList([p(n + "/bias_d") for n in names])
-            self.aux = nn.Sequential(*[m for i in range(arch["aux_layers"]) for m in (linear(w, f"aux/{i}"), nn.ReLU())],
+            self.aux = nn.Sequential(*[m for i in range(arch["aux_layers"])
+                                       for m in (linear(w, f"aux/{i}"), nn.ReLU())],
                                      linear(w, "aux_out"))
             self.side_fields, self.side_dense = arch["side_fields"], arch["side_dense"]
 

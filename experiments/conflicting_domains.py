@@ -467,7 +467,8 @@ def run_scenario(scenario: str, variants: Sequence[str], trials: int, output_dir
     for t in range(trials):  # seed-major: an interrupted sweep has every variant's first seeds
         for i, v in enumerate(variants):
             cfg = TrainConfig(seed=t, **train_kwargs)
-            train = {k: val for k, val in vars(cfg).items() if k not in ("verbose", "tensorboard_dir", "checkpoint_dir")}
+            train = {k: val for k, val in vars(cfg).items()
+                     if k not in ("verbose", "tensorboard_dir", "checkpoint_dir")}
             spec = {"variant": v, "train": train, "model_kwargs": model_kwargs,
                     "neutraliser": NEUTRALISERS.get(v.split("~")[0], ({}, None, ""))[2]
                     if "~" in v or v == "hamur_adapter_off" else "", "data": schema.raw["fingerprint"]}

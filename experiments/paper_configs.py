@@ -124,7 +124,9 @@ CONFIGS: dict[str, PaperConfig] = {
         train=PAPER_SETUP,
         **_hamur_setup(mlp=[256, 128], deep=[256, 128], k_mlp=35, k_wdl=45, k_dcn=30, hyper_mlp=[64],
                        hyper_deep=[128], cross_layers=2, adapter_positions=[-1]),
-        paper={"source": "HAMUR Tables 2-4", "note": "not found in the texts we hold (the abstract only); transcribe from arXiv 2309.06217v2. Training here: Adam 1e-3, batch 512, "
+        paper={"source": "HAMUR Tables 2-4",
+               "note": "not found in the texts we hold (the abstract only); transcribe from arXiv 2309.06217v2. "
+               "Training here: Adam 1e-3, batch 512, "
                "patience 2; the official script: weight decay 1e-5, batch 40960, patience 10.",
                "metric_columns": ["AUC", "LogLoss"],
                "rows": _not_found(_HAMUR_MODELS)}),

@@ -305,7 +305,8 @@ def run(*, policies: Sequence[str] = POLICY_NAMES, trials: int = 3, seed_base: i
             done_now += 1
             eta = (time.time() - t_start) / done_now * (total - idx)
             log(f"[{idx}/{total}] {pol} trial {t}: AUC {row['auc']:.4f} cold AUC {row['cold_auc']:.4f} "
-                f"rows {row['rows_final']:,}/{row['rows_full_final']:,} ({row['seconds']:.0f}s; ETA {eta / 60:.1f} min)")
+                f"rows {row['rows_final']:,}/{row['rows_full_final']:,} "
+                f"({row['seconds']:.0f}s; ETA {eta / 60:.1f} min)")
     rows = [r for r in trial_log.rows if r.get("key") in keys]
     summary = summarize(rows, policies, schema["num_domains"])
     names = schema["domain_names"]

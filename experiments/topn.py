@@ -228,7 +228,8 @@ def run(
         f"{dict(zip(data.behaviors, (len(u) for u in data.train_users)))}, {len(data.test_users)} test users, "
         f"{len(data.valid_users)} validation users, domains {list(data.domain_names)} (data in {data_path})")
     log(f"{len(models)} models × {trials} trials" + (f", learning rate chosen on validation from {lr_grid}"
-                                                      if lr_grid else "") + f"; results → {os.path.abspath(output_dir)}")
+                                                      if lr_grid else "")
+        + f"; results → {os.path.abspath(output_dir)}")
 
     def one_trial(name: str, cfg, kwargs: dict[str, Any], t: int, what: str) -> dict[str, Any] | None:
         """Runs (or finds in the log) one trial; None when it belongs to another shard / aggregate_only."""

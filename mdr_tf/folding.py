@@ -183,7 +183,10 @@ def fold_first_layer(model: keras.Model, max_bytes: int = 64 << 20, check_atol: 
         if d * table.shape[0] * first.units * 4 > max_bytes:
             return None
         pn = model.pn
-        f64 = lambda v: np.asarray(v).astype(np.float64)
+
+        def f64(v):
+            return np.asarray(v).astype(np.float64)
+
         a = f64(pn.gamma)[None] * f64(pn.gamma_d) / np.sqrt(f64(pn.moving_variance) + pn.epsilon)  # [D, n]
         shift = f64(pn.beta)[None] + f64(pn.beta_d) - a * f64(pn.moving_mean)  # [D, n]
         kd = f64(first.kernel)[None] * f64(first.kernel_d)  # [D, n, u]

@@ -224,9 +224,11 @@ _SPECS: list[ModelSpec] = [
     ModelSpec("pepnet", "mdr_tf.models.backbones:BackboneModel",
               {"hidden_units": [128, 64, 32], "input_hook": "epnet", "input_hook_config": {"gate_ids": True},
                "hook": "ppnet", "hook_config": {"id_key": "gate_ids", "context_key": "all"}, "hook_on_input": True},
-              description="PEPNet: EPNet embedding gate (domain side) + PPNet gates (ids) on every layer input, MLP 128-64-32"),
+              description="PEPNet: EPNet embedding gate (domain side) + PPNet gates (ids) on every layer input, "
+                          "MLP 128-64-32"),
     ModelSpec("ppnet", "mdr_tf.models.pepnet:PEPNetModel", {"hidden_units": [128, 64, 32], "use_epnet": False},
-              in_main_table=False, description="PPNet only: id-conditioned GateNU on the input of every layer (L + 1 gates)"),
+              in_main_table=False,
+              description="PPNet only: id-conditioned GateNU on the input of every layer (L + 1 gates)"),
     ModelSpec("epnet", "mdr_tf.models.pepnet:PEPNetModel", {"hidden_units": [128, 64, 32], "use_ppnet": False},
               in_main_table=False, description="EPNet only: domain-side GateNU on the embedding + MLP"),
     ModelSpec("adasparse", "mdr_tf.models.adasparse:build_adasparse", {"hidden_units": [128, 64, 32]},

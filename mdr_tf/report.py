@@ -94,7 +94,8 @@ def paper_comparison(summary: Sequence[dict[str, Any]], paper: dict[str, Any]) -
 def markdown_table(summary: Sequence[dict[str, Any]], num_domains: int,
                    domain_names: Sequence[str] | None = None) -> str:
     names = list(domain_names or [str(k) for k in range(num_domains)])
-    head = (["model", "trials", "AUC", "LogLoss", "WAUC", "RelaImpr %", "p (vs)"] + [f"AUC d{k} ({names[k]})" for k in range(num_domains)]
+    head = (["model", "trials", "AUC", "LogLoss", "WAUC", "RelaImpr %", "p (vs)"]
+            + [f"AUC d{k} ({names[k]})" for k in range(num_domains)]
             + [f"LogLoss d{k}" for k in range(num_domains)] + ["params", "per-domain params", "s/trial"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:

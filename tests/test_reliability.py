@@ -312,7 +312,8 @@ generate(sys.argv[1], num_rows=600, num_domains=3, num_users=20, num_items=10, n
         outs.append(out)
     files = sorted(os.path.relpath(p, outs[0]) for p in glob.glob(os.path.join(outs[0], "*", "*.tfrecord")))
     assert len(files) == 9
-    differ = [f for f in files if open(os.path.join(outs[0], f), "rb").read() != open(os.path.join(outs[1], f), "rb").read()]
+    differ = [f for f in files
+              if open(os.path.join(outs[0], f), "rb").read() != open(os.path.join(outs[1], f), "rb").read()]
     assert not differ, f"{len(differ)} of {len(files)} TFRecord files differ between two processes: {differ}"
 
 
@@ -439,7 +440,8 @@ def test_cli_start_up_lines_are_dropped_and_ctrl_c_says_rerun(tmp_path):
     assert "sum 3.0" in r.stderr  # control: other stderr lines pass through
     for noise in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard"):
         assert noise not in r.stderr, r.stderr[:2000]
-    code = "from data_prep.common import run_cli\ndef body(f):\n    raise KeyboardInterrupt\nrun_cli(lambda: None, body)"
+    code = ("from data_prep.common import run_cli\ndef body(f):\n    raise KeyboardInterrupt\n"
+            "run_cli(lambda: None, body)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 130 and "rerun the same command to resume" in r.stderr

@@ -33,7 +33,8 @@ def make_rows(n: int = 42, seed: int = 3) -> list[dict]:
         rows.append({
             "instance_id": str(10 ** 17 + r), "item_id": str(3000 + r % 6), "item_category_list": cats,
             "item_property_list": props, "item_brand_id": str(-1 if r % 7 == 0 else 400 + (r // 3) % 3),
-            "item_city_id": str(500 + r % 4), "item_price_level": str(r % 5), "item_sales_level": str(-1 if r == 4 else r % 8),
+            "item_city_id": str(500 + r % 4), "item_price_level": str(r % 5),
+            "item_sales_level": str(-1 if r == 4 else r % 8),
             "item_collected_level": str(r % 9), "item_pv_level": str(10 + r % 5), "user_id": str(7000 + r % 10),
             "user_gender_id": str([-1, 0, 1, 2][r % 4]), "user_age_level": str(1000 + r % 7),
             "user_occupation_id": str(2002 + r % 4), "user_star_level": str(3000 + r % 6),

@@ -240,7 +240,8 @@ def test_movielens_join_errors_name_file_and_line(tmp_path):
 
     raw = write_ml1m(tmp_path / "orphan.zip", extra_rating_lines=["99::3::3::978300000\n"])
     n = len(RATINGS_1M) + 1
-    with pytest.raises(DataError, match=rf"orphan\.zip!ml-1m/ratings\.dat:{n}: user 99 is not in .*orphan\.zip!ml-1m/users\.dat"):
+    with pytest.raises(DataError, match=rf"orphan\.zip!ml-1m/ratings\.dat:{n}: user 99 is not in "
+                                         r".*orphan\.zip!ml-1m/users\.dat"):
         _prep(tmp_path / "o", raw, version="1m")
     raw = write_ml1m(tmp_path / "empty.zip", ratings=[])
     with pytest.raises(DataError, match=r"empty\.zip!ml-1m/ratings\.dat: no ratings \(the file is empty\)"):

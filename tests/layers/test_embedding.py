@@ -61,7 +61,8 @@ def test_fused_table_offsets_and_views():
     want_all = np.concatenate([want_fields.reshape(2, -1), [[0.5, 7.0], [1.5, 8.0]]], axis=1)
     np.testing.assert_array_equal(np.asarray(ctx["all"]), want_all)
     # Domain side: domain embedding, group-"domain" fields (ctx), group-"domain" dense (hour).
-    np.testing.assert_array_equal(np.asarray(ctx["domain_side"]), [_row(11) + _row(8) + [7.0], _row(9) + _row(7) + [8.0]])
+    np.testing.assert_array_equal(np.asarray(ctx["domain_side"]),
+                                  [_row(11) + _row(8) + [7.0], _row(9) + _row(7) + [8.0]])
     np.testing.assert_array_equal(np.asarray(ctx["agnostic"]), [_row(1) + _row(6) + [0.5], _row(3) + _row(4) + [1.5]])
     np.testing.assert_array_equal(np.asarray(ctx["ids"]), [_row(1) + _row(6), _row(3) + _row(4)])
     dims = emb.output_dims

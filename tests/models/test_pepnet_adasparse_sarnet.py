@@ -153,7 +153,9 @@ def test_gate_gradients_reach_only_gate_embeddings(synth_schema, monkeypatch, ga
     def grads():
         with tf.GradientTape() as tape:
             loss = keras.losses.binary_crossentropy(y, m(x, training=True))
-        return [tf.convert_to_tensor(gr).numpy() for gr in tape.gradient(loss, [t.value for t in tables], unconnected_gradients=tf.UnconnectedGradients.ZERO)]
+        return [tf.convert_to_tensor(gr).numpy()
+                for gr in tape.gradient(loss, [t.value for t in tables],
+                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)]
 
     full = grads()
     original = GateNU.call

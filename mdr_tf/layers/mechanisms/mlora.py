@@ -107,7 +107,8 @@ class MLoRADense(DenseBlock):
         self.routing = routing
         self.single_domain_batches = bool(single_domain_batches)
         self.per_domain_inference = bool(per_domain_inference)
-        self.drop = keras.layers.Dropout(self.dropout, name="shared_dropout", dtype=self.dtype_policy) if self.dropout > 0 else None
+        self.drop = (keras.layers.Dropout(self.dropout, name="shared_dropout", dtype=self.dtype_policy)
+                     if self.dropout > 0 else None)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -153,7 +154,8 @@ class MLoRADense(DenseBlock):
             b_b = ops.take(b, domain, axis=0)  # [B, r, u]
             z = ops.einsum("bn,bnr->br", x, a_b)
             return ops.einsum("br,bru->bu", z, b_b) + c
-        if not training and self.per_domain_inference:  # per-domain shapes: an old domain's output is unchanged when D grows
+        # Per-domain shapes: an old domain's output is unchanged when D grows.
+        if not training and self.per_domain_inference:
             out = c
             for k in range(d):  # other domains' terms are exact zeros
                 out = out + ops.matmul(ops.matmul(x, a[k]) * onehot[:, k:k + 1], b[k])
