@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
+echo "[test] ruff check ."
+ruff check .
 set +e
 python -m pytest tests "$@"
 rc=$?
