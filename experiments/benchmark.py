@@ -211,6 +211,71 @@ def bench_cost_ratio(model_names: Sequence[str], schema, batch_size: int, rounds
     return out
 
 
+def _fused_epoch_fn(model_name: str, schema, batch_size: int, steps_per_execution: int, jit: Any,
+                    model_args: dict[str, Any] | None = None) -> Callable[[], int]:
+    """Builds ``model_name`` with the default fused training path; returns a one-epoch function."""
+    import keras
+
+    from mdr_tf import registry
+    from mdr_tf.data import in_memory_index_batches
+    from mdr_tf.fused import install_on_columns
+    from mdr_tf.training import TrainConfig, compile_model
+
+    keras.utils.set_random_seed(0)
+    model = registry.get(model_name).build(schema, **(model_args or {}))
+    model.build()
+    compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1, jit_compile=jit))
+
+    def index_blocks():
+        return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
+                                       domains=list(range(schema.num_domains)),
+                                       label_key=schema.label_keys[0], drop_remainder=True)
+
+    feats, labels, _ = index_blocks()
+    install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
+    ds = index_blocks()[2].batch(steps_per_execution)
+    n_fit = (len(labels) // batch_size) * batch_size
+
+    def epoch() -> int:
+        model.fit(ds, epochs=1, verbose=0)
+        return n_fit
+
+    epoch()  # compile + warm-up
+    return epoch
+
+
+def bench_relative_cost_cpu(model_names: Sequence[str], schema, batch_size: int, rounds: int,
+                        steps_per_execution: int, jit: Any,
+                        model_args: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
+    """Cost per sample of each model ÷ the DNN's, all in one process, rounds interleaved.
+
+    Every model (the DNN included) is built with the default fused training path and warmed
+    up; then each round runs one epoch of every model in turn. The cost per sample is the
+    median over rounds of wall seconds (and process CPU seconds, all threads) per sample;
+    the ratio is model median ÷ DNN median. A slow spell of a shared machine lands on
+    neighbouring epochs of every model, so the ratios are the comparable figure.
+    """
+    names = ["dnn"] + [m for m in model_names if m != "dnn"]
+    epochs = {m: _fused_epoch_fn(m, schema, batch_size, steps_per_execution, jit, (model_args or {}).get(m))
+              for m in names}
+    wall: dict[str, list[float]] = {m: [] for m in names}
+    cpu: dict[str, list[float]] = {m: [] for m in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]  # alternate the order of the round
+        for m in order:
+            t, c = time.perf_counter(), time.process_time()
+            n = epochs[m]()
+            wall[m].append((time.perf_counter() - t) / n)
+            cpu[m].append((time.process_time() - c) / n)
+    out = {}
+    for m in names:
+        w, c = statistics.median(wall[m]), statistics.median(cpu[m])
+        out[m] = {"wall_us_per_sample": w * 1e6, "cpu_us_per_sample": c * 1e6,
+                  "wall_ratio": w / statistics.median(wall["dnn"]), "cpu_ratio": c / statistics.median(cpu["dnn"]),
+                  "wall_ratio_min": min(wall[m]) / min(wall["dnn"])}
+    return out
+
+
 def bench_serving(model_name: str, schema, batch_sizes: Sequence[int], repeats: int) -> dict[str, float]:
     """Exported SavedModel (``serving_default``) per-call latency (p50, p99) and samples/s per batch size.
 
@@ -393,6 +458,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("profile_depth", 1, "Layer-path levels of the op profile's parts.")
     flags.DEFINE_integer("relative_cost_rounds", 0, "If > 0: only the relative-cost mode (bench_relative_cost): "
                          "this many interleaved rounds of one epoch per model, cost per sample ÷ the DNN's.")
+    flags.DEFINE_boolean("relative_cost", False,
+                         "Only the cost per sample of --models ÷ the DNN's: fused training, every model "
+                         "(DNN included) one epoch per round, rounds interleaved in one process, "
+                         "--repeats rounds, ratio of medians, wall and CPU time (bench_relative_cost_cpu).")
+    flags.DEFINE_string("model_args", None, "JSON {model: {arg: value}} passed to the builders (relative_cost).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -437,6 +507,22 @@ def main(argv: Sequence[str]) -> None:
     results: dict[str, Any] = {"versions": _versions(), "dataset": FLAGS.dataset,
                                "train_examples": sum(schema.counts("train")), "batch_size": FLAGS.batch_size,
                                "repeats": FLAGS.repeats}
+    if FLAGS.relative_cost:
+        rel = bench_relative_cost_cpu(FLAGS.models, schema, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps_per_execution,
+                                  jit, json.loads(FLAGS.model_args) if FLAGS.model_args else None)
+        print(f"# relative cost per sample on {FLAGS.dataset}, fused training, batch {FLAGS.batch_size}, "
+              f"K={FLAGS.steps_per_execution}, median of {FLAGS.repeats} interleaved rounds", flush=True)
+        for m, r in rel.items():
+            print(f"{m:>14}: {r['wall_us_per_sample']:.2f} us/sample wall ({r['wall_ratio']:.2f}x dnn, "
+                  f"best-of {r['wall_ratio_min']:.2f}x), {r['cpu_us_per_sample']:.2f} us/sample CPU "
+                  f"({r['cpu_ratio']:.2f}x dnn)", flush=True)
+        results["relative_cost"] = rel
+        if FLAGS.output:
+            tmp = FLAGS.output + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=2)
+            os.replace(tmp, FLAGS.output)
+        return
     print(f"# benchmark on {FLAGS.dataset} ({results['train_examples']:,} train examples), batch "
           f"{FLAGS.batch_size}, median of {FLAGS.repeats}", flush=True)
     if FLAGS.cost_ratio:
