@@ -64,7 +64,8 @@ class MIDPGModel(BackboneModel):
         cfg = {**self.block_config, "b": 1}  # one output column: S is a×1
         if self.kernel_initializer is not None:
             cfg.setdefault("kernel_initializer", self.kernel_initializer)
-        return DWMDense(1, num_domains=self.num_domains, context_dims=self.context_dims, name="head_dwm", **cfg)
+        return DWMDense(1, num_domains=self.num_domains, context_dims=self.context_dims, name="head_dwm",
+                        dtype=self.dtype_policy, **cfg)
 
     def apply_head(self, h, ctx, training=None):
         if not self.output_dwm:
@@ -103,6 +104,7 @@ def build_midpg(
     repeat: str = "tile",
     aux_units: Sequence[int] = (32,),
     mir_units: Sequence[int] = (32,),
+    mir_negatives: str = "roll",
     stop_gradient_inputs: bool = False,
     uneven: str = "pad",
     hidden_units: Sequence[int] = (128, 64, 32),
@@ -126,6 +128,10 @@ def build_midpg(
         majority solution on 3 of 6 conflicting-domains runs (docs/models/midpg.md).
       repeat: "tile" or "block" (``DWMDense``; default "tile", measured in docs/models/midpg.md).
       aux_units, mir_units: hidden widths of the aux net f and the discriminator T (ours).
+      mir_negatives: "roll" (default: the negatives are the batch shifted by a random offset)
+        or "shuffle" (a random permutation, the estimator as first built). Both pair every
+        sample with a partner uniform over the batch, so MIR has the same expectation;
+        "roll" avoids a sort per layer and step (docs/models/midpg.md).
       stop_gradient_inputs: stop gradients into f's inputs (ours, False).
       uneven: "pad" (ours default here: backbone inputs such as 113 = 7·16+1 are often
         prime) or "error".
@@ -135,7 +141,8 @@ def build_midpg(
     """
     block_config = {"variant": variant, "a": int(a), "b": int(b), "k": int(k), "scale": float(scale),
                     "aux_units": [int(u) for u in aux_units], "repeat": repeat,
-                    "mir_units": [int(u) for u in mir_units], "stop_gradient_inputs": bool(stop_gradient_inputs),
+                    "mir_units": [int(u) for u in mir_units], "mir_negatives": mir_negatives,
+                    "stop_gradient_inputs": bool(stop_gradient_inputs),
                     "uneven": uneven, **(block_extra or {})}
     return MIDPGModel(schema, mir_weight=mir_weight, mir_reduction=mir_reduction, l2_weight=l2_weight,
                       output_dwm=output_dwm, backbone=backbone, hidden_units=hidden_units,

@@ -232,7 +232,10 @@ def _compare(model, cls, x, monkeypatch, training=True, atol=1e-5):
     for w, a, b in zip(model.trainable_variables, new[2], ref[2]):
         assert (a is None) == (b is None), w.path
         if a is not None:
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=w.path)
+            # Sums in another order: compare on the scale of the gradient (float32 rounding of
+            # its largest terms), not element by element on entries that nearly cancel.
+            scale = max(1.0, float(np.abs(b).max()))
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=3 * atol * scale, err_msg=f"{w.path} (scale {scale:.3g})")
     return new
 
 
@@ -261,7 +264,9 @@ MIDPG_CASES = [
 def test_midpg_matches_reference(synth_schema, monkeypatch, case):
     keras.utils.set_random_seed(0)
     kw = {"hidden_units": [16, 8]} if case.get("variant") == "non" else {"hidden_units": [24, 16, 8]}
-    model = build_midpg(synth_schema.to_config(), **{**kw, **case})
+    # "shuffle": the negatives drawn exactly as before; "roll" (build_midpg's default) is
+    # compared in expectation below.
+    model = build_midpg(synth_schema.to_config(), mir_negatives="shuffle", **{**kw, **case})
     model.build()
     _perturb(model)
     x = random_inputs(synth_schema, 32, seed=3)
@@ -286,18 +291,32 @@ def test_mir_from_pairs_matches_reference():
                                float(_ref_dwm_mir_from_pairs(lay, z, z[perm], s)), rtol=1e-5, atol=1e-6)
 
 
-def test_mir_shuffle_is_keras_shuffle():
-    """The negatives' permutation equals ``keras.random.shuffle`` from the same seed state (ties included)."""
-    lay = DWMDense(4, context_dims={"domain_side": 2}, a=2, b=2, k=1, mir_weight=1.0, seed=5)
-    for batch in (1, 2, 7, 512):
-        state = np.array(lay.seed_generator.state.numpy())
-        got = np.asarray(lay.negatives_permutation(batch))
-        lay.seed_generator.state.assign(state)
-        want = np.asarray(keras.random.shuffle(ops.arange(batch), seed=lay.seed_generator))
-        np.testing.assert_array_equal(got, want)
-    # Ties between the random keys are broken by index, as tf.argsort (top_k) does.
-    keys = np.array([0.5, 0.1, 0.5, 0.1, 0.9], "float32")
-    np.testing.assert_array_equal(np.asarray(DWMDense.argsort_small(keys)), np.argsort(keys, kind="stable"))
+def test_roll_negatives_have_the_shuffle_expectation():
+    """"roll" and "shuffle" pair each sample with a partner uniform over the batch: averaged over
+    all B shifts, resp. all B! permutations, the estimate is the same number (the mean over all
+    (i, j) pairs of the negative term); a training call with "roll" is one of the B shifts."""
+    import itertools
+
+    keras.utils.set_random_seed(4)
+    lay = DWMDense(6, context_dims={"domain_side": 3}, a=2, b=3, k=2, mir_weight=1.0, mir_units=[5],
+                   mir_negatives="roll")
+    lay.build((None, 4))
+    rng = np.random.default_rng(5)
+    for v in lay.trainable_variables:
+        v.assign(rng.normal(0, 1.5, v.shape).astype("float32"))
+    batch = 5
+    x = rng.normal(size=(batch, 4)).astype("float32")
+    z = rng.normal(size=(batch, 3)).astype("float32")
+    s = lay.weighting_matrix(x, {"domain_side": z})
+    rolls = [float(lay.mir_from_pairs(z, np.roll(z, -r, axis=0), s)) for r in range(batch)]
+    perms = [float(lay.mir_from_pairs(z, z[list(p)], s)) for p in itertools.permutations(range(batch))]
+    np.testing.assert_allclose(np.mean(rolls), np.mean(perms), rtol=1e-5, atol=1e-6)
+    assert np.std(perms) > 1e-2  # the negatives matter: the identity would not pass as a check
+    lay(x, {"domain_side": z}, training=True)
+    got = float(np.asarray(lay.mir_estimate))
+    assert min(abs(got - r) for r in rolls) < 1e-5, (got, rolls)
+    with pytest.raises(ValueError, match="mir_negatives"):
+        DWMDense(4, context_dims={"domain_side": 3}, mir_negatives="sorted")
 
 
 ADASPARSE_CASES = [dict(), dict(form="binarization"), dict(form="binarization", straight_through=True),

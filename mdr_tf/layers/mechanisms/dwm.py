@@ -44,6 +44,7 @@ from mdr_tf.layers.blocks import DenseBlock, register_block
 
 VARIANTS = ("non", "rc", "r", "c")
 REPEATS = ("tile", "block")
+MIR_NEGATIVES = ("shuffle", "roll")
 
 
 @register_block("dwm")
@@ -80,6 +81,11 @@ class DWMDense(DenseBlock):
         for the model: the mean over its L DWM layers) or λ1 (``mir_reduction="sum"``).
       mir_units: hidden widths of the discriminator T (ours; one T per DWM layer).
       mir_proj_dim: for "non", T sees a learned projection of M to this width (ours).
+      mir_negatives: how the negatives ``z̃`` are drawn: "shuffle" (a random permutation of
+        the batch, the layer's default and the estimator as first built) or "roll" (a random
+        cyclic shift of the batch: every sample's partner is uniform over the batch as with
+        "shuffle", so the estimate has the same expectation, at a fraction of the cost of
+        the sort; ``build_midpg``'s default, docs/models/midpg.md).
       seed: seed of the negative-pair shuffling.
     """
 
@@ -103,6 +109,7 @@ class DWMDense(DenseBlock):
         mir_weight: float = 0.0,
         mir_units: Sequence[int] = (32,),
         mir_proj_dim: int = 16,
+        mir_negatives: str = "shuffle",
         seed: int | None = None,
         **kwargs,
     ):
@@ -116,6 +123,9 @@ class DWMDense(DenseBlock):
             raise ValueError(f"{self.name}: compute must be 'factored' or 'materialize', got {compute!r}")
         if repeat not in REPEATS:
             raise ValueError(f"{self.name}: repeat must be one of {REPEATS}, got {repeat!r}")
+        if mir_negatives not in MIR_NEGATIVES:
+            raise ValueError(f"{self.name}: mir_negatives must be one of {MIR_NEGATIVES}, got {mir_negatives!r}")
+        self.mir_negatives = mir_negatives
         self.variant = variant
         self.repeat = repeat
         self.a, self.b, self.k = int(a), int(b), int(k)
@@ -154,9 +164,10 @@ class DWMDense(DenseBlock):
             raise ValueError(f"DWM layer {self.name!r}: context view {self.condition!r} unknown; "
                              f"have {sorted(self.context_dims)}")
         zdim = int(self.context_dims[self.condition])
-        self.aux_layers = [keras.layers.Dense(u, activation=self.aux_activation, name=f"aux_{i}")
+        self.aux_layers = [keras.layers.Dense(u, activation=self.aux_activation, name=f"aux_{i}",
+                                              dtype=self.dtype_policy)
                            for i, u in enumerate(self.aux_units)]
-        self.aux_out = keras.layers.Dense(self._gen_dim(), name="aux_out")
+        self.aux_out = keras.layers.Dense(self._gen_dim(), name="aux_out", dtype=self.dtype_policy)
         width = zdim + n
         for layer in self.aux_layers:
             layer.build((None, width))
@@ -171,13 +182,14 @@ class DWMDense(DenseBlock):
         self.mir_proj = None
         if self.mir_weight > 0:
             if self.variant == "non":
-                self.mir_proj = keras.layers.Dense(self.mir_proj_dim, name="mir_proj")
+                self.mir_proj = keras.layers.Dense(self.mir_proj_dim, name="mir_proj", dtype=self.dtype_policy)
                 self.mir_proj.build((None, n * m))
                 mdim = self.mir_proj_dim
             else:
                 mdim = self.a * self.b
-            self.mir_layers = [keras.layers.Dense(u, activation="relu", name=f"mir_{i}")
-                               for i, u in enumerate(self.mir_units)] + [keras.layers.Dense(1, name="mir_out")]
+            self.mir_layers = [keras.layers.Dense(u, activation="relu", name=f"mir_{i}", dtype=self.dtype_policy)
+                               for i, u in enumerate(self.mir_units)] + \
+                [keras.layers.Dense(1, name="mir_out", dtype=self.dtype_policy)]
             width = zdim + mdim
             for layer in self.mir_layers:
                 layer.build((None, width))
@@ -214,7 +226,9 @@ class DWMDense(DenseBlock):
         elif self.variant == "r":
             p = ops.reshape(g, [-1, a, k])
             q = self.q_shared
-            pq = ops.einsum("bik,kj->bij", p, ops.cast(q, p.dtype))
+            # [B·a, k] @ [k, b]: one 2-D matmul. The einsum "bik,kj->bij" is the same product,
+            # but XLA on CPU computed q's gradient from it ~10x slower (docs/benchmarks.md).
+            pq = ops.reshape(ops.matmul(ops.reshape(g, [-1, k]), ops.cast(q, g.dtype)), [-1, a, b])
         else:
             q = ops.reshape(g, [-1, k, b])
             p = self.p_shared
@@ -269,24 +283,61 @@ class DWMDense(DenseBlock):
         y = ops.sum(t * st, axis=0)                                  # [B, m]
         return y[:, :m] if m_pad != m else y
 
+    def _mvec(self, s):
+        """T's matrix input: flattened S (or its learned projection for "non")."""
+        return ops.reshape(s, [-1, self.a * self.b]) if self.variant != "non" else \
+            self.mir_proj(ops.reshape(s, [-1, self.input_dim * self.units]))
+
     def discriminator(self, z, s):
         """``T(z, m)`` [B, 1], ``m`` = flattened S (or its learned projection for "non")."""
-        mvec = ops.reshape(s, [-1, self.a * self.b]) if self.variant != "non" else \
-            self.mir_proj(ops.reshape(s, [-1, self.input_dim * self.units]))
-        h = ops.concatenate([z, mvec], axis=-1)
+        h = ops.concatenate([z, self._mvec(s)], axis=-1)
         for layer in self.mir_layers:
             h = layer(h)
         return h
 
-    def mir_from_pairs(self, z, z_neg, s):
-        """JSD MI estimate ``E[-softplus(-T(z, m))] - E[softplus(T(z̃, m))]`` for given negatives ``z̃``."""
-        pos, neg = self.discriminator(z, s), self.discriminator(z_neg, s)
+    def _jsd(self, hz_pos, hz_neg, s):
+        """The JSD estimate from T's first-layer z-terms of the positive and negative pairs.
+
+        T's first layer on ``[z; m]`` is ``z W_z + m W_m + b``: the m-part is the same for a
+        positive pair and its negative (same m, other z), so it is computed once, and both
+        terms go through the remaining layers as one ``[2B]`` batch. Equal to two separate
+        ``discriminator`` calls (tested against the two-pass form).
+        """
+        first = self.mir_layers[0]
+        zdim = int(self.context_dims[self.condition])
+        hm = ops.matmul(self._mvec(s), ops.cast(first.kernel[zdim:], s.dtype)) + ops.cast(first.bias, s.dtype)
+        h = first.activation(ops.concatenate([hz_pos + hm, hz_neg + hm], axis=0))
+        for layer in self.mir_layers[1:]:
+            h = layer(h)
+        batch = ops.shape(hz_pos)[0]
+        pos, neg = h[:batch], h[batch:]
         return ops.mean(-ops.softplus(-pos)) - ops.mean(ops.softplus(neg))
 
+    def _z_term(self, z):
+        zdim = int(self.context_dims[self.condition])
+        return ops.matmul(z, ops.cast(self.mir_layers[0].kernel[:zdim], z.dtype))
+
+    def mir_from_pairs(self, z, z_neg, s):
+        """JSD MI estimate ``E[-softplus(-T(z, m))] - E[softplus(T(z̃, m))]`` for given negatives ``z̃``."""
+        return self._jsd(self._z_term(z), self._z_term(z_neg), s)
+
     def mir(self, z, s, training: bool | None = None):
-        """JSD MI estimate with ``z̃`` = z shuffled across the batch (``mir_from_pairs``)."""
-        perm = keras.random.shuffle(ops.arange(ops.shape(z)[0]), seed=self.seed_generator)
-        return self.mir_from_pairs(z, ops.take(z, perm, axis=0), s)
+        """JSD MI estimate with ``z̃`` = z permuted across the batch (``mir_from_pairs``).
+
+        ``mir_negatives="shuffle"``: a uniformly random permutation (``keras.random.shuffle``);
+        ``"roll"``: a cyclic shift by a uniformly random offset r ∈ [0, B), ``z̃_i = z_{(i+r) mod B}``.
+        In both, the negative partner of every sample is uniform over the batch, so the
+        estimate (and its gradient) has the same expectation (docs/models/midpg.md; tested).
+        ``z̃ W_z`` is the permuted ``z W_z`` (a permutation commutes with the row-wise map).
+        """
+        hz = self._z_term(z)
+        batch = ops.shape(z)[0]
+        if self.mir_negatives == "roll":
+            r = keras.random.randint((), 0, batch, seed=self.seed_generator, dtype="int32")
+            neg = ops.slice(ops.concatenate([hz, hz], axis=0), [r, 0], ops.shape(hz))
+        else:
+            neg = ops.take(hz, keras.random.shuffle(ops.arange(batch), seed=self.seed_generator), axis=0)
+        return self._jsd(hz, neg, s)
 
     def call(self, x, ctx: dict | None = None, training: bool | None = None):
         x = ops.cast(x, self.compute_dtype)
@@ -312,6 +363,7 @@ class DWMDense(DenseBlock):
             "aux_units": self.aux_units, "aux_activation": self.aux_activation,
             "stop_gradient_inputs": self.stop_gradient_inputs, "uneven": self.uneven, "compute": self.compute,
             "condition": self.condition, "repeat": self.repeat, "mir_weight": self.mir_weight,
-            "mir_units": self.mir_units, "mir_proj_dim": self.mir_proj_dim, "seed": self.seed,
+            "mir_units": self.mir_units, "mir_proj_dim": self.mir_proj_dim,
+            "mir_negatives": self.mir_negatives, "seed": self.seed,
         })
         return config

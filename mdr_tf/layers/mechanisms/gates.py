@@ -118,9 +118,7 @@ class EPNet(keras.layers.Layer):
         self.hidden_units = None if hidden_units is None else int(hidden_units)
         self.gamma = float(gamma)
         self.width = self.num_fields * self.embedding_dim + self.num_dense
-        gate_units = self.width if granularity == "dimension" else self.num_fields + self.num_dense
-        self.gate = GateNU(gate_units, hidden_units=self.hidden_units, gamma=self.gamma, name="gate",
-                           dtype=self.dtype_policy)
+        self.gate_units = self.width if granularity == "dimension" else self.num_fields + self.num_dense
         # field granularity: element j of e reads gate column index[j].
         self.index = np.concatenate([np.repeat(np.arange(self.num_fields), self.embedding_dim),
                                      self.num_fields + np.arange(self.num_dense)]).astype("int32")
@@ -129,6 +127,8 @@ class EPNet(keras.layers.Layer):
         e_shape, side_shape = input_shape
         if int(e_shape[-1]) != self.width:
             raise ValueError(f"EPNet expects e of width {self.width}, got {e_shape}")
+        self.gate = GateNU(self.gate_units, hidden_units=self.hidden_units, gamma=self.gamma, name="gate",
+                           dtype=self.dtype_policy)
         self.gate.build([(None, int(side_shape[-1])), (None, self.width)])
         self.built = True
 
@@ -145,7 +145,7 @@ class EPNet(keras.layers.Layer):
 
     def generated_parameters_per_sample(self) -> int:
         """Per-sample gate values δ_dom (one per gated unit)."""
-        return self.gate.units
+        return self.gate_units
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
@@ -299,7 +299,10 @@ class AdaSparsePruner(DomainHook):
         return int(self.kernel.shape[1]) if self.built else 0
 
     def logits(self, h, ctx: dict):
-        v = ops.matmul(ops.concatenate([ctx[self.domain_key], h], axis=-1), self.kernel)
+        """``v = [e_d ; h] W (+ b)``, computed as ``e_d W_d + h W_h``: no concatenated copy of h."""
+        e_d = ctx[self.domain_key]
+        d = int(self.context_dims[self.domain_key])
+        v = ops.matmul(e_d, self.kernel[:d]) + ops.matmul(h, self.kernel[d:])
         return v + self.bias if self.bias is not None else v
 
     def gate_values(self, h, ctx: dict, training: bool | None = None):
