@@ -351,3 +351,23 @@ def test_apg_matches_reference(synth_schema, monkeypatch, case):
     _perturb(model)
     x = random_inputs(synth_schema, 32, seed=3)
     _compare(model, APGDense, x, monkeypatch, training=True)
+
+
+def test_sublayers_take_the_dtype_policy():
+    """Issue 12.8: sublayers built in ``build()`` get the parent's dtype policy (mixed precision)."""
+    from mdr_tf.layers.mechanisms.gates import EPNet, PPNetGate
+
+    lay = DWMDense(8, context_dims={"domain_side": 3}, a=2, b=2, k=2, mir_weight=1.0, mir_negatives="roll",
+                   dtype="mixed_bfloat16")
+    lay.build((None, 6))
+    subs = lay.aux_layers + [lay.aux_out] + lay.mir_layers
+    assert subs and all(s.dtype_policy.name == "mixed_bfloat16" for s in subs)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 6)).astype("float32")
+    y = lay(x, {"domain_side": rng.normal(size=(4, 3)).astype("float32")}, training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16" and np.isfinite(float(np.asarray(lay.mir_estimate)))
+    ep = EPNet(2, 3, dtype="mixed_bfloat16")
+    ep.build([(None, 6), (None, 3)])
+    pp = PPNetGate(context_dims={"ids": 4, "all": 6}, dtype="mixed_bfloat16")
+    pp.build((None, 5))
+    assert ep.gate.dtype_policy.name == pp.gate.dtype_policy.name == "mixed_bfloat16"
