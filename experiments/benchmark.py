@@ -174,12 +174,14 @@ def bench_train(model_name: str, schema, batch_size: int, repeats: int, steps_pe
 
 
 def bench_cost_ratio(model_names: Sequence[str], schema, batch_size: int, rounds: int, steps_per_execution: int,
-                     jit: Any, source: str = "tfrecord_fused") -> dict[str, dict[str, float]]:
+                     jit: Any, source: str = "tfrecord_fused",
+                     model_args: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
     """Cost per training sample of each model relative to the DNN, measured in one process.
 
     The DNN and every model are built once, then trained one epoch each per round,
     alternating (DNN, model 1, ..., DNN, model 1, ...), so that a slow spell of the shared
-    machine hits all alike. For each model: the median wall seconds per sample and the
+    machine hits all alike (every other round runs in reverse order). ``model_args``:
+    ``{model: {arg: value}}`` for the builders. For each model: the median wall seconds per sample and the
     median CPU seconds per sample (``time.process_time``, all threads) over the rounds, and
     their ratios to the DNN's medians (the figure issue 18 asks for).
     """
@@ -191,11 +193,12 @@ def bench_cost_ratio(model_names: Sequence[str], schema, batch_size: int, rounds
     y = y.reshape(-1, 1)
     names = ["dnn"] + [m for m in model_names if m != "dnn"]
     keras.backend.clear_session()
-    epochs = {m: _epoch_runner(m, schema, batch_size, source, steps_per_execution, jit, x, y) for m in names}
+    epochs = {m: _epoch_runner(m, schema, batch_size, source, steps_per_execution, jit, x, y,
+                               model_kwargs=(model_args or {}).get(m)) for m in names}
     wall: dict[str, list[float]] = {m: [] for m in names}
     cpu: dict[str, list[float]] = {m: [] for m in names}
     for r in range(rounds):
-        for m in names:
+        for m in names if r % 2 == 0 else names[::-1]:
             t, c = time.perf_counter(), time.process_time()
             n = epochs[m]()
             wall[m].append((time.perf_counter() - t) / n)
@@ -208,71 +211,6 @@ def bench_cost_ratio(model_names: Sequence[str], schema, batch_size: int, rounds
         out[m] = {"wall_s_per_sample": w, "cpu_s_per_sample": c, "samples_per_s": 1.0 / w,
                   "wall_ratio_to_dnn": w / statistics.median(wall["dnn"]),
                   "cpu_ratio_to_dnn": c / statistics.median(cpu["dnn"])}
-    return out
-
-
-def _fused_epoch_fn(model_name: str, schema, batch_size: int, steps_per_execution: int, jit: Any,
-                    model_args: dict[str, Any] | None = None) -> Callable[[], int]:
-    """Builds ``model_name`` with the default fused training path; returns a one-epoch function."""
-    import keras
-
-    from mdr_tf import registry
-    from mdr_tf.data import in_memory_index_batches
-    from mdr_tf.fused import install_on_columns
-    from mdr_tf.training import TrainConfig, compile_model
-
-    keras.utils.set_random_seed(0)
-    model = registry.get(model_name).build(schema, **(model_args or {}))
-    model.build()
-    compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1, jit_compile=jit))
-
-    def index_blocks():
-        return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
-                                       domains=list(range(schema.num_domains)),
-                                       label_key=schema.label_keys[0], drop_remainder=True)
-
-    feats, labels, _ = index_blocks()
-    install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
-    ds = index_blocks()[2].batch(steps_per_execution)
-    n_fit = (len(labels) // batch_size) * batch_size
-
-    def epoch() -> int:
-        model.fit(ds, epochs=1, verbose=0)
-        return n_fit
-
-    epoch()  # compile + warm-up
-    return epoch
-
-
-def bench_relative_cost_cpu(model_names: Sequence[str], schema, batch_size: int, rounds: int,
-                        steps_per_execution: int, jit: Any,
-                        model_args: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
-    """Cost per sample of each model ÷ the DNN's, all in one process, rounds interleaved.
-
-    Every model (the DNN included) is built with the default fused training path and warmed
-    up; then each round runs one epoch of every model in turn. The cost per sample is the
-    median over rounds of wall seconds (and process CPU seconds, all threads) per sample;
-    the ratio is model median ÷ DNN median. A slow spell of a shared machine lands on
-    neighbouring epochs of every model, so the ratios are the comparable figure.
-    """
-    names = ["dnn"] + [m for m in model_names if m != "dnn"]
-    epochs = {m: _fused_epoch_fn(m, schema, batch_size, steps_per_execution, jit, (model_args or {}).get(m))
-              for m in names}
-    wall: dict[str, list[float]] = {m: [] for m in names}
-    cpu: dict[str, list[float]] = {m: [] for m in names}
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]  # alternate the order of the round
-        for m in order:
-            t, c = time.perf_counter(), time.process_time()
-            n = epochs[m]()
-            wall[m].append((time.perf_counter() - t) / n)
-            cpu[m].append((time.process_time() - c) / n)
-    out = {}
-    for m in names:
-        w, c = statistics.median(wall[m]), statistics.median(cpu[m])
-        out[m] = {"wall_us_per_sample": w * 1e6, "cpu_us_per_sample": c * 1e6,
-                  "wall_ratio": w / statistics.median(wall["dnn"]), "cpu_ratio": c / statistics.median(cpu["dnn"]),
-                  "wall_ratio_min": min(wall[m]) / min(wall["dnn"])}
     return out
 
 
@@ -313,59 +251,6 @@ def bench_serving(model_name: str, schema, batch_sizes: Sequence[int], repeats: 
             res[f"serve_batch{bs}_ms_per_call"] = p50 * 1000
             res[f"serve_batch{bs}_p99_ms"] = times[min(len(times) - 1, int(0.99 * len(times)))] * 1000
     return res
-
-
-def bench_relative_cost(model_names: Sequence[str], schema, batch_size: int, rounds: int, steps_per_execution: int,
-                        jit: Any, baseline: str = "dnn") -> dict[str, dict[str, float]]:
-    """Cost per training sample of each model ÷ the baseline's, all in one process.
-
-    Every model (and the baseline) trains on the default path (``tfrecord_fused``, as
-    ``bench_train``); each round runs one epoch of every model in turn, so a slow spell of
-    the shared machine hits them alike. Reports the median seconds per epoch of each and
-    the ratio of medians ``median(model) / median(baseline)`` (cost per sample ÷ DNN's).
-    """
-    import keras
-
-    from mdr_tf import registry
-    from mdr_tf.data import in_memory_index_batches
-    from mdr_tf.fused import install_on_columns
-    from mdr_tf.training import TrainConfig, compile_model
-
-    names = [baseline] + [m for m in model_names if m != baseline]
-    epochs: dict[str, Callable[[], int]] = {}
-    keras.backend.clear_session()
-    for name in names:
-        keras.utils.set_random_seed(0)
-        model = registry.get(name).build(schema)
-        model.build()
-        compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1, jit_compile=jit))
-
-        def index_blocks():
-            return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
-                                           domains=list(range(schema.num_domains)),
-                                           label_key=schema.label_keys[0], drop_remainder=True)
-
-        feats, labels, _ = index_blocks()
-        n_fit = (len(labels) // batch_size) * batch_size
-        install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
-        ds = index_blocks()[2].batch(steps_per_execution)
-
-        def epoch(model=model, ds=ds, n_fit=n_fit):
-            model.fit(ds, epochs=1, verbose=0)
-            return n_fit
-
-        epoch()  # compile + warm-up
-        epochs[name] = epoch
-    seconds: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name, epoch in epochs.items():
-            t = time.perf_counter()
-            epoch()
-            seconds[name].append(time.perf_counter() - t)
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {s[-1]:.2f}s" for n, s in seconds.items()), flush=True)
-    base = statistics.median(seconds[baseline])
-    return {n: {"median_epoch_s": statistics.median(s), f"cost_vs_{baseline}": statistics.median(s) / base}
-            for n, s in seconds.items()}
 
 
 def bench_op_profile(model_name: str, schema, batch_size: int, steps: int, depth: int, dump_dir: str
@@ -456,13 +341,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("ooc_chunk_rows", 1 << 16, "Out-of-core sources: rows per chunk (shuffle granularity).")
     flags.DEFINE_string("profile_ops", None, "If set: only the per-part op profile (bench_op_profile) of this model.")
     flags.DEFINE_integer("profile_depth", 1, "Layer-path levels of the op profile's parts.")
-    flags.DEFINE_integer("relative_cost_rounds", 0, "If > 0: only the relative-cost mode (bench_relative_cost): "
-                         "this many interleaved rounds of one epoch per model, cost per sample ÷ the DNN's.")
-    flags.DEFINE_boolean("relative_cost", False,
-                         "Only the cost per sample of --models ÷ the DNN's: fused training, every model "
-                         "(DNN included) one epoch per round, rounds interleaved in one process, "
-                         "--repeats rounds, ratio of medians, wall and CPU time (bench_relative_cost_cpu).")
-    flags.DEFINE_string("model_args", None, "JSON {model: {arg: value}} passed to the builders (relative_cost).")
+    flags.DEFINE_string("model_args", None, "JSON {model: {arg: value}} passed to the builders (--cost_ratio).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -485,49 +364,19 @@ def main(argv: Sequence[str]) -> None:
         for key, ms in prof.items():
             part = key.split(" ", 1)[1].split("/")[0]
             by_part[part] = by_part.get(part, 0.0) + ms
-        print("by part: " + ", ".join(f"{p} {v / total:.0%}" for p, v in sorted(by_part.items(), key=lambda kv: -kv[1])))
+        ranked = sorted(by_part.items(), key=lambda kv: -kv[1])
+        print("by part: " + ", ".join(f"{p} {v / total:.0%}" for p, v in ranked))
         for key, ms in list(prof.items())[:25]:
             print(f"  {ms:7.3f} ms  {100 * ms / total:5.1f}%  {key}")
-        return
-    if FLAGS.relative_cost_rounds > 0:
-        print(f"# relative cost on {FLAGS.dataset}, batch {FLAGS.batch_size}, {FLAGS.relative_cost_rounds} "
-              f"interleaved rounds (one epoch per model each)", flush=True)
-        rel = bench_relative_cost(FLAGS.models, schema, FLAGS.batch_size, FLAGS.relative_cost_rounds,
-                                  FLAGS.steps_per_execution, jit)
-        for name, r in rel.items():
-            print(f"{name:>14}: median epoch {r['median_epoch_s']:.3f} s, {r['cost_vs_dnn']:.2f}× the DNN's cost "
-                  f"per sample", flush=True)
-        if FLAGS.output:
-            tmp = FLAGS.output + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"versions": _versions(), "relative_cost": rel, "batch_size": FLAGS.batch_size,
-                           "rounds": FLAGS.relative_cost_rounds}, f, indent=2)
-            os.replace(tmp, FLAGS.output)
         return
     results: dict[str, Any] = {"versions": _versions(), "dataset": FLAGS.dataset,
                                "train_examples": sum(schema.counts("train")), "batch_size": FLAGS.batch_size,
                                "repeats": FLAGS.repeats}
-    if FLAGS.relative_cost:
-        rel = bench_relative_cost_cpu(FLAGS.models, schema, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps_per_execution,
-                                  jit, json.loads(FLAGS.model_args) if FLAGS.model_args else None)
-        print(f"# relative cost per sample on {FLAGS.dataset}, fused training, batch {FLAGS.batch_size}, "
-              f"K={FLAGS.steps_per_execution}, median of {FLAGS.repeats} interleaved rounds", flush=True)
-        for m, r in rel.items():
-            print(f"{m:>14}: {r['wall_us_per_sample']:.2f} us/sample wall ({r['wall_ratio']:.2f}x dnn, "
-                  f"best-of {r['wall_ratio_min']:.2f}x), {r['cpu_us_per_sample']:.2f} us/sample CPU "
-                  f"({r['cpu_ratio']:.2f}x dnn)", flush=True)
-        results["relative_cost"] = rel
-        if FLAGS.output:
-            tmp = FLAGS.output + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(results, f, indent=2)
-            os.replace(tmp, FLAGS.output)
-        return
     print(f"# benchmark on {FLAGS.dataset} ({results['train_examples']:,} train examples), batch "
           f"{FLAGS.batch_size}, median of {FLAGS.repeats}", flush=True)
     if FLAGS.cost_ratio:
         ratios = bench_cost_ratio(FLAGS.models, schema, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps_per_execution,
-                                  jit, FLAGS.sources[0])
+                                  jit, FLAGS.sources[0], json.loads(FLAGS.model_args) if FLAGS.model_args else None)
         for name, r in ratios.items():
             print(f"{name:>14}: {r['samples_per_s']:,.0f} samples/s; cost per sample {r['wall_ratio_to_dnn']:.2f}× "
                   f"dnn (wall), {r['cpu_ratio_to_dnn']:.2f}× dnn (CPU time)", flush=True)
@@ -556,8 +405,9 @@ def main(argv: Sequence[str]) -> None:
                   flush=True)
         if FLAGS.serving:
             print(f"{name:>14}  " + ", ".join(
-                f"serve b{b}: {r[f'serve_batch{b}_samples_per_s']:,.0f}/s (p50 {r[f'serve_batch{b}_ms_per_call']:.2f} ms, "
-                f"p99 {r[f'serve_batch{b}_p99_ms']:.2f} ms)" for b in FLAGS.serve_batch_sizes), flush=True)
+                f"serve b{b}: {r[f'serve_batch{b}_samples_per_s']:,.0f}/s "
+                f"(p50 {r[f'serve_batch{b}_ms_per_call']:.2f} ms, p99 {r[f'serve_batch{b}_p99_ms']:.2f} ms)"
+                for b in FLAGS.serve_batch_sizes), flush=True)
     results["models"] = per_model
     _write_json(results, FLAGS.output)
 

@@ -26,7 +26,8 @@ def _layer(n, m, **kw):
 
 def _inputs(n, batch=4, seed=0):
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(batch, n)).astype("float32"), {"domain_side": rng.normal(size=(batch, ZDIM)).astype("float32")}
+    ctx = {"domain_side": rng.normal(size=(batch, ZDIM)).astype("float32")}
+    return rng.normal(size=(batch, n)).astype("float32"), ctx
 
 
 def _sigmoid(v):
