@@ -26,7 +26,8 @@ from absl import flags
 
 from experiments.common import atomic_write as _atomic_write
 from experiments.common import parse_options as _parse_options
-from experiments.run import define_data_flags, define_training_flags, embedding_kwargs, run, train_kwargs_from_flags
+from experiments.run import (define_data_flags, define_training_flags, define_variant_flags, embedding_kwargs, run,
+                             train_kwargs_from_flags, variant_from_flags, variant_kwargs)
 
 
 def configs(modes: Sequence[str], bits: Sequence[int]) -> list[tuple[str, int]]:
@@ -58,7 +59,8 @@ def saved_model_bytes(model) -> int:
 
 def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant: dict, batch_size: int,
           steps_per_execution: int, rounds: int, log=print,
-          variants: dict[str, tuple[str, int, dict]] | None = None) -> dict[str, dict[str, float]]:
+          variants: dict[str, tuple[str, int, dict]] | None = None,
+          variant: dict[str, str | None] | None = None) -> dict[str, dict[str, float]]:
     """Training samples/s per (model, config), interleaved: one epoch of each per round, medians.
 
     ``variants`` adds named configurations ``{name: (mode, bits, quantization overrides)}``
@@ -85,7 +87,8 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
         runs += [(vname, mode, int(bits), {**quant, **over}) for vname, (mode, bits, over) in (variants or {}).items()]
         for key, mode, bits, run_quant in runs:
             keras.utils.set_random_seed(0)
-            model = registry.get(name).build(schema, **embedding_kwargs(mode, bits, run_quant))
+            model = registry.get(name).build(schema, **embedding_kwargs(mode, bits, run_quant),
+                                             **variant_kwargs(name, variant or {}))
             model.build()
             compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1))
 
@@ -176,7 +179,8 @@ def reround_cost(rows: int, dim: int = 16, bits: int = 8, batch_rows: int = 4096
     return out
 
 
-def sizes(schema, models: Sequence[str], bits: Sequence[int], quant: dict, log=print) -> dict[str, dict[str, int]]:
+def sizes(schema, models: Sequence[str], bits: Sequence[int], quant: dict, log=print,
+          variant: dict[str, str | None] | None = None) -> dict[str, dict[str, int]]:
     """SavedModel variable bytes and stored table bytes per model: fp32 and ALPT at each bit width.
 
     The storage does not depend on the training mode (LPT and ALPT store the same codes + Δ).
@@ -190,7 +194,8 @@ def sizes(schema, models: Sequence[str], bits: Sequence[int], quant: dict, log=p
     for name in models:
         for mode, b in [("fp", 32)] + [("alpt", int(b)) for b in bits]:
             keras.utils.set_random_seed(0)
-            model = registry.get(name).build(schema, **embedding_kwargs(mode, b, quant))
+            model = registry.get(name).build(schema, **embedding_kwargs(mode, b, quant),
+                                             **variant_kwargs(name, variant or {}))
             model.build()
             key = "fp32" if mode == "fp" else f"{b}bit"
             q = model.embedding.quantized
@@ -248,6 +253,7 @@ def table(rows_by_cfg: dict[str, list[dict]], models: Sequence[str], cfgs: Seque
 def define_flags() -> None:
     define_data_flags()
     define_training_flags(epochs=2)
+    define_variant_flags()
     flags.DEFINE_list("models", ["dnn", "mlora", "star"], "Models.")
     flags.DEFINE_list("modes", ["lpt_dr", "lpt_sr", "alpt"], "Low-precision modes.")
     flags.DEFINE_list("bits", ["16", "8", "4", "2"], "Bit widths.")
@@ -293,6 +299,7 @@ def _main(f: flags.FlagValues) -> None:
                   dataset_options=_parse_options(f.dataset_options), models=f.models, trials=f.trials,
                   seed_base=f.seed_base, train_kwargs=train_kwargs, model_kwargs=embedding_kwargs(mode, bits, quant),
                   output_dir=os.path.join(f.output_dir, key), aggregate_only=f.aggregate_only,
+                  variant=variant_from_flags(f),
                   log=lambda s: print(s, flush=True) if not s.startswith("\n#") else None)
         rows_by_cfg[key] = res["rows"]
     speeds: dict[str, dict[str, float]] = {}
@@ -302,8 +309,8 @@ def _main(f: flags.FlagValues) -> None:
         variants = {k: (v[0], int(v[1]), dict(v[2] if len(v) > 2 else {}))
                     for k, v in json.loads(f.speed_variants).items()}
         speeds = speed(schema, f.models, configs(f.modes, [f.speed_bits]), quant, f.batch_size,
-                       f.steps_per_execution, f.speed_rounds, variants=variants)
-        speeds.update(sizes(schema, f.models, [int(b) for b in f.bits], quant))
+                       f.steps_per_execution, f.speed_rounds, variants=variants, variant=variant_from_flags(f))
+        speeds.update(sizes(schema, f.models, [int(b) for b in f.bits], quant, variant=variant_from_flags(f)))
         _atomic_write(speed_path, json.dumps(speeds, indent=2) + "\n")
     elif os.path.exists(speed_path):
         with open(speed_path) as fh:

@@ -41,3 +41,15 @@ def test_reround_cost_times_the_three_table_updates():
     out = reround_cost(200, 4, batch_rows=16, reps=1, log=lambda s: None)
     assert set(out) == {"adam_dense", "reround_all", "reround_touched"}
     assert all(v >= 0 and v == v for v in out.values())
+
+
+def test_variant_flags_reach_the_size_and_speed_models(synth_schema):
+    """--backbone / --block put ALPT's models on another backbone: MLoRA on DCN is larger than the DNN."""
+    from experiments.alpt import sizes
+
+    plain = sizes(synth_schema, ["dnn"], [8], {}, log=lambda s: None)
+    dcn_mlora = sizes(synth_schema, ["dnn"], [8], {}, log=lambda s: None,
+                      variant={"backbone": "dcn", "block": "mlora", "hook": None})
+    assert dcn_mlora["dnn/fp32"]["saved_model_bytes"] > plain["dnn/fp32"]["saved_model_bytes"]
+    # The quantised table is the same: the variant changes the dense part only.
+    assert dcn_mlora["dnn/8bit"]["table_bytes"] == plain["dnn/8bit"]["table_bytes"]
