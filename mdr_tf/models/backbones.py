@@ -112,7 +112,8 @@ class BackboneModel(MultiDomainModel):
         # A hook class may provide a layer run once per batch before the deep part whose
         # output dict is merged into ctx (HAMUR: the instance core shared by all adapters).
         provider = getattr(hook_class(hook), "context_provider", None) if hook else None
-        self.hook_context = provider(self.hook_config, dims, name="hook_context") if provider else None
+        self.hook_context = (provider(self.hook_config, dims, name="hook_context", dtype=self.dtype_policy)
+                             if provider else None)
         self.head = self.make_head()
         if backbone in ("wdl", "deepfm"):
             self.linear = LinearTerm(self.schema_config, include_domain=self.embed_domain, name="linear",

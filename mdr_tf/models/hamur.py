@@ -96,20 +96,23 @@ class HamurMLP(MultiDomainModel):
         self.tower_implementation = tower_implementation
         d = self.num_domains
         self.hyper = HyperNetwork(self.k, self.hyper_dims, self.bn_momentum, self.bn_epsilon,
-                                  kernel_initializer=kernel_initializer, name="hyper")
+                                  kernel_initializer=kernel_initializer, name="hyper", dtype=self.dtype_policy)
         self.towers = [PerDomainDense(u, d, kernel_initializer=kernel_initializer,
-                                      implementation=tower_implementation, name=f"tower_{i}")
+                                      implementation=tower_implementation, name=f"tower_{i}",
+                                      dtype=self.dtype_policy)
                        for i, u in enumerate(self.hidden_units)]
-        self.tower_norms = [PerDomainBatchNorm(self.bn_momentum, self.bn_epsilon, name=f"tower_bn_{i}")
+        self.tower_norms = [PerDomainBatchNorm(self.bn_momentum, self.bn_epsilon, name=f"tower_bn_{i}",
+                                              dtype=self.dtype_policy)
                             for i in range(n)]
         self.adapters = [HyperAdapter(d, self.context_dims, k=self.k, bottleneck=self.bottleneck,
                                       hyper_dims=self.hyper_dims, adapter_initializer=adapter_initializer,
                                       norm_mode=norm_mode, norm_momentum=self.norm_momentum,
-                                      norm_epsilon=self.norm_epsilon, name=f"adapter_{p}")
+                                      norm_epsilon=self.norm_epsilon, name=f"adapter_{p}", dtype=self.dtype_policy)
                          for p in self.adapter_positions]  # adapters[j] follows hidden layer adapter_positions[j]
-        self.drop = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout > 0 else None
+        self.drop = (keras.layers.Dropout(self.dropout, name="dropout", dtype=self.dtype_policy)
+                     if self.dropout > 0 else None)
         self.out = PerDomainDense(1, d, kernel_initializer=kernel_initializer, implementation=tower_implementation,
-                                  name="tower_out")
+                                  name="tower_out", dtype=self.dtype_policy)
 
     def compute_logit(self, inputs, ctx, training=None):
         e = ctx["all"]

@@ -89,17 +89,21 @@ class HierRec(MultiDomainModel):
         self.num_fields = self.embedding.num_fields
         self.num_dense_fields = len(self.schema.dense) if self.implicit_dense else 0
         self.num_attended = self.num_fields + self.num_dense_fields  # fields of eq. 6's softmax
-        self.global_fc = keras.layers.Dense(self.global_units, activation=activation, name="global_fc")
-        self.sc_explicit = keras.layers.Dense(self.condition_dim, activation=condition_activation, name="sc_explicit")
-        self.field_attention = keras.layers.Dense(self.num_heads * self.num_attended, name="field_attention")
-        self.sc_implicit = keras.layers.Dense(self.condition_dim, activation=condition_activation, name="sc_implicit")
+        self.global_fc = keras.layers.Dense(self.global_units, activation=activation, name="global_fc",
+                                            dtype=self.dtype_policy)
+        self.sc_explicit = keras.layers.Dense(self.condition_dim, activation=condition_activation, name="sc_explicit",
+                                              dtype=self.dtype_policy)
+        self.field_attention = keras.layers.Dense(self.num_heads * self.num_attended, name="field_attention",
+                                                  dtype=self.dtype_policy)
+        self.sc_implicit = keras.layers.Dense(self.condition_dim, activation=condition_activation, name="sc_implicit",
+                                              dtype=self.dtype_policy)
         self.explicit_som = ScenarioOrientedModule(self.som_units, self.condition_dim, heads=1,
                                                    activation=activation, static_weight=self.static_weight,
-                                                   name="explicit_som")
+                                                   name="explicit_som", dtype=self.dtype_policy)
         self.implicit_som = ScenarioOrientedModule(self.som_units, self.condition_dim, heads=self.num_heads,
                                                    activation=activation, static_weight=self.static_weight,
-                                                   name="implicit_som")
-        self.head = keras.layers.Dense(1, name="head")
+                                                   name="implicit_som", dtype=self.dtype_policy)
+        self.head = keras.layers.Dense(1, name="head", dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         if self.built:

@@ -88,7 +88,8 @@ class SharedBottom(_TowerModel):
         self.bottom_units = [int(u) for u in bottom_units]
         self.bottom = DomainMLP(self.bottom_units, num_domains=self.num_domains, context_dims=self.context_dims,
                                 activation=self.activation, batch_norm=self.batch_norm, bn_momentum=self.bn_momentum,
-                                bn_epsilon=self.bn_epsilon, dropout=self.dropout, name="bottom")
+                                bn_epsilon=self.bn_epsilon, dropout=self.dropout, name="bottom",
+                                dtype=self.dtype_policy)
 
     def compute_logit(self, inputs, ctx, training=None):
         return self.tower_logit(self.bottom(ctx["all"], ctx, training=training), ctx, training)
@@ -124,11 +125,11 @@ class MMoE(_TowerModel):
         self.gate_batch_norm = bool(gate_batch_norm)
         self.experts = StackedMLP(self.num_experts, self.expert_units, activation=self.activation,
                                   batch_norm=self.batch_norm, dropout=self.dropout, bn_momentum=self.bn_momentum,
-                                  bn_epsilon=self.bn_epsilon, name="experts")
+                                  bn_epsilon=self.bn_epsilon, name="experts", dtype=self.dtype_policy)
         self.gates = StackedMLP(self.num_domains, [self.num_experts], activation="linear",
                                 batch_norm=self.gate_batch_norm, bn_momentum=self.bn_momentum,
                                 bn_epsilon=self.bn_epsilon, routing="auto" if self.gate_batch_norm else self.routing,
-                                per_domain=True, name="gates")
+                                per_domain=True, name="gates", dtype=self.dtype_policy)
 
     def gate_weights(self, ctx, training=None):
         """Each sample's own domain's gate weights [B, n_experts] (rows sum to 1)."""

@@ -110,7 +110,7 @@ class PEPNetModel(MultiDomainModel):
                 gate_schema_config(self.schema, self.use_epnet, self.use_ppnet), embedding_dim=self.embedding_dim,
                 embed_domain=True, embeddings_initializer=keras.initializers.get(self.embeddings_initializer),
                 embeddings_regularizer=keras.regularizers.L2(self.embedding_l2 / 2) if self.embedding_l2 else None,
-                name="gate_embedding")
+                name="gate_embedding", dtype=self.dtype_policy)
             gdims = self.gate_embedding.output_dims
             dims.update({"gate_side": gdims["domain_side"], "gate_ids": gdims["ids"]})
         self.side_key = "gate_side" if self.gate_embeddings else "domain_side"
@@ -118,7 +118,7 @@ class PEPNetModel(MultiDomainModel):
         if self.use_epnet:
             self.epnet = EPNet(self.embedding.num_fields, self.embedding_dim, num_dense=len(self.schema.dense),
                                granularity=epnet_granularity, hidden_units=self.epnet_hidden_units,
-                               gamma=self.gamma, name="epnet")
+                               gamma=self.gamma, name="epnet", dtype=self.dtype_policy)
         hook_kwargs: dict[str, Any] = {}
         n = len(self.hidden_units)
         if self.use_ppnet:
@@ -133,8 +133,8 @@ class PEPNetModel(MultiDomainModel):
             }
         self.deep = DomainMLP(self.hidden_units, num_domains=self.num_domains, context_dims=dims,
                               activation=activation, batch_norm=self.batch_norm, dropout=self.dropout,
-                              name="deep", **hook_kwargs)
-        self.head = keras.layers.Dense(1, name="head")
+                              name="deep", dtype=self.dtype_policy, **hook_kwargs)
+        self.head = keras.layers.Dense(1, name="head", dtype=self.dtype_policy)
 
     def gate_context(self, inputs, ctx):
         """``ctx`` with the gates' views: ``gate_side`` / ``gate_ids`` from the gate table."""

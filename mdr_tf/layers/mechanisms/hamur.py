@@ -133,10 +133,11 @@ class DomainNorm(keras.layers.Layer):
         self.gamma = self.add_weight(name="gamma", shape=(m,), initializer="ones")
         self.beta = self.add_weight(name="beta", shape=(m,), initializer="zeros")
         if self.mode == "moving":
+            # float32 under a mixed policy (no autocast), as Keras' BN.
             self.moving_mean = self.add_weight(name="moving_mean", shape=stats_shape, initializer="zeros",
-                                               trainable=False)
+                                               trainable=False, autocast=False)
             self.moving_variance = self.add_weight(name="moving_variance", shape=stats_shape,
-                                                   initializer="ones", trainable=False)
+                                                   initializer="ones", trainable=False, autocast=False)
         self.built = True
 
     def batch_statistics(self, x):
@@ -278,7 +279,7 @@ class HyperAdapter(DomainHook):
 
     @classmethod
     def context_provider(cls, hook_config: dict[str, Any], context_dims: dict[str, int],
-                         name: str = "hamur_core") -> keras.layers.Layer | None:
+                         name: str = "hamur_core", dtype: Any = None) -> keras.layers.Layer | None:
         """The layer a model runs once per batch to put the shared core into ``ctx``
         (None for standalone hooks)."""
         cfg = dict(hook_config or {})
@@ -287,7 +288,8 @@ class HyperAdapter(DomainHook):
         return HamurCoreContext(
             context_dims["all"], k=cfg.get("k", 35), hidden_units=cfg.get("hyper_dims", (64,)),
             bn_momentum=cfg.get("hyper_bn_momentum", 0.9), bn_epsilon=cfg.get("hyper_bn_epsilon", 1e-5),
-            dropout=cfg.get("hyper_dropout", 0.0), core_key=cfg.get("core_key", CORE_KEY), name=name)
+            dropout=cfg.get("hyper_dropout", 0.0), core_key=cfg.get("core_key", CORE_KEY), name=name,
+            dtype=dtype)
 
     def build(self, input_shape):
         m, k, p = int(input_shape[-1]), self.k, self.bottleneck
