@@ -38,6 +38,8 @@ def gate_schema_config(schema: Schema, domain_side: bool, ids: bool) -> dict[str
     keep = [f for f in schema.features if (domain_side and f.group == "domain") or (ids and f.is_id)]
     cfg = schema.to_config()
     cfg["features"] = [dataclasses.asdict(f) for f in keep]
+    names = {f.name for f in keep}  # a sequence stays only with the table it is embedded with
+    cfg["sequences"] = [s for s in cfg.get("sequences", ()) or () if s.get("embed_with") in names]
     return cfg
 
 
