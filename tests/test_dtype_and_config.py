@@ -65,6 +65,11 @@ SMALL = {
     "hamur_official": dict(hidden_units=[8, 4], k=3, hyper_dims=[4], bottleneck=2),
     "hamur_wdl": dict(hidden_units=[8], k=3, hyper_dims=[4], bottleneck=2),
     "hamur_dcn": dict(hidden_units=[8], k=3, hyper_dims=[4], bottleneck=2),
+    "midpg": dict(hidden_units=[8, 4], a=2, b=2, k=2, aux_units=[4], mir_units=[4]),
+    "dpg": dict(hidden_units=[8, 4], a=2, b=2, k=2, aux_units=[4]),
+    "midpg_rc": dict(hidden_units=[8, 4], a=2, b=2, k=2, aux_units=[4], mir_units=[4]),
+    "midpg_c": dict(hidden_units=[8, 4], a=2, b=2, k=2, aux_units=[4], mir_units=[4]),
+    "midpg_non": dict(hidden_units=[8, 4], k=2, aux_units=[4], mir_units=[4]),
     "hierrec": dict(global_units=8, condition_dim=4, som_units=[4, 4], num_heads=2),
     "hierrec_large": dict(global_units=8, condition_dim=4, som_units=[4, 4], num_heads=3),
     "shared_bottom": dict(bottom_units=[8], tower_units=[4]),
@@ -120,6 +125,10 @@ def test_model_dtype_policy_reaches_every_sublayer_and_the_forward_pass_runs(nam
     loaded = keras.models.load_model(path)
     assert loaded.dtype_policy.name == policy and loaded.embedding.dtype_policy.name == policy
     np.testing.assert_allclose(np.asarray(loaded(x, training=False)), p, atol=0)
+
+
+def test_the_policy_test_covers_every_registry_model():
+    assert set(registry.REGISTRY) - {"mlora_2stage"} == set(POLICY_MODELS)
 
 
 def test_gradients_under_mixed_float16_are_float32_and_finite():
