@@ -89,12 +89,16 @@ SMALL = {
 }
 #: mlora_2stage builds mlora (it differs in the training procedure only).
 POLICY_MODELS = sorted(SMALL)
+#: Half-precision tolerance against float32; hamur_official normalises with the batch's own
+#: statistics at inference (DomainNorm "batch"), dividing by a small-batch std (~3e-3 seen).
+ATOL = {"hamur_official": 1e-2}
 
 
 @pytest.mark.parametrize("name", POLICY_MODELS)
 def test_model_dtype_policy_reaches_every_sublayer_and_the_forward_pass_runs(name, tmp_path):
     policy = _float_policy_16()
     assert keras.config.dtype_policy().name == "float32"  # the model's own policy, not the global one
+    keras.utils.set_random_seed(0)
     x = _inputs()
     m = registry.get(name).build(SCHEMA, embedding_dim=4, dtype=policy, **SMALL[name])
     m.build()
@@ -117,7 +121,7 @@ def test_model_dtype_policy_reaches_every_sublayer_and_the_forward_pass_runs(nam
     ref.build()
     ref.set_weights(m.get_weights())
     want = np.asarray(ref(x, training=False))
-    np.testing.assert_allclose(p, want, atol=5e-3)
+    np.testing.assert_allclose(p, want, atol=ATOL.get(name, 5e-3))
     assert np.abs(p - want).max() > 0  # and the 16-bit path is a different computation
     # The policy is part of the config: a saved model loads with it.
     path = str(tmp_path / "m.keras")

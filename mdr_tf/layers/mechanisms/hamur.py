@@ -113,6 +113,8 @@ class DomainNorm(keras.layers.Layer):
       - ``"batch"`` (official HAMUR): batch statistics in training **and** inference, no
         moving averages. Predictions then depend on the evaluation batch size and order.
 
+    Under a 16-bit policy the layer computes in float32 and casts its output back.
+
     Args:
       mode: "moving" or "batch".
       momentum: moving-average momentum (ours; torch-like 0.9).
@@ -148,6 +150,14 @@ class DomainNorm(keras.layers.Layer):
         return mean, var
 
     def call(self, x, training: bool | None = None):
+        out_dtype = x.dtype
+        if keras.backend.standardize_dtype(out_dtype) in ("float16", "bfloat16"):
+            x = ops.cast(x, "float32")  # statistics and normalisation in float32, as Keras' BN
+            return ops.cast(self.normalize(x, training), out_dtype)
+        return self.normalize(x, training)
+
+    def normalize(self, x, training: bool | None = None):
+        """``γ ⊙ (x − μ) / sqrt(σ² + ε) + β`` in ``x``'s dtype."""
         if self.mode == "batch" or training:
             mean, var = self.batch_statistics(x)
             if self.mode == "moving":
