@@ -328,6 +328,8 @@ def test_pepnet_on_other_backbones_trains_and_its_input_hook_matters(synth_schem
     rng = np.random.default_rng(0)
     for v in m.input_hook_layer.epnet.trainable_weights:  # a gate far from its near-constant init
         v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
+    for v in m.embedding.trainable_weights:  # embeddings far from their N(0, 1e-4) init, so gating them shows
+        v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
     ref = np.asarray(m(x, training=False))
     with monkeypatch.context() as mp:
         mp.setattr(EPNet, "gate_values", lambda self, inputs: ops.ones_like(inputs[0]))
