@@ -264,7 +264,7 @@ MIDPG_CASES = [
 def test_midpg_matches_reference(synth_schema, monkeypatch, case):
     keras.utils.set_random_seed(0)
     kw = {"hidden_units": [16, 8]} if case.get("variant") == "non" else {"hidden_units": [24, 16, 8]}
-    # "shuffle": the negatives drawn exactly as before; "roll" (build_midpg's default) is
+    # "shuffle": the negatives drawn exactly as before; "roll" (an option) is
     # compared in expectation below.
     model = build_midpg(synth_schema.to_config(), mir_negatives="shuffle", **{**kw, **case})
     model.build()
