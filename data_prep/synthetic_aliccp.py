@@ -21,7 +21,7 @@ after an interruption continues at the first unfinished shard. ``columnar=True``
 writes the train split's columnar shards (``mdr_tf.columnar``) next to the TFRecords.
 
 Example:
-  python -m data_prep.synthetic_aliccp --output_dir=/work/bigdata/aliccp85m --num_rows=85316519 --num_shards=16
+  python -m data_prep.synthetic_aliccp --output_dir=data/synthetic_aliccp85m --num_rows=85316519 --num_shards=16
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ mixed in: Keras ``predict`` vs both signatures vs torch (max |Δp| printed, a fa
 above ``--parity_atol`` stops the run).
 
 PyTorch is optional and bench-only (not in requirements.txt): a separate interpreter,
-e.g. ``python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch numpy``
+e.g. ``python3 -m venv .torchvenv && .torchvenv/bin/pip install torch numpy``
 (CPU wheel). Without it the script says so and reports the TensorFlow figures only.
 
   python -m experiments.bench_serving --threads=1,2 --rounds=5
@@ -225,7 +225,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("rounds", 5, "Interleaved rounds.")
     flags.DEFINE_integer("calls", 40000, "Samples per source, batch size and round (calls = max(5, min(300, "
                          "calls // batch))).")
-    flags.DEFINE_string("torch_python", os.environ.get("MDR_TF_TORCH_PYTHON", "/work/torchvenv/bin/python"),
+    flags.DEFINE_string("torch_python", os.environ.get("MDR_TF_TORCH_PYTHON", ".torchvenv/bin/python"),
                         "Interpreter with torch + numpy for the reference (env MDR_TF_TORCH_PYTHON).")
     flags.DEFINE_boolean("torch_omp_passive", True,
                          "Run the torch worker with OMP_WAIT_POLICY=PASSIVE: on an oversubscribed machine torch's "

@@ -1,7 +1,7 @@
 """PyTorch reference forward of the DNN, MMoE and STAR (bench-only; needs torch, numpy).
 
 Run by ``experiments/bench_serving.py`` as a worker subprocess under a separate
-interpreter that has torch (``/work/torchvenv``; see docs/benchmarks.md): this module
+interpreter that has torch (e.g. ``.torchvenv``; see docs/benchmarks.md): this module
 imports only the standard library, numpy and torch, never TensorFlow or mdr_tf. The
 weights and the architecture come from the Keras model (``bench_serving.export_reference``
 writes ``<model>.npz`` + ``<model>.json``), so the outputs must equal the SavedModel's:

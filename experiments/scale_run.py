@@ -6,8 +6,8 @@ TFRecord stream); evaluation of valid and test (exact AUC over the whole split).
 model runs in its own process (peak RSS is per process); every finished model is
 appended to ``--output`` (JSONL) at once and skipped by a rerun.
 
-  python -m experiments.scale_run --data_dir=/work/bigdata/aliccp20m --models=dnn,star \\
-      --output=/work/bigdata/scale.jsonl
+  python -m experiments.scale_run --data_dir=data/synthetic_aliccp20m --models=dnn,star \\
+      --output=results/scale.jsonl
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ training, LPT) keeps no float copy of the table between steps. Per batch:
 ``R_S(z) = ⌊z + u⌋``, ``u ~ U[0, 1)`` (so ``E[R_S(z)] = z``).
 
 Where the two available code bases disagree (the author's PyTorch baseline ``mpe`` and
-Hetu's re-implementation; ``/work/shared/reference/more-seeds.md`` §1.3) the choice is an
+Hetu's re-implementation; docs/models/alpt.md) the choice is an
 argument: ``step`` (Δ per row, default, or per table), ``grad_scale`` (LSQ per row
 ``1/√(d·q_p)``, default; Hetu's ``1/√(B·d·q_p)``; mpe's ``1/√(2^{m−1}·n·d)``),
 ``delta_init`` (mpe's ``2·mean|E₀|/√(2^{m−1})``, default, or a constant), ``rerounded``

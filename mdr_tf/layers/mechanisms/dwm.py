@@ -2,7 +2,7 @@
 
 Cheng et al., "MI-DPG: Decomposable Parameter Generation Network Based on Mutual
 Information for Multi-Scenario Recommendation", CIKM 2023 (eqs. 1-8; the formulas are
-restated in ``shared/reference/mi-dpg.md`` because they were lost from the paper text).
+restated in docs/models/midpg.md because they were lost from the paper text).
 
 Every backbone layer is re-weighted per sample::
 
