@@ -74,9 +74,8 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
     """
     import keras
 
+    from experiments.common import fused_epoch
     from mdr_tf import registry
-    from mdr_tf.data import in_memory_index_batches
-    from mdr_tf.fused import install_on_columns
     from mdr_tf.params import parameter_report
     from mdr_tf.training import TrainConfig, compile_model
 
@@ -92,20 +91,8 @@ def speed(schema, models: Sequence[str], cfgs: Sequence[tuple[str, int]], quant:
             model.build()
             compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1))
 
-            def blocks():
-                return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
-                                               domains=list(range(schema.num_domains)),
-                                               label_key=schema.label_keys[0], drop_remainder=True)
-
-            feats, labels, _ = blocks()
-            install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
-            ds = blocks()[2].batch(steps_per_execution)
-            n_fit = (len(labels) // batch_size) * batch_size
+            epoch = fused_epoch(model, schema, batch_size, steps_per_execution)
             out[f"{name}/{key}"] = {"table_bytes": parameter_report(model)["table_bytes"]}
-
-            def epoch(model=model, ds=ds, n=n_fit):
-                model.fit(ds, epochs=1, verbose=0)
-                return n
 
             epoch()  # compile + warm-up
             epochs[key] = epoch

@@ -107,22 +107,9 @@ def _epoch_runner(model_name: str, schema, batch_size: int, source: str, steps_p
                                      chunk_rows=FLAGS.ooc_chunk_rows).prefetch(4), epochs=1, verbose=0)
             return n
     elif fused:  # what mdr_tf.training.fit does (TrainConfig.fused)
-        from mdr_tf.data import in_memory_index_batches
-        from mdr_tf.fused import install_on_columns
+        from experiments.common import fused_epoch
 
-        def index_blocks():
-            return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
-                                           domains=list(range(schema.num_domains)),
-                                           label_key=schema.label_keys[0], drop_remainder=True)
-
-        feats, labels, _ = index_blocks()
-        install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
-        ds = index_blocks()[2].batch(steps_per_execution)
-        n_fit = (n // batch_size) * batch_size
-
-        def epoch(model=model, ds=ds, n_fit=n_fit):
-            model.fit(ds, epochs=1, verbose=0)
-            return n_fit
+        epoch = fused_epoch(model, schema, batch_size, steps_per_execution)
     elif source == "memory":
         def epoch(model=model):
             model.fit(x, y, batch_size=batch_size, shuffle=True, epochs=1, verbose=0)

@@ -165,3 +165,30 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         raise app.UsageError(f"--trial_shard={text!r}: expected i/n, e.g. 0/2")
     return i, n
+
+
+def fused_epoch(model, schema, batch_size: int, steps_per_execution: int):
+    """A function training ``model`` one epoch on the default fused path; returns the samples.
+
+    What ``mdr_tf.training.fit`` does (``mdr_tf.fused``: the train split's columns in memory,
+    K = ``steps_per_execution`` steps of [B] row indices per compiled call, seeded shuffle,
+    last partial batch dropped). ``model`` must be compiled with ``steps_per_execution=1``.
+    """
+    from mdr_tf.data import in_memory_index_batches
+    from mdr_tf.fused import install_on_columns
+
+    def index_blocks():
+        return in_memory_index_batches(schema, "train", batch_size, shuffle=True, seed=0, mode="mixed",
+                                       domains=list(range(schema.num_domains)),
+                                       label_key=schema.label_keys[0], drop_remainder=True)
+
+    feats, labels, _ = index_blocks()
+    install_on_columns(model, feats, labels, batch_size, jit_compile=model.jit_compile)
+    ds = index_blocks()[2].batch(steps_per_execution)
+    n_fit = (len(labels) // batch_size) * batch_size
+
+    def epoch() -> int:
+        model.fit(ds, epochs=1, verbose=0)
+        return n_fit
+
+    return epoch

@@ -27,7 +27,9 @@ def test_layout_columnar_and_resume(tmp_path, monkeypatch):
     np.testing.assert_array_equal(x["f301"], x["domain_id"] + 1)
     assert 0.01 < y.mean() < 0.15 and (load_arrays(schema, "train", label_key="purchase")[1] <= y).all()
     for f in SPARSE_FIELDS:
-        assert 1 <= x[f"f{f}"].min() and x[f"f{f}"].max() <= sa.VOCAB[f]
+        ids = x[f"f{f}"]
+        assert ids.min() >= 1, f"f{f} holds the OOV id 0"
+        assert ids.max() <= sa.VOCAB[f], f"f{f} exceeds its vocabulary"
     # The columnar train shards hold exactly the TFRecords' rows and are current.
     assert columnar.available(schema, "train", check_source=True)
     n = sum(columnar.open_shard(p)[0] for p in columnar.shard_paths(schema, "train"))
