@@ -48,3 +48,27 @@ def assert_roundtrips(model: keras.Model, tmp_dir: str, x: dict | None = None, a
     np.testing.assert_allclose(out, ref, atol=atol, rtol=0)
     out2 = sm.serve_examples(tf.constant(serialize_examples(schema, x)))["probability"].numpy()
     np.testing.assert_allclose(out2, ref, atol=atol, rtol=0)
+
+
+def read_back_rows(out: str) -> dict:
+    """{(domain, split): sorted row tuples} of a prepared dataset, decoded through ``vocab/*.txt``.
+
+    Each row is (categorical values as their raw strings..., dense values..., label), read
+    with mdr_tf's own reader, so a preprocessor test compares what training will see with
+    what the raw fixture says.
+    """
+    from mdr_tf.data import load_arrays
+
+    schema = Schema.load(out)
+    vocab = {}
+    for f in schema.categorical:
+        with open(os.path.join(out, "vocab", f"{f.name}.txt")) as fh:
+            vocab[f.name] = [x.rstrip("\n") for x in fh]
+    got: dict = {}
+    for split in ("train", "valid", "test"):
+        x, y = load_arrays(schema, split)
+        for i in range(len(y)):
+            row = tuple(vocab[f.name][x[f.name][i]] for f in schema.categorical)
+            row += tuple(float(x[f.name][i]) for f in schema.dense) + (int(y[i]),)
+            got.setdefault((int(x["domain_id"][i]), split), []).append(row)
+    return {k: sorted(v) for k, v in got.items()}

@@ -16,6 +16,7 @@ import pytest
 
 from data_prep import ijcai18
 from data_prep.common import DataError
+from tests.helpers import read_back_rows
 
 FILE = "round1_ijcai_18_train_20180301.txt"
 DAY0 = 1537200000  # 2018-09-18 00:00 Beijing time = 2018-09-17 16:00 UTC
@@ -102,25 +103,6 @@ def reference(rows: list[dict], features, domain_field="user_gender_id") -> dict
     return {k: sorted(v) for k, v in out.items()}
 
 
-def read_back(out: str) -> dict:
-    from mdr_tf.data import load_arrays
-    from mdr_tf.schema import Schema
-
-    schema = Schema.load(out)
-    vocab = {}
-    for f in schema.categorical:
-        with open(os.path.join(out, "vocab", f"{f.name}.txt")) as fh:
-            vocab[f.name] = [x.rstrip("\n") for x in fh]
-    got: dict = {}
-    for split in ("train", "valid", "test"):
-        x, y = load_arrays(schema, split)
-        for i in range(len(y)):
-            row = tuple(vocab[f.name][x[f.name][i]] for f in schema.categorical)
-            row += tuple(float(x[f.name][i]) for f in schema.dense) + (int(y[i]),)
-            got.setdefault((int(x["domain_id"][i]), split), []).append(row)
-    return {k: sorted(v) for k, v in got.items()}
-
-
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     d = tmp_path_factory.mktemp("ijcai_raw")
@@ -140,7 +122,7 @@ def test_matches_reference(raw, prepared):
     features = list(ijcai18.MMLREC_FEATURES) + ["user_gender_id"]
     assert [f["name"] for f in schema["features"]] == features + list(ijcai18.DENSE)
     expected = reference(raw[1], features)
-    assert read_back(out) == expected
+    assert read_back_rows(out) == expected
     # 4 scenarios = user_gender_id -1/0/1/2 (MMLRec), sorted; exact per-domain counts.
     assert schema["domain_names"] == ["user_gender_id=-1", "user_gender_id=0", "user_gender_id=1",
                                       "user_gender_id=2"]
@@ -161,7 +143,7 @@ def test_missing_values_and_nested_fields(raw, tmp_path):
     names = [f["name"] for f in schema["features"]]
     assert "item_category_1" in names and "item_property_1" in names and "predict_category_0" in names
     assert "item_category_list" not in names
-    got = read_back(out)
+    got = read_back_rows(out)
     features = [f for f in names if f not in ijcai18.DENSE]
     assert got == reference(raw[1], features)
     rows = [r for v in got.values() for r in v]
@@ -191,7 +173,7 @@ def test_zip_input_and_rerun_reuses(raw, prepared, tmp_path):
         zf.write(os.path.join(raw[0], FILE), arcname=FILE)
     out = str(tmp_path / "out")
     schema = ijcai18.prepare(out, raw_path=str(z), num_shards=2)
-    assert read_back(out) == read_back(prepared[0])
+    assert read_back_rows(out) == read_back_rows(prepared[0])
     mtime = os.path.getmtime(os.path.join(out, "schema.json"))
     again = ijcai18.prepare(out, raw_path=str(z), num_shards=2)
     assert again["fingerprint"] == schema["fingerprint"]

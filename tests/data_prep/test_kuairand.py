@@ -17,6 +17,7 @@ import pytest
 
 from data_prep import kuairand
 from data_prep.common import DataError, split_uniform
+from tests.helpers import read_back_rows
 
 FIRST_APPEARANCE = [2, 0, 1, 6, 4, 10, 3]  # raw tabs in order of first appearance in the log
 DEGREES = ["high_active", "full_active", "middle_active", "UNKNOWN"]
@@ -96,25 +97,6 @@ def reference(data_dir: str, selected_raw: list[int], dense: str = "minmax", spl
     return {k: sorted(v) for k, v in out.items()}, len(joined)
 
 
-def read_back(out: str) -> dict:
-    from mdr_tf.data import load_arrays
-    from mdr_tf.schema import Schema
-
-    schema = Schema.load(out)
-    vocab = {}
-    for f in schema.categorical:
-        with open(os.path.join(out, "vocab", f"{f.name}.txt")) as fh:
-            vocab[f.name] = [x.rstrip("\n") for x in fh]
-    got: dict = {}
-    for split in ("train", "valid", "test"):
-        x, y = load_arrays(schema, split)
-        for i in range(len(y)):
-            row = tuple(vocab[f.name][x[f.name][i]] for f in schema.categorical)
-            row += tuple(float(x[f.name][i]) for f in schema.dense) + (int(y[i]),)
-            got.setdefault((int(x["domain_id"][i]), split), []).append(row)
-    return {k: sorted(v) for k, v in got.items()}
-
-
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     root = tmp_path_factory.mktemp("kuairand_raw")
@@ -127,7 +109,7 @@ def test_hierrec_raw_tabs(raw, tmp_path):
     schema = kuairand.prepare(out, raw_path=raw[0], num_shards=2)
     data_dir = os.path.join(raw[0], "KuaiRand-1K", "data")
     expected, n_joined = reference(data_dir, [0, 1, 2, 3, 6])
-    assert read_back(out) == expected
+    assert read_back_rows(out) == expected
     assert schema["domain_names"] == ["tab=0", "tab=1", "tab=2", "tab=3", "tab=6"]
     assert schema["tab_first_appearance_order"] == FIRST_APPEARANCE
     # Inner joins: 2 rows of an unknown user, 1 of an unknown video are dropped.
@@ -151,7 +133,7 @@ def test_swr_first_appearance_tabs(raw, tmp_path):
     assert schema["domain_raw_tabs"] == [2, 0, 1, 4, 3]
     assert schema["domain_first_appearance_ids"] == [0, 1, 2, 4, 6]
     expected, _ = reference(os.path.join(raw[0], "KuaiRand-1K", "data"), [2, 0, 1, 4, 3])
-    assert read_back(out) == expected
+    assert read_back_rows(out) == expected
 
 
 def test_hierrec_all_categorical_contiguous(raw, tmp_path):
@@ -160,7 +142,7 @@ def test_hierrec_all_categorical_contiguous(raw, tmp_path):
     assert all(f["kind"] == "categorical" for f in schema["features"])
     expected, _ = reference(os.path.join(raw[0], "KuaiRand-1K", "data"), [0, 1, 2, 3, 6], dense="none",
                             split_mode="contiguous")
-    assert read_back(out) == expected
+    assert read_back_rows(out) == expected
 
 
 def test_tar_gz_input_rerun_and_bad_lines(raw, tmp_path):
@@ -170,7 +152,7 @@ def test_tar_gz_input_rerun_and_bad_lines(raw, tmp_path):
     out = str(tmp_path / "out")
     schema = kuairand.prepare(out, raw_path=str(tgz), num_shards=2)
     expected, _ = reference(os.path.join(raw[0], "KuaiRand-1K", "data"), [0, 1, 2, 3, 6])
-    assert read_back(out) == expected
+    assert read_back_rows(out) == expected
     mtime = os.path.getmtime(os.path.join(out, "schema.json"))
     assert kuairand.prepare(out, raw_path=str(tgz), num_shards=2)["fingerprint"] == schema["fingerprint"]
     assert os.path.getmtime(os.path.join(out, "schema.json")) == mtime
