@@ -65,9 +65,10 @@ def _ensure_columnar(schema) -> None:
 
 
 def _epoch_runner(model_name: str, schema, batch_size: int, source: str, steps_per_execution: int, jit: Any,
-                  x=None, y=None, model_kwargs: dict | None = None) -> Callable[[], int]:
+                  x=None, y=None, model_kwargs: dict | None = None, optimizer: str | None = None) -> Callable[[], int]:
     """Builds ``model_name`` (seed 0) for one training ``source`` and returns a function that
-    trains one epoch and returns the number of samples (after one warm-up epoch)."""
+    trains one epoch and returns the number of samples (after one warm-up epoch).
+    ``optimizer``: ``TrainConfig.optimizer`` (default: ``--optimizer``)."""
     import keras
 
     from mdr_tf import registry
@@ -83,7 +84,7 @@ def _epoch_runner(model_name: str, schema, batch_size: int, source: str, steps_p
     model.build()
     fused = source in ("tfrecord_fused", "columnar_fused")
     compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1 if fused else steps_per_execution,
-                                     jit_compile=jit))
+                                     jit_compile=jit, optimizer=optimizer or FLAGS.optimizer))
     if source == "columnar_fused":  # what fit does when the split does not fit in memory
         from mdr_tf.outofcore import FusedStream
 
@@ -311,6 +312,7 @@ def define_flags() -> None:
     flags.DEFINE_list("dataset_options", [], "key=value prepare options (e.g. num_rows=1000000 for synthetic).")
     flags.DEFINE_list("models", ["dnn"], "Models to benchmark (the first ones' ratios are relative to dnn).")
     flags.DEFINE_integer("batch_size", 512, "Training batch size.")
+    flags.DEFINE_enum("optimizer", "adam", ["adam", "lazy_adam"], "Training optimizer (TrainConfig.optimizer).")
     flags.DEFINE_integer("repeats", 5, "Runs per figure (median reported).")
     flags.DEFINE_integer("steps_per_execution", 16, "Train steps per compiled call.")
     flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")

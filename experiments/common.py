@@ -76,6 +76,8 @@ def trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
     from mdr_tf import registry
 
     train = {k: v for k, v in vars(cfg).items() if k not in ("verbose", "tensorboard_dir", "checkpoint_dir")}
+    if train.get("optimizer") == "adam":  # the default, added later: trials logged before keep their keys
+        del train["optimizer"]
     spec = registry.get(name)
     # Every argument the model is built with: the builder's (and its class's) signature
     # defaults, then the registry entry's, then the run's; a changed default of any of

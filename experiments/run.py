@@ -50,6 +50,8 @@ def define_training_flags(epochs: int) -> None:
     flags.DEFINE_integer("steps_per_execution", 16, "Train steps per compiled call.", lower_bound=1)
     flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step.")
     flags.DEFINE_integer("verbose", 0, "Keras fit verbosity (0 = one line per epoch from mdr_tf).")
+    flags.DEFINE_enum("optimizer", "adam", ["adam", "lazy_adam"], "adam: Keras' dense Adam (the papers'); lazy_adam: "
+                      "only the embedding rows a batch reads are updated (mdr_tf.optimizers.LazyAdam).")
 
 
 def validate_model_list(flag_name: str = "models") -> None:
@@ -73,7 +75,8 @@ def train_kwargs_from_flags(f: flags.FlagValues, **extra: Any) -> dict[str, Any]
     """``TrainConfig`` arguments from the flags of ``define_training_flags`` (plus ``extra``)."""
     jit = {"auto": "auto", "true": True, "false": False}[f.jit_compile]
     return dict(epochs=f.epochs, batch_size=f.batch_size, learning_rate=f.learning_rate, patience=f.patience,
-                steps_per_execution=f.steps_per_execution, jit_compile=jit, verbose=f.verbose, **extra)
+                steps_per_execution=f.steps_per_execution, jit_compile=jit, verbose=f.verbose,
+                optimizer=f.optimizer, **extra)
 
 
 def parse_model_args(text: str) -> dict[str, Any]:

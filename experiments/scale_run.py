@@ -40,7 +40,7 @@ def _du_gb(path: str) -> float:
     return total / 1e9
 
 
-def run_one(model_name: str, data_dir: str, batch_size: int, steps: int) -> dict:
+def run_one(model_name: str, data_dir: str, batch_size: int, steps: int, optimizer: str = "adam") -> dict:
     """Trains ``model_name`` for one epoch and evaluates it; returns the stage timings."""
     import keras
 
@@ -48,7 +48,8 @@ def run_one(model_name: str, data_dir: str, batch_size: int, steps: int) -> dict
     from mdr_tf.schema import Schema
     from mdr_tf.training import TrainConfig, _fused_input, evaluate_split, fit
 
-    row: dict = {"model": model_name, "data_dir": data_dir, "batch_size": batch_size, "steps_per_execution": steps}
+    row: dict = {"model": model_name, "data_dir": data_dir, "batch_size": batch_size, "steps_per_execution": steps,
+                 "optimizer": optimizer}
     t = time.time()
     schema = Schema.load(data_dir)
     row["train_rows"] = sum(schema.counts("train"))
@@ -57,7 +58,8 @@ def run_one(model_name: str, data_dir: str, batch_size: int, steps: int) -> dict
     model.build()
     row["params"] = int(model.count_params())
     row["build_s"] = round(time.time() - t, 1)
-    cfg = TrainConfig(batch_size=batch_size, epochs=1, steps_per_execution=steps, patience=1, verbose=0)
+    cfg = TrainConfig(batch_size=batch_size, epochs=1, steps_per_execution=steps, patience=1, verbose=0,
+                      optimizer=optimizer)
     path = _fused_input(schema, cfg, None)
     row["train_path"] = ("columnar_fused" if hasattr(path, "install") else "in_memory_fused" if path is not None
                          else "tfrecord_stream")
@@ -82,6 +84,8 @@ def define_flags() -> None:
     flags.DEFINE_list("models", ["dnn", "star"], "Registry models, one process each.")
     flags.DEFINE_integer("batch_size", 2048, "Training batch size.")
     flags.DEFINE_integer("steps_per_execution", 16, "Fused steps per compiled call.")
+    flags.DEFINE_enum("optimizer", "adam", ["adam", "lazy_adam"], "Training optimizer (TrainConfig.optimizer); "
+                      "lazy_adam updates only the embedding rows a batch reads.")
     flags.DEFINE_string("output", None, "JSONL of finished models (rerun skips them).", required=True)
     flags.DEFINE_string("one", None, "Internal: run this model in this process and print its JSON row.")
 
@@ -89,13 +93,14 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
     del argv
     if FLAGS.one:
-        print("ROW " + json.dumps(run_one(FLAGS.one, FLAGS.data_dir, FLAGS.batch_size, FLAGS.steps_per_execution)),
-              flush=True)
+        print("ROW " + json.dumps(run_one(FLAGS.one, FLAGS.data_dir, FLAGS.batch_size, FLAGS.steps_per_execution,
+                                          FLAGS.optimizer)), flush=True)
         return
     done = set()
     if os.path.exists(FLAGS.output):
         with open(FLAGS.output) as f:
-            done = {json.loads(line)["model"] for line in f if line.strip()}
+            logged = [json.loads(line) for line in f if line.strip()]
+        done = {r["model"] for r in logged if r.get("optimizer", "adam") == FLAGS.optimizer}
     for m in FLAGS.models:
         if m in done:
             print(f"{m}: done (in {FLAGS.output})")
@@ -103,7 +108,8 @@ def main(argv: Sequence[str]) -> None:
         t = time.time()
         out = subprocess.run([sys.executable, "-m", "experiments.scale_run", f"--data_dir={FLAGS.data_dir}",
                               f"--output={FLAGS.output}", f"--one={m}", f"--batch_size={FLAGS.batch_size}",
-                              f"--steps_per_execution={FLAGS.steps_per_execution}"],
+                              f"--steps_per_execution={FLAGS.steps_per_execution}",
+                              f"--optimizer={FLAGS.optimizer}"],
                              capture_output=True, text=True)
         rows = [ln[4:] for ln in out.stdout.splitlines() if ln.startswith("ROW ")]
         if out.returncode or not rows:

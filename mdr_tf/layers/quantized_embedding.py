@@ -320,7 +320,11 @@ class QuantizedEmbedding(keras.layers.Layer):
     def update_delta(self, grad, rows) -> None:
         """ALPT step 3: Δ ← opt_Δ(Δ, grad) on the rows read; other rows keep their Δ; Δ ≥ min_delta."""
         opt = self._scratch.delta_optimizer
-        grad = tf.convert_to_tensor(grad)
+        # A lazy optimizer (mdr_tf.optimizers.LazyAdam) gets Δ's gradient rows as they are,
+        # so the Δ slots of rows not read stay too; others get it dense.
+        lazy = getattr(opt, "updates_rows_lazily", False) and self.step == "row"
+        if not (lazy and isinstance(grad, tf.IndexedSlices)):
+            grad = tf.convert_to_tensor(grad)
         old = tf.identity(self.delta.value)
         opt.apply([grad], [self.delta])
         new = self.delta.value

@@ -165,6 +165,24 @@ class MultiDomainModel(keras.Model):
             if q.precision == "alpt":
                 q.make_delta_optimizer(self.optimizer)
 
+    def compile_from_config(self, config):
+        """Compiles a model loaded from a ``.keras`` file as it was saved (optimizer class and
+        settings, loss, XLA, steps per execution), so its optimizer state is restored too.
+        Keras skips this for a model that overrides ``compile``, as this class does. An
+        optimizer that cannot be rebuilt from its config (e.g. ``onboarding.MaskedAdam``,
+        not registered) leaves the model uncompiled, with a warning, as Keras did."""
+        try:
+            config = keras.saving.deserialize_keras_object(config)
+        except (TypeError, ValueError) as e:
+            import warnings
+
+            warnings.warn(f"{type(self).__name__}: the saved compile settings could not be restored ({e}); the "
+                          "model is loaded uncompiled: call compile() before training it", stacklevel=2)
+            return
+        self.compile(**config)
+        if self.built and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
     def train_step(self, data):
         q = self.embedding.quantized
         if q is None:

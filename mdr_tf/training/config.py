@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from mdr_tf.optimizers import OPTIMIZERS
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -38,6 +40,10 @@ class TrainConfig:
       strategy: "default" (one device), "mirrored" (all local devices) or
         "multi_worker_mirrored" (workers from ``TF_CONFIG``); ``batch_size`` is the global
         batch, split evenly over replicas.
+      optimizer: "adam" (Keras' dense Adam, as the papers' torch Adam; default) or "lazy_adam"
+        (``mdr_tf.optimizers.LazyAdam``: a sparse embedding-table gradient updates only the
+        rows the batch read and their moments; dense variables get Adam's update). Trial keys
+        include it only when it is not "adam".
       checkpoint_dir: if set, the full training state (weights, optimizer, early-stopping
         state, best weights) is saved there after every epoch, atomically; a run started
         again with the same directory resumes after the last finished epoch and ends
@@ -61,8 +67,11 @@ class TrainConfig:
     tensorboard_dir: str | None = None
     checkpoint_dir: str | None = None
     strategy: str = "default"
+    optimizer: str = "adam"
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         check_train_numbers(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
                             patience=self.patience, steps_per_execution=self.steps_per_execution,
                             eval_batch_size=self.eval_batch_size, adam_epsilon=self.adam_epsilon)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from mdr_tf.data import IN_MEMORY_MAX_VALUES, in_memory_index_batches, make_dataset
+from mdr_tf.optimizers import make_optimizer
 from mdr_tf.schema import Schema
 from mdr_tf.training.checkpoint import (check_workers_resume_together, checkpoint_dir_for_this_worker, load_state,
                                         save_state, saved_epochs)
@@ -30,13 +31,14 @@ from mdr_tf.training.strategy import is_distributed
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig) -> keras.Model:
-    """Compiles ``model`` with Adam(``cfg.learning_rate``, ``cfg.adam_epsilon``) and binary cross-entropy."""
+    """Compiles ``model`` with ``cfg.optimizer`` ("adam" or "lazy_adam", rate ``cfg.learning_rate``,
+    ε ``cfg.adam_epsilon``) and binary cross-entropy."""
     jit = cfg.jit_compile
     if jit == "auto":
         # XLA is off under tf.distribute (as Keras' own "auto" does).
         jit = getattr(model, "supports_jit", True) and not is_distributed()
     spe = steps_per_execution(cfg.steps_per_execution)  # 1 under a strategy
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, epsilon=cfg.adam_epsilon),
+    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.adam_epsilon),
                   loss=keras.losses.BinaryCrossentropy(), jit_compile=bool(jit),
                   steps_per_execution=spe)
     return model

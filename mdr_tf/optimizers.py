@@ -1,0 +1,116 @@
+"""Optimizers by name, and lazy (sparse) Adam for embedding tables.
+
+Keras 3's ``Adam`` updates its moment slots densely: ``m ← m + (g − m)(1 − β₁)`` with a
+``tf.IndexedSlices`` gradient ``g`` (the rows of the fused embedding table a batch read)
+first makes ``g`` dense, so every step reads and writes the whole table and both slots
+(docs/operations.md, "What breaks first"). ``LazyAdam`` updates only the rows a batch read
+(the "lazy Adam" of TF1's ``LazyAdamOptimizer`` / TF-Addons, written here from the
+equations). For a table ``W`` with gradient rows ``{(i, g_i)}`` at step ``t``:
+
+1. aggregate duplicate ids: ``G_r = Σ_{i: idx_i = r} g_i`` for every distinct row ``r``;
+2. ``m_r ← m_r + (G_r − m_r)(1 − β₁)``, ``v_r ← v_r + (G_r² − v_r)(1 − β₂)``;
+3. ``W_r ← W_r − α_t·m_r / (√v_r + ε)`` with the global bias correction
+   ``α_t = lr·√(1 − β₂ᵗ) / (1 − β₁ᵗ)`` (``t`` = the optimizer's step, as Keras' Adam).
+
+Rows the batch did not read keep ``W``, ``m`` and ``v`` bit-identical (dense Adam moves them
+while their momentum is non-zero). With every row in every batch this is Adam. Every
+variable whose gradient is dense (all dense layers) gets exactly ``keras.optimizers.Adam``'s
+update. Not the papers' optimizer (they use torch's dense Adam, the default
+``TrainConfig.optimizer="adam"``); for large tables (docs/operations.md) and for ALPT's
+``rerounded="touched"`` (docs/models/alpt.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+OPTIMIZERS = ("adam", "lazy_adam")
+
+
+def aggregate_rows(indices, values) -> tuple[tf.Tensor, tf.Tensor]:
+    """Distinct rows of a sparse gradient and their summed values.
+
+    Args:
+      indices: ``[N]`` row ids (duplicates allowed).
+      values: ``[N, ...]`` gradient rows.
+
+    Returns:
+      ``(rows [U], sums [U, ...])``: each distinct id once (order of first occurrence) and
+      the sum of its values. Works under XLA (bounded dynamic shape ``U ≤ N``).
+    """
+    rows, pos = tf.unique(indices)
+    return rows, tf.math.unsorted_segment_sum(values, pos, tf.shape(rows)[0])
+
+
+def _gather(variable, rows):
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return tf.gather(variable, rows)
+
+
+@keras.saving.register_keras_serializable(package="mdr_tf")
+class LazyAdam(keras.optimizers.Adam):
+    """Adam that updates only the rows a sparse (``tf.IndexedSlices``) gradient names.
+
+    Same arguments and, for dense gradients, the same update as ``keras.optimizers.Adam``
+    (Kingma & Ba, ICLR 2015). A ``tf.IndexedSlices`` gradient (an embedding table read with
+    a gather) updates the table's rows in the batch and their ``m``, ``v`` (and AMSGrad's
+    ``v̂``) rows only, after summing duplicate ids; see the module docstring for the
+    equations. ``weight_decay`` and ``gradient_accumulation_steps`` are refused: Keras
+    applies both to the whole variable (decay moves every row; accumulation makes the
+    gradient dense), which would undo the point of the lazy update. ``get_config`` is
+    Adam's (every argument; LazyAdam adds none); registered as ``mdr_tf>LazyAdam``.
+    """
+
+    #: Read by ``QuantizedEmbedding`` (ALPT): its Δ optimizer may then get sparse gradients.
+    updates_rows_lazily = True
+
+    def __init__(self, learning_rate: Any = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, amsgrad: bool = False, name: str = "lazy_adam", **kwargs: Any):
+        for arg in ("weight_decay", "gradient_accumulation_steps"):
+            if kwargs.get(arg):
+                raise ValueError(f"LazyAdam: {arg}={kwargs[arg]!r} is not supported (Keras applies it to the whole "
+                                 "variable, so rows a batch did not read would change); use "
+                                 "keras.optimizers.Adam(W) or leave it unset")
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         amsgrad=amsgrad, name=name, **kwargs)
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Keras Adam's update for a dense gradient; the lazy row update for ``tf.IndexedSlices``."""
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        rows, g = aggregate_rows(gradient.indices, ops.cast(gradient.values, dtype))
+        # The same expressions, in the same order, as keras.optimizers.Adam.update_step.
+        local_step = ops.cast(self.iterations + 1, dtype)
+        beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        i = self._get_variable_index(variable)
+        m, v = self._momentums[i], self._velocities[i]
+        m_rows = _gather(m, rows)
+        m_rows = ops.add(m_rows, ops.multiply(ops.subtract(g, m_rows), 1 - self.beta_1))
+        v_rows = _gather(v, rows)
+        v_rows = ops.add(v_rows, ops.multiply(ops.subtract(ops.square(g), v_rows), 1 - self.beta_2))
+        self.assign(m, tf.IndexedSlices(m_rows, rows))
+        self.assign(v, tf.IndexedSlices(v_rows, rows))
+        if self.amsgrad:
+            v_hat = self._velocity_hats[i]
+            v_rows = ops.maximum(_gather(v_hat, rows), v_rows)
+            self.assign(v_hat, tf.IndexedSlices(v_rows, rows))
+        step = ops.divide(ops.multiply(m_rows, alpha), ops.add(ops.sqrt(v_rows), self.epsilon))
+        self.assign(variable, tf.IndexedSlices(ops.subtract(_gather(variable, rows), step), rows))
+
+
+def make_optimizer(name: str, learning_rate: Any, epsilon: float) -> keras.optimizers.Optimizer:
+    """The optimizer of ``TrainConfig.optimizer``: "adam" (Keras' dense Adam) or "lazy_adam"."""
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate, epsilon=epsilon)
+    if name == "lazy_adam":
+        return LazyAdam(learning_rate, epsilon=epsilon)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
