@@ -46,6 +46,26 @@ def aggregate_rows(indices, values) -> tuple[tf.Tensor, tf.Tensor]:
     return rows, tf.math.unsorted_segment_sum(values, pos, tf.shape(rows)[0])
 
 
+def sum_duplicate_rows(gradients: list) -> list:
+    """The gradients with every ``tf.IndexedSlices`` one's duplicate ids summed.
+
+    A gather of a variable (an embedding table, or per-domain parameters taken per sample)
+    gives an ``IndexedSlices`` gradient with one row per lookup. Keras 3's optimizers apply
+    their element-wise maths to those rows before summing them (Adam's ``v`` then grows by
+    ``Σ g_i²`` instead of ``(Σ g_i)²``; ``tests/test_optimizers.py``), unlike torch's dense
+    gradients and TF1's ``_apply_sparse_duplicate_indices``, which sum first. Summing here,
+    before ``optimizer.apply``, gives every optimizer the references' semantics; dense
+    gradients and ``None`` pass through unchanged.
+    """
+    out = []
+    for g in gradients:
+        if isinstance(g, tf.IndexedSlices):
+            rows, sums = aggregate_rows(g.indices, g.values)
+            g = tf.IndexedSlices(sums, rows, g.dense_shape)
+        out.append(g)
+    return out
+
+
 def _gather(variable, rows):
     if isinstance(variable, keras.Variable):
         variable = variable.value

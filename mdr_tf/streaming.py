@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from mdr_tf import metrics as M
 from mdr_tf.layers.assignment import managed_fields
+from mdr_tf.optimizers import sum_duplicate_rows
 
 
 def chunk_index(n: int, num_chunks: int) -> np.ndarray:
@@ -347,7 +348,7 @@ def make_train_step(model, optimizer) -> Callable:
     def step(x, y):
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, variables)
+        grads = sum_duplicate_rows(tape.gradient(loss, variables))  # duplicate ids summed (optimizers.py)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
         return loss

@@ -249,6 +249,8 @@ def make_train_step(model, adjacencies: list, optimizer):
     """A ``tf.function`` step over the flat (users, pos, neg) × tasks; returns (loss, bpr)."""
     import tensorflow as tf
 
+    from mdr_tf.optimizers import sum_duplicate_rows
+
     T = len(model.behaviors)
     spec = [tf.TensorSpec([None], tf.int64)] * (3 * T)
 
@@ -265,7 +267,7 @@ def make_train_step(model, adjacencies: list, optimizer):
             # CIGF regularises the full tables once per step; per-batch terms are per task.
             loss = bpr + reg
         variables = model.trainable_variables
-        grads = tape.gradient(loss, variables)
+        grads = sum_duplicate_rows(tape.gradient(loss, variables))  # duplicate ids summed, as TF1's Adam
         optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
         return loss, bpr
 

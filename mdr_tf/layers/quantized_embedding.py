@@ -435,8 +435,10 @@ def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str,
     pass (or its closed form, ``delta_grad="first_pass"``) updates Δ of the rows read; the
     changed values (``rerounded="all"``) or the rows read (``"touched"``) are re-quantised.
     """
-    from keras.src.trainers.data_adapters import data_adapter_utils
     from keras.src import tree
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    from mdr_tf.optimizers import sum_duplicate_rows
 
     check_single_replica()
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
@@ -452,7 +454,7 @@ def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str,
             model._loss_tracker.update_state(loss, sample_weight=batch)
             loss = model.optimizer.scale_loss(loss)
     variables = list(model.trainable_variables) + [q.work]
-    grads = tape.gradient(loss, variables)
+    grads = sum_duplicate_rows(tape.gradient(loss, variables))
     model.optimizer.apply(grads, variables)
     rows = tf.concat(touched, axis=0)
     if q.precision == "alpt" and q.delta_grad == "first_pass":

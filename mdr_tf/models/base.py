@@ -184,12 +184,37 @@ class MultiDomainModel(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def train_step(self, data):
-        q = self.embedding.quantized
-        if q is None:
-            return super().train_step(data)
-        from mdr_tf.layers.quantized_embedding import lpt_train_step
+        """Keras' TensorFlow ``train_step``, with duplicate ids of sparse gradients summed.
 
-        return lpt_train_step(self, q, data)
+        The gradient of every gather (embedding rows, per-domain parameters taken per
+        sample) is summed per row before the optimizer sees it, as in the references
+        (torch's dense gradients, TF1's optimizers); Keras 3 would otherwise square each
+        duplicate separately in Adam's second moment (``mdr_tf.optimizers.sum_duplicate_rows``).
+        A low-precision table trains with ``lpt_train_step``.
+        """
+        q = self.embedding.quantized
+        if q is not None:
+            from mdr_tf.layers.quantized_embedding import lpt_train_step
+
+            return lpt_train_step(self, q, data)
+        import tensorflow as tf
+        from keras.src import tree
+        from keras.src.losses import loss as loss_module
+        from keras.src.trainers.data_adapters import data_adapter_utils
+
+        from mdr_tf.optimizers import sum_duplicate_rows
+
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        batch = tf.shape(next(i for i in tree.flatten(x) if i is not None))[0]
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), sample_weight=batch)
+            loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_weights
+        grads = sum_duplicate_rows(tape.gradient(loss, variables))
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def extra_optimizer_variables(self) -> list:
         """Training state outside ``self.optimizer`` (ALPT's Δ optimizer), for checkpoints."""
