@@ -70,6 +70,12 @@ def prepare_dataset(name: str, data_dir: str, raw_path: str | None, options: dic
     return out
 
 
+# Bumped when the training arithmetic changes for every model, so resumable trial logs do
+# not mix results of the old and new code. 2 (2026-11-30): sparse (gather) gradients have
+# their duplicate ids summed before the optimizer (mdr_tf.optimizers.sum_duplicate_rows).
+TRAINING_REVISION = 2
+
+
 def trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
     from data_prep.common import fingerprint
 
@@ -85,7 +91,8 @@ def trial_key(name: str, cfg, kwargs: dict[str, Any], data_fp: str) -> str:
     resolved = {**spec.builder_defaults(), **spec.defaults, **kwargs}
     resolved = json.loads(json.dumps(resolved, sort_keys=True, default=_stable_repr))
     return fingerprint({"model": name, "seed": cfg.seed, "train": train, "model_kwargs": resolved,
-                        "builder": spec.builder, "procedure": spec.procedure, "data": data_fp})
+                        "builder": spec.builder, "procedure": spec.procedure, "data": data_fp,
+                        "training_revision": TRAINING_REVISION})
 
 
 def _stable_repr(value: Any) -> str:
