@@ -8,9 +8,12 @@ architecture in PyTorch. Both run as worker subprocesses with the same thread co
 ``set_num_threads`` / ``set_num_interop_threads``) and are timed in interleaved rounds
 (every source of a model, batch size by batch size, in each round), so a slow spell of
 the shared machine hits every source alike. Each call includes fetching the result to
-NumPy. Sources: ``tf`` (``serving_default``: XLA, padded batches), ``tf_portable``
-(``serve_portable``: the same graph without XLA — the pre-issue-18 ``serving_default``)
-and ``torch``.
+NumPy. Sources: ``tf`` (``serving_default``: XLA, padded batches, folded first layer),
+``tf_portable`` (``serve_portable``: the same graph without XLA — the pre-issue-18
+``serving_default``), ``torch``, and with ``--compare_dir`` ``tf_compare`` (the
+``serving_default`` of SavedModels exported by another commit: a before/after A/B in the
+same rounds). The run ends with one ``SUMMARY`` line per model and thread count against
+the issue 18.2 targets (batch 4096 ≥ 1.2× torch, batch-1 p50 < 0.5 ms) and the load average.
 
 Before timing, the script checks parity on the test split with out-of-vocabulary ids
 mixed in: Keras ``predict`` vs both signatures vs torch (max |Δp| printed, a failure
@@ -21,6 +24,7 @@ e.g. ``python3 -m venv .torchvenv && .torchvenv/bin/pip install torch numpy``
 (CPU wheel). Without it the script says so and reports the TensorFlow figures only.
 
   python -m experiments.bench_serving --threads=1,2 --rounds=5
+  python -m experiments.bench_serving --threads=1 --export_dir=/tmp/after --compare_dir=/tmp/before
   python -m experiments.bench_serving --models=dnn --batch_sizes=1,64,4096 --torch_python=/path/bin/python
 """
 
@@ -41,7 +45,9 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-SOURCES = {"tf": "serving_default", "tf_portable": "serve_portable"}
+SOURCES = {"tf": "serving_default", "tf_portable": "serve_portable", "tf_compare": "serving_default"}
+#: The issue 18.2 targets the one-line summaries check: batch 4096 ≥ 1.2× torch, batch-1 p50 < 0.5 ms.
+TARGET_RATIO, TARGET_P50_MS = 1.2, 0.5
 
 
 # --------------------------------------------------------------------------- reference weights
@@ -183,7 +189,7 @@ def tf_worker(threads: int) -> None:
     loaded: dict[str, Any] = {}
 
     def load(name: str, path: str):
-        signature = name.split("@")[1]
+        signature = name.split("@")[1]  # <model>@<signature>@<source>
         if path not in loaded:
             loaded[path] = tf.saved_model.load(path)
         return loaded[path].signatures[signature]
@@ -231,6 +237,12 @@ def define_flags() -> None:
                          "Run the torch worker with OMP_WAIT_POLICY=PASSIVE: on an oversubscribed machine torch's "
                          "spinning OpenMP workers made its 2-thread calls ~40x slower (docs/benchmarks.md).")
     flags.DEFINE_float("parity_atol", 1e-5, "Max |Δ probability| allowed between Keras, SavedModel and torch.")
+    flags.DEFINE_string("export_dir", None, "Export the SavedModels to <export_dir>/<model>/1 and keep them "
+                        "(default: a temporary directory, removed at the end).")
+    flags.DEFINE_string("compare_dir", None,
+                        "SavedModels <compare_dir>/<model>/1 exported by another commit (same models, seed and "
+                        "weights, e.g. an earlier --export_dir), timed as source 'tf_compare' (serving_default) "
+                        "in the same rounds: a before/after A/B in one process.")
     flags.DEFINE_string("output", None, "Write the figures as JSON here.")
     flags.DEFINE_enum("worker", None, ["tf"], "Internal: run as the TensorFlow worker subprocess.")
     flags.DEFINE_integer("worker_threads", 1, "Internal: the worker's thread count.")
@@ -256,6 +268,10 @@ def main(argv: Sequence[str]) -> None:
     schema = Schema.load(prepare_dataset(FLAGS.dataset, FLAGS.data_dir, None, _parse_options([])))
     x, _ = load_arrays(schema, "test")
     sources = list(FLAGS.sources)
+    if FLAGS.compare_dir and "tf_compare" not in sources:
+        sources.insert(1, "tf_compare")
+    if "tf_compare" in sources and not FLAGS.compare_dir:
+        raise app.UsageError("--sources=tf_compare needs --compare_dir")
     torch_version = torch_available(FLAGS.torch_python) if "torch" in sources else None
     if torch_version is None and "torch" in sources:
         sources.remove("torch")
@@ -269,6 +285,7 @@ def main(argv: Sequence[str]) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _report(results)
+    _summarise(results, batch_sizes)
 
 
 def _run(schema, x, sources, batch_sizes, results, work) -> None:
@@ -289,7 +306,7 @@ def _run(schema, x, sources, batch_sizes, results, work) -> None:
         model.build()
         perturb_weights(model)
         t = time.perf_counter()
-        paths[name] = export_saved_model(model, os.path.join(work, name), version=1)
+        paths[name] = export_saved_model(model, os.path.join(FLAGS.export_dir or work, name), version=1)
         print(f"# {name}: exported in {time.perf_counter() - t:.1f} s", flush=True)
         if "torch" in sources:
             export_reference(model, name, os.path.join(work, name + "_ref"))
@@ -309,11 +326,12 @@ def _run(schema, x, sources, batch_sizes, results, work) -> None:
                 return workers["torch" if source == "torch" else "tf"]
 
             def key(name, source):
-                return name if source == "torch" else f"{name}@{SOURCES[source]}"
+                return name if source == "torch" else f"{name}@{SOURCES[source]}@{source}"
 
             for name in FLAGS.models:
                 for source in sources:
-                    path = os.path.join(work, name + "_ref") if source == "torch" else paths[name]
+                    path = (os.path.join(work, name + "_ref") if source == "torch" else
+                            os.path.join(FLAGS.compare_dir, name, "1") if source == "tf_compare" else paths[name])
                     worker_of(source).ask(cmd="load", model=key(name, source), path=path)
                     out = os.path.join(work, f"{name}-{source}-{threads}.npy")
                     worker_of(source).ask(cmd="predict", model=key(name, source), inputs=par_path, output=out)
@@ -369,6 +387,35 @@ def _report(results) -> None:
             json.dump(results, f, indent=2)
         os.replace(tmp, FLAGS.output)
         print(f"wrote {FLAGS.output}", file=sys.stderr)
+
+
+def _summarise(results, batch_sizes) -> None:
+    """One line per model and thread count: the issue 18.2 targets (batch 4096 ÷ torch, batch-1 p50)."""
+    figs = results["figures"]
+    load = f"load {results['load_before'][0]:.1f}→{results['load_after'][0]:.1f}"
+    print(f"\n# summary (issue 18.2 targets: batch 4096 >= {TARGET_RATIO}x torch, batch-1 p50 < {TARGET_P50_MS} ms; "
+          f"{load}, {os.cpu_count()} CPUs)")
+    threads = sorted({k.split("/")[3] for k in figs}, key=int)
+    for t in threads:
+        for name in FLAGS.models:
+            parts = []
+            big = figs.get(f"{name}/{max(batch_sizes)}/tf/{t}")
+            if big is not None and max(batch_sizes) > 1:
+                if "vs_torch" in big:
+                    ok = "met" if big["vs_torch"] >= TARGET_RATIO else "MISSED"
+                    parts.append(f"batch {max(batch_sizes)}: {big['samples_per_s']:,.0f}/s = {big['vs_torch']:.2f}x "
+                                 f"torch (rounds {big['vs_torch_rounds'][0]:.2f}-{big['vs_torch_rounds'][1]:.2f}) "
+                                 f"[{ok}]")
+                else:
+                    parts.append(f"batch {max(batch_sizes)}: {big['samples_per_s']:,.0f}/s")
+            one = figs.get(f"{name}/1/tf/{t}")
+            if one is not None:
+                ok = "met" if one["p50_ms"] < TARGET_P50_MS else "MISSED"
+                extra = "".join(f", {src} {figs[f'{name}/1/{src}/{t}']['p50_ms']:.3f}"
+                                for src in ("tf_compare", "torch") if f"{name}/1/{src}/{t}" in figs)
+                parts.append(f"batch 1: p50 {one['p50_ms']:.3f} ms, p99 {one['p99_ms']:.2f} ms [{ok}]"
+                             + (f" (p50{extra} ms)" if extra else ""))
+            print(f"SUMMARY {name} threads={t}: " + "; ".join(parts))
 
 
 def cli() -> None:

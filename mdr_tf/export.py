@@ -129,10 +129,10 @@ def export_saved_model(model: keras.Model, base_dir: str, version: int | None = 
         "auto" (default): when ``model.supports_jit`` (default True) and a trial call
         compiles; True: always; False: never (all signatures as ``serve_portable``).
       fold: fold the first dense layer into the embedding table in those signatures
-        (``mdr_tf.folding``: DNN and STAR; equal outputs up to float rounding, checked at
-        export). "auto" (default): when the model folds and the folded tables take at most
-        ``fold_max_bytes``; True: the same, but a model that does not fold raises
-        ``ValueError``; False: never. ``serve_portable`` never folds.
+        (``mdr_tf.folding``: DNN, STAR and MMoE; per-domain weights formed at export;
+        equal outputs up to float rounding, checked at export). "auto" (default): when
+        the model folds and the folded tables take at most ``fold_max_bytes``; True: the
+        same, but a model that does not fold raises ``ValueError``; False: never. ``serve_portable`` never folds.
       fold_max_bytes: size limit of the folded tables (default 64 MiB).
     """
     if jit_compile not in (True, False, "auto"):

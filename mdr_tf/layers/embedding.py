@@ -35,6 +35,24 @@ def check_inputs(inputs: dict[str, Any], schema: Schema) -> None:
                                 [f"dense feature {f.name!r} must be finite (no NaN/inf)"])
 
 
+def field_rows(inputs: dict[str, Any], schema: Schema) -> tuple[Any, Any]:
+    """Each field's row within its own table and the domain id: ``(rows int32 [B, F+1], domain int32 [B])``.
+
+    The one definition of the serving / Keras id rules (``FeatureEmbedding.call`` and
+    ``mdr_tf.folding`` both use it): a categorical id outside ``[0, vocab)`` (checked in
+    int64, so ``2**32 + 5`` is not read as 5) reads the field's out-of-vocabulary row 0;
+    the domain id is clipped to ``[0, D)`` (out-of-range ids are rejected before, by
+    ``check_inputs``) and is the last column. Add ``FeatureEmbedding.offsets`` for rows
+    of the fused table.
+    """
+    domain = ops.clip(ops.cast(ops.reshape(inputs[schema.domain_key], [-1]), "int64"), 0, schema.num_domains - 1)
+    ids = [ops.cast(ops.reshape(inputs[f.name], [-1]), "int64") for f in schema.categorical] + [domain]
+    rows = ops.stack(ids, axis=1)  # [B, F+1]
+    sizes = ops.convert_to_tensor([f.vocab_size for f in schema.categorical] + [schema.num_domains], dtype="int64")
+    rows = ops.cast(ops.where((rows < 0) | (rows >= sizes), 0, rows), "int32")
+    return rows, ops.cast(domain, "int32")
+
+
 def _in_xla_context() -> bool:
     """Whether the graph being built is XLA-compiled (where ``Assert`` is dropped anyway)."""
     try:
@@ -178,12 +196,7 @@ class FeatureEmbedding(keras.layers.Layer):
         # int64, so 2**32 + 5 is not read as 5); a domain id outside [0, D) or a NaN/inf dense
         # value is rejected (check_inputs), as by the serving signatures.
         check_inputs(inputs, s)
-        domain = ops.clip(ops.cast(ops.reshape(inputs[s.domain_key], [-1]), "int64"), 0, s.num_domains - 1)
-        ids = [ops.cast(ops.reshape(inputs[f.name], [-1]), "int64") for f in s.categorical] + [domain]
-        rows = ops.stack(ids, axis=1)  # [B, F+1]
-        sizes = ops.convert_to_tensor([f.vocab_size for f in s.categorical] + [s.num_domains], dtype="int64")
-        rows = ops.cast(ops.where((rows < 0) | (rows >= sizes), 0, rows), "int32")
-        domain = ops.cast(domain, "int32")
+        rows, domain = field_rows(inputs, s)  # [B, F+1] (OOV ids → row 0), [B]
         local = rows
         if self.assignment is not None:  # streaming policies: id -> row remap (threshold, hash)
             rows = self.assignment.remap(rows)
