@@ -87,20 +87,27 @@ def _fold(table: np.ndarray, blocks, kernel: np.ndarray) -> np.ndarray:
 
 
 class _Packed:
-    """Per-domain arrays ``[D, *shape_i]`` packed side by side into one ``[D, P]`` table."""
+    """Named arrays packed side by side into one float32 table: ``[D, P]`` for per-domain
+    arrays (``[D, *shape]`` each, ``per_domain=True``), else one ``[P]`` vector."""
 
-    def __init__(self, arrays: list[np.ndarray]):
-        self.shapes = [tuple(a.shape[1:]) for a in arrays]
-        sizes = [int(np.prod(s)) for s in self.shapes]
-        self.starts = [int(x) for x in np.cumsum([0] + sizes[:-1])]
-        self.sizes = sizes
-        self.value = np.concatenate([a.reshape(a.shape[0], -1) for a in arrays], axis=1).astype(np.float32)
+    def __init__(self, arrays: dict[str, np.ndarray], per_domain: bool):
+        self.per_domain = per_domain
+        lead = 1 if per_domain else 0
+        self.names = list(arrays)
+        self.shapes = [tuple(a.shape[lead:]) for a in arrays.values()]
+        self.sizes = [int(np.prod(shape)) for shape in self.shapes]
+        self.starts = [int(x) for x in np.cumsum([0] + self.sizes[:-1])]
+        flat = [np.asarray(a, np.float32).reshape((a.shape[0], -1) if per_domain else (-1,)) for a in arrays.values()]
+        self.value = np.concatenate(flat, axis=lead)
 
-    def split(self, rows: tf.Tensor) -> list[tf.Tensor]:
-        """``rows [N, P]`` (N = D, or one gathered row per sample) → ``[N, *shape_i]`` each."""
-        lead = rows.shape[0] if rows.shape[0] is not None else tf.shape(rows)[0]
-        return [tf.reshape(rows[:, a:a + n], [lead, *shape])
-                for a, n, shape in zip(self.starts, self.sizes, self.shapes)]
+    def split(self, flat: tf.Tensor) -> dict[str, tf.Tensor]:
+        """``flat`` (``[N, P]``: N = D, or one gathered row per sample; or ``[P]``) → the arrays."""
+        if not self.per_domain:
+            return {k: tf.reshape(flat[a:a + n], shape)
+                    for k, a, n, shape in zip(self.names, self.starts, self.sizes, self.shapes)}
+        lead = flat.shape[0] if flat.shape[0] is not None else tf.shape(flat)[0]
+        return {k: tf.reshape(flat[:, a:a + n], [lead, *shape])
+                for k, a, n, shape in zip(self.names, self.starts, self.sizes, self.shapes)}
 
 
 def _by_batch(x: tf.Tensor, small: Callable[[], Any], large: Callable[[], Any]) -> Any:
@@ -134,22 +141,23 @@ class FoldedForward(tf.Module):
     """``features → probability [B]`` with the first dense layer folded into the table.
 
     Built by ``fold_first_layer``; call it inside a ``tf.function`` (it is what the XLA
-    serving signatures of ``mdr_tf.export`` run). Its variables (the folded tables and
-    the packed per-domain weights) are tracked by this module.
+    serving signatures of ``mdr_tf.export`` run). It reads only its own variables, a
+    snapshot of the model's weights at export: the folded table, the shared weights packed
+    into one vector and the per-domain weights packed into one ``[D, P]`` table (three XLA
+    arguments instead of one per weight: each costs a few µs per call).
     """
 
-    def __init__(self, model: keras.Model, kind: str, folded: np.ndarray, dense_kernel: np.ndarray | None,
-                 const: np.ndarray | None, per_domain: list[np.ndarray] | None = None):
+    def __init__(self, model: keras.Model, kind: str, folded: np.ndarray, shared: dict[str, np.ndarray],
+                 per_domain: dict[str, np.ndarray] | None = None):
         super().__init__(name="folded_forward")
         self.model = model
         self.kind = kind
         self.folded = tf.Variable(folded, trainable=False, name="folded_table")
-        self.dense_kernel = None if dense_kernel is None else \
-            tf.Variable(dense_kernel, trainable=False, name="folded_dense_kernel")
-        self.const = None if const is None else tf.Variable(const, trainable=False, name="folded_const")
-        self.packing = _Packed(per_domain) if per_domain else None
-        self.domain_params = None if self.packing is None else \
-            tf.Variable(self.packing.value, trainable=False, name="folded_domain_params")
+        self.shared_packing = _Packed(shared, per_domain=False)
+        self.shared_params = tf.Variable(self.shared_packing.value, trainable=False, name="folded_shared_params")
+        self.domain_packing = _Packed(per_domain, per_domain=True) if per_domain else None
+        self.domain_params = None if self.domain_packing is None else \
+            tf.Variable(self.domain_packing.value, trainable=False, name="folded_domain_params")
         self.num_rows = int(model.embedding.total_rows)
         self.num_domains = int(model.schema.num_domains)
 
@@ -157,83 +165,83 @@ class FoldedForward(tf.Module):
     def nbytes(self) -> int:
         return int(np.prod(self.folded.shape)) * 4
 
-    def _domain_params(self, domain, small: bool) -> list[tf.Tensor]:
-        """The packed per-domain weights: each sample's (``small``) or every domain's."""
-        return self.packing.split(tf.gather(self.domain_params, domain) if small else self.domain_params.read_value())
+    def _domain_params(self, domain, small: bool) -> dict[str, tf.Tensor]:
+        """The per-domain weights: each sample's row (``small``) or every domain's."""
+        return self.domain_packing.split(tf.gather(self.domain_params, domain) if small
+                                         else self.domain_params.read_value())
 
     def __call__(self, features: dict[str, Any]) -> tf.Tensor:
         emb = self.model.embedding
         s = emb.schema
         full_rows, domain = fused_rows(emb, features)
-        rows = full_rows[:, :emb.num_fields]
-        dense = [tf.reshape(tf.cast(features[f.name], tf.float32), [-1, 1]) for f in s.dense]
-        x_dense = tf.concat(dense, axis=1) if dense else None
+        x_dense = tf.stack([tf.cast(tf.reshape(features[f.name], [-1]), tf.float32) for f in s.dense], axis=1) \
+            if s.dense else None
+        shared = self.shared_packing.split(self.shared_params.read_value())
         if self.kind == "star":
-            return self._star(rows, domain, full_rows, dense, x_dense)
-        pre = tf.reduce_sum(tf.gather(self.folded, rows), axis=1) + self.const
-        if dense:
-            pre += tf.matmul(x_dense, self.dense_kernel)
+            return self._star(full_rows, domain, x_dense, shared)
+        pre = tf.reduce_sum(tf.gather(self.folded, full_rows[:, :emb.num_fields]), axis=1) + shared["const"]
+        if x_dense is not None:
+            pre += tf.matmul(x_dense, shared["dense_kernel"])
         if self.kind == "dnn":
-            return self._rest_dnn(pre, domain)
-        return self._rest_mmoe(pre, domain)
+            return self._rest_dnn(pre, shared)
+        return self._rest_mmoe(pre, domain, shared)
 
-    def _rest_dnn(self, pre, domain):
-        model = self.model
-        mlp = model.deep
-        ctx = {"domain": domain}
+    def _rest_dnn(self, pre, p):
+        mlp = self.model.deep
         x = pre
-        for i, blk in enumerate(mlp.blocks):
+        for i in range(len(mlp.blocks)):
             if i > 0:
-                x = blk(x, ctx, training=False)
-            if mlp.batch_norm:
-                x = mlp.norms[i](x, training=False)
+                x = tf.matmul(x, p[f"kernel_{i}"]) + p[f"bias_{i}"]
+            if mlp.batch_norm:  # inference BN: an affine map per unit
+                x = x * p[f"bn_scale_{i}"] + p[f"bn_shift_{i}"]
             x = mlp.act(x)
-        return tf.sigmoid(tf.reshape(model.apply_head(x, ctx, training=False), [-1]))
+        return tf.sigmoid(tf.reshape(tf.matmul(x, p["head_kernel"]) + p["head_bias"], [-1]))
 
-    def _rest_mmoe(self, pre, domain):
+    def _rest_mmoe(self, pre, domain, p):
         model = self.model
         e, u = model.num_experts, model.experts.units[0]
-        experts = model.experts.act(tf.reshape(pre[:, :e * u], [-1, e, u]))  # [B, E, u]
+        act = model.experts.act
+        experts = act(tf.reshape(pre[:, :e * u], [-1, e, u]))  # [B, E, u]
         logits = tf.gather(tf.reshape(pre[:, e * u:], [-1, self.num_domains, e]), domain, batch_dims=1)  # [B, E]
-        if len(model.experts.denses) > 1:  # later expert layers: the model's own
-            h = tf.transpose(experts, [1, 0, 2])
-            for i, dense in enumerate(model.experts.denses[1:], start=1):
-                h = model.experts._post(i, dense(h), False)
-            experts = tf.transpose(h, [1, 0, 2])
+        for i in range(1, len(model.experts.units)):  # later expert layers (shared)
+            experts = act(tf.einsum("ben,enu->beu", experts, p[f"expert_kernel_{i}"]) + p[f"expert_bias_{i}"])
         h = tf.einsum("be,beu->bu", tf.nn.softmax(logits, axis=-1), experts)
+        n = len(model.towers.kernels)
 
         def run(small):
-            p = self._domain_params(domain, small)
-            return _routed(h, domain, list(zip(p[0::2], p[1::2])), model.towers.act, self.num_domains, small)
+            q = self._domain_params(domain, small)
+            return _routed(h, domain, [(q[f"kernel_{i}"], q[f"bias_{i}"]) for i in range(n)], model.towers.act,
+                           self.num_domains, small)
 
         logit = _by_batch(h, lambda: run(True), lambda: run(False))
         return tf.sigmoid(tf.reshape(logit, [-1]))
 
-    def _star(self, rows, domain, full_rows, dense, x_dense):
-        model, emb = self.model, self.model.embedding
-        s = emb.schema
-        pre = tf.reduce_sum(tf.gather(self.folded, rows + domain[:, None] * self.num_rows), axis=1)
+    def _star(self, full_rows, domain, x_dense, p):
+        model = self.model
+        u1 = model.fcn.blocks[0].units
+        n = len(model.fcn.blocks)  # star layers after the first, then the 1-unit output
+        # main and auxiliary first layers of the sample's domain: one gather of F+1 rows
+        pre = tf.reduce_sum(tf.gather(self.folded, full_rows + domain[:, None] * self.num_rows), axis=1)
 
         def run(small):
-            p = self._domain_params(domain, small)
-            const, dense_kernel, layers = p[0], p[1], list(zip(p[2::2], p[3::2]))
+            q = self._domain_params(domain, small)
             if small:  # the sample's own domain's row of each
-                x = pre + const
-                if dense:
-                    x += tf.einsum("bn,bnu->bu", x_dense, dense_kernel)
+                x = pre + q["const"]
+                if x_dense is not None:
+                    x += tf.einsum("bn,bnu->bu", x_dense, q["dense_kernel"])
             else:
-                x = pre + tf.gather(const, domain)
-                if dense:
-                    x += tf.einsum("bn,bnu->bu", x_dense, tf.gather(dense_kernel, domain))
-            return _routed(model.fcn.act(x), domain, layers, model.fcn.act, self.num_domains, small)
+                x = pre + tf.gather(q["const"], domain)
+                if x_dense is not None:
+                    x += tf.einsum("bn,bnu->bu", x_dense, tf.gather(q["dense_kernel"], domain))
+            layers = [(q[f"kernel_{i}"], q[f"bias_{i}"]) for i in range(1, n + 1)]
+            s_m = _routed(model.fcn.act(x[:, :u1]), domain, layers, model.fcn.act, self.num_domains, small)
+            return s_m, x[:, u1:]
 
-        s_m = _by_batch(pre, lambda: run(True), lambda: run(False))
-        # domain-side view: domain id embedding, domain-group categorical embeddings, domain-group dense
-        side_rows = [len(s.categorical)] + [i for i, f in enumerate(s.categorical) if f.group == "domain"]
-        side = [tf.gather(emb.table, full_rows[:, i]) for i in side_rows]
-        side += [c for f, c in zip(s.dense, dense) if f.group == "domain"]
-        side = tf.concat(side, axis=1) if len(side) > 1 else side[0]
-        s_a = model.aux_out(model.aux(side, training=False))
+        s_m, aux = _by_batch(pre, lambda: run(True), lambda: run(False))
+        aux = model.aux.act(aux)
+        for i in range(1, len(model.aux.blocks)):
+            aux = model.aux.act(tf.matmul(aux, p[f"aux_kernel_{i}"]) + p[f"aux_bias_{i}"])
+        s_a = tf.matmul(aux, p["aux_out_kernel"]) + p["aux_out_bias"]
         return tf.sigmoid(tf.reshape(s_m + s_a, [-1]))
 
 
@@ -249,25 +257,59 @@ def _np(v) -> np.ndarray:
     return np.asarray(v)
 
 
+def _bias(block, units: int) -> np.ndarray:
+    return _np(block.bias) if getattr(block, "bias", None) is not None else np.zeros(units, np.float32)
+
+
+def _bn_affine(bn) -> tuple[np.ndarray, np.ndarray]:
+    """Inference BatchNormalization as ``x · scale + shift`` (float64, rounded once)."""
+    var = _np(bn.moving_variance).astype(np.float64)
+    scale = 1.0 / np.sqrt(var + bn.epsilon)
+    if getattr(bn, "gamma", None) is not None:
+        scale = scale * _np(bn.gamma)
+    shift = -_np(bn.moving_mean).astype(np.float64) * scale
+    if getattr(bn, "beta", None) is not None:
+        shift = shift + _np(bn.beta)
+    return scale.astype(np.float32), shift.astype(np.float32)
+
+
 def _fold_dnn(model, table, blocks, width, max_bytes) -> FoldedForward | None:
     mlp = model.deep
     if model.backbone != "mlp" or mlp.block != "plain" or mlp.hook or model.hook_context is not None \
-            or not mlp.blocks:
+            or model.input_hook_layer is not None or not mlp.blocks or type(model.head) is not keras.layers.Dense:
         return None
     first = mlp.blocks[0]
     k = _np(first.kernel)
     if table.shape[0] * k.shape[1] * 4 > max_bytes:
         return None
-    const = _np(first.bias) if first.bias is not None else np.zeros(k.shape[1], np.float32)
-    return FoldedForward(model, "dnn", _fold(table, blocks, k), k[width:], const)
+    shared = {"const": _bias(first, first.units), "dense_kernel": k[width:]}
+    for i, blk in enumerate(mlp.blocks):
+        if i > 0:
+            shared.update({f"kernel_{i}": _np(blk.kernel), f"bias_{i}": _bias(blk, blk.units)})
+        if mlp.batch_norm:
+            shared[f"bn_scale_{i}"], shared[f"bn_shift_{i}"] = _bn_affine(mlp.norms[i])
+    shared.update(head_kernel=_np(model.head.kernel), head_bias=_bias(model.head, 1))
+    return FoldedForward(model, "dnn", _fold(table, blocks, k), shared)
+
+
+def _side_blocks(embedding) -> list[tuple[int, int, int]]:
+    """Like ``_field_blocks`` for the ``domain_side`` view: the domain id's embedding, then the
+    domain-group categorical features' (their columns in the view)."""
+    s = embedding.schema
+    d = embedding.embedding_dim
+    sizes = [f.vocab_size for f in s.categorical] + [s.num_domains]
+    fields = [len(s.categorical)] + [i for i, f in enumerate(s.categorical) if f.group == "domain"]
+    return [(embedding.offsets[i], sizes[i], j * d) for j, i in enumerate(fields)]
 
 
 def _fold_star(model, table, blocks, width, max_bytes) -> FoldedForward | None:
-    if model.pn is None or model.fcn.hook or model.fcn.batch_norm or not model.fcn.blocks:
+    if model.pn is None or model.fcn.hook or model.fcn.batch_norm or not model.fcn.blocks or \
+            model.aux.hook or model.aux.batch_norm or model.aux.block != "plain" or not model.aux.blocks:
         return None
-    first = model.fcn.blocks[0]
+    emb, s = model.embedding, model.schema
+    first, aux1 = model.fcn.blocks[0], model.aux.blocks[0]
     d = model.num_domains
-    if d * table.shape[0] * first.units * 4 > max_bytes:
+    if d * table.shape[0] * (first.units + aux1.units) * 4 > max_bytes:
         return None
     pn = model.pn
 
@@ -279,13 +321,28 @@ def _fold_star(model, table, blocks, width, max_bytes) -> FoldedForward | None:
     kd = f64(first.kernel)[None] * f64(first.kernel_d)  # [D, n, u]
     cd = f64(first.bias_d) + (f64(first.bias)[None] if first.bias is not None else 0.0)  # [D, u]
     m = a[:, :, None] * kd  # [D, n, u]
-    folded = np.concatenate([_fold(table, blocks, m[i]) for i in range(d)], axis=0)
-    const = (np.einsum("dn,dnu->du", shift, kd) + cd).astype(np.float32)
+    # the auxiliary network's first layer on the domain-side view: its embedding part folds into
+    # the same rows (extra columns), its dense part (domain-group dense features) into the dense kernel
+    ka = _np(aux1.kernel)
+    side_emb = (1 + sum(1 for f in s.categorical if f.group == "domain")) * emb.embedding_dim
+    aux_table = _fold(table, _side_blocks(emb), ka)  # [R, ua]
+    aux_dense = np.zeros((len(s.dense), aux1.units), np.float32)
+    for j, i in enumerate([i for i, f in enumerate(s.dense) if f.group == "domain"]):
+        aux_dense[i] = ka[side_emb + j]
+    folded = np.concatenate([np.concatenate([_fold(table, blocks, m[i]), aux_table], axis=1) for i in range(d)])
+    const = np.concatenate([np.einsum("dn,dnu->du", shift, kd) + cd, np.repeat(_bias(aux1, aux1.units)[None], d, 0)],
+                           axis=1)
+    per_domain = {"const": const, "dense_kernel": np.concatenate(
+        [m[:, width:], np.repeat(aux_dense[None], d, 0)], axis=2)}
     # later star layers and the 1-unit output: W ⊙ W_d, b + b_d in float32, as the model forms them
-    later = []
-    for blk in list(model.fcn.blocks[1:]) + [model.main_out]:
-        later += [_np(blk.kernel)[None] * _np(blk.kernel_d), _np(blk.effective_biases())]
-    return FoldedForward(model, "star", folded, None, None, [const, m[:, width:].astype(np.float32), *later])
+    for i, blk in enumerate(list(model.fcn.blocks[1:]) + [model.main_out], start=1):
+        per_domain[f"kernel_{i}"] = _np(blk.kernel)[None] * _np(blk.kernel_d)
+        per_domain[f"bias_{i}"] = _np(blk.effective_biases())
+    shared = {}
+    for i, blk in enumerate(model.aux.blocks[1:], start=1):
+        shared.update({f"aux_kernel_{i}": _np(blk.kernel), f"aux_bias_{i}": _bias(blk, blk.units)})
+    shared.update(aux_out_kernel=_np(model.aux_out.kernel), aux_out_bias=_bias(model.aux_out, 1))
+    return FoldedForward(model, "star", folded, shared, per_domain)
 
 
 def _fold_mmoe(model, table, blocks, width, max_bytes) -> FoldedForward | None:
@@ -301,12 +358,14 @@ def _fold_mmoe(model, table, blocks, width, max_bytes) -> FoldedForward | None:
         return None
     kernel = np.concatenate([k_ex.transpose(1, 0, 2).reshape(n, e * u), k_gate.transpose(1, 0, 2).reshape(n, d * e)],
                             axis=1)  # [n, E·u + D·E]: experts (e, j), then every domain's gate logits (d, k)
-    const = np.concatenate([_np(ex.biases[0]).reshape(-1), _np(gates.biases[0]).reshape(-1)]).astype(np.float32)
-    towers_w = []
-    for k, b in zip(towers.kernels, towers.biases):
-        towers_w += [_np(k), _np(b)]
-    return FoldedForward(model, "mmoe", _fold(table, blocks, kernel), kernel[width:].astype(np.float32), const,
-                         towers_w)
+    shared = {"const": np.concatenate([_np(ex.biases[0]).reshape(-1), _np(gates.biases[0]).reshape(-1)]),
+              "dense_kernel": kernel[width:]}
+    for i in range(1, len(ex.kernels)):
+        shared.update({f"expert_kernel_{i}": _np(ex.kernels[i]), f"expert_bias_{i}": _np(ex.biases[i])})
+    towers_w = {}
+    for i, (k, b) in enumerate(zip(towers.kernels, towers.biases)):
+        towers_w.update({f"kernel_{i}": _np(k), f"bias_{i}": _np(b)})
+    return FoldedForward(model, "mmoe", _fold(table, blocks, kernel), shared, towers_w)
 
 
 def check_folded(model: keras.Model, fwd: FoldedForward, atol: float = 1e-5, batches=(64, 5)) -> float:

@@ -10,10 +10,10 @@ from mdr_tf.folding import SMALL_BATCH, fold_first_layer, fused_rows
 from tests.helpers import random_inputs
 
 
-def _perturbed(name, schema, seed=0):
+def _perturbed(name, schema, seed=0, **kwargs):
     """A registry model whose every weight is non-trivial (PN statistics, W_d, biases)."""
     keras.utils.set_random_seed(seed)
-    m = registry.get(name).build(schema)
+    m = registry.get(name).build(schema, **kwargs)
     m.build()
     rng = np.random.default_rng(seed)
     for v in m.weights:
@@ -36,18 +36,10 @@ def _feed(x):
     return {k: tf.constant(v) for k, v in x.items()}
 
 
-def _folded_layers(m):
-    """Weights the folded forward must no longer read: (first layer kernel, a later per-domain kernel)."""
-    if type(m).__name__ == "MMoE":
-        return m.experts.kernels[0], m.gates.kernels[0]
-    if type(m).__name__ == "STAR":
-        return m.fcn.blocks[0].kernel, m.fcn.blocks[1].kernel_d
-    return m.deep.blocks[0].kernel, None
-
-
-@pytest.mark.parametrize("name", ["dnn", "star", "mmoe"])
-def test_folded_forward_equals_the_model_and_uses_the_folded_table(name, synth_schema):
-    m = _perturbed(name, synth_schema)
+@pytest.mark.parametrize("name,kwargs", [("dnn", {}), ("dnn", {"batch_norm": True}), ("star", {}), ("mmoe", {}),
+                                         ("mmoe", {"expert_units": [16, 8], "tower_units": [8, 4]})])
+def test_folded_forward_equals_the_model_and_uses_the_folded_table(name, kwargs, synth_schema):
+    m = _perturbed(name, synth_schema, **kwargs)
     fold = fold_first_layer(m)
     assert fold is not None and fold.nbytes > 0
     x = _with_oov(synth_schema, random_inputs(synth_schema, 48, seed=3))
@@ -62,14 +54,13 @@ def test_folded_forward_equals_the_model_and_uses_the_folded_table(name, synth_s
     dyn = tf.function(fold, input_signature=[{k: tf.TensorSpec([None], v.dtype) for k, v in _feed(x).items()}])
     np.testing.assert_allclose(dyn(_feed(x)).numpy(), got, atol=1e-6)
     np.testing.assert_allclose(dyn(_feed(small)).numpy(), got_small, atol=1e-6)
-    # Control: the first layer's kernel (and a later per-domain kernel: STAR's W_d, MMoE's gates) is no
-    # longer read (the folded tables replace them) ...
-    for v in _folded_layers(m):
-        if v is not None:
-            v.assign(np.zeros(v.shape, np.float32))
+    # Control: the folded forward reads only its own snapshot (folded table, packed weights): zeroing every
+    # weight of the model leaves it unchanged ...
+    for v in m.weights:
+        v.assign(np.zeros(v.shape, v.dtype))
     np.testing.assert_array_equal(fn(_feed(x)).numpy(), got)
     np.testing.assert_array_equal(fn(_feed(small)).numpy(), got_small)
-    assert not np.allclose(np.asarray(m(x, training=False)).reshape(-1), want)  # ... but the model did read it
+    assert not np.allclose(np.asarray(m(x, training=False)).reshape(-1), want)  # ... but changes the model
 
 
 def test_fused_rows_follow_the_embeddings_oov_rule(synth_schema):
@@ -120,6 +111,7 @@ def test_folded_mmoe_uses_each_samples_own_gate_and_tower(synth_schema):
 def test_models_that_do_not_fold_return_none(synth_schema):
     assert fold_first_layer(registry.get("ple").build(synth_schema)) is None
     assert fold_first_layer(registry.get("mmoe").build(synth_schema, gate_batch_norm=True)) is None
+    assert fold_first_layer(registry.get("dnn").build(synth_schema, input_hook="epnet")) is None  # EPNet gate
     m = registry.get("dnn").build(synth_schema)
     m.build()
     assert fold_first_layer(m, max_bytes=16) is None  # over the size limit
@@ -145,7 +137,7 @@ def test_exported_folded_model_matches_keras(name, synth_schema, tmp_path):
     sm = tf.saved_model.load(path)
     shapes = [shape for _, shape in tf.train.list_variables(path + "/variables/variables")]
     rows = m.embedding.total_rows
-    folded = ([m.num_domains * rows, m.fcn.blocks[0].units] if name == "star"
+    folded = ([m.num_domains * rows, m.fcn.blocks[0].units + m.aux.blocks[0].units] if name == "star"
               else [rows, m.num_experts * m.expert_units[0] + m.num_domains * m.num_experts])
     assert folded in shapes  # the folded tables
     for n in (1, 21):  # padded to 1 (per-sample path) and 24 rows (per-domain tiles)
