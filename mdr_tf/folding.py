@@ -225,14 +225,11 @@ class FoldedForward(tf.Module):
 
         def run(small):
             q = self._domain_params(domain, small)
-            if small:  # the sample's own domain's row of each
-                x = pre + q["const"]
-                if x_dense is not None:
-                    x += tf.einsum("bn,bnu->bu", x_dense, q["dense_kernel"])
-            else:
-                x = pre + tf.gather(q["const"], domain)
-                if x_dense is not None:
-                    x += tf.einsum("bn,bnu->bu", x_dense, tf.gather(q["dense_kernel"], domain))
+            const, dense_kernel = (q["const"], q["dense_kernel"]) if small else \
+                (tf.gather(q["const"], domain), tf.gather(q["dense_kernel"], domain))  # the sample's domain's
+            x = pre + const
+            if x_dense is not None:  # a per-sample [n_dense, u] kernel: a fused multiply-sum, not B tiny matmuls
+                x += tf.reduce_sum(x_dense[:, :, None] * dense_kernel, axis=1)
             layers = [(q[f"kernel_{i}"], q[f"bias_{i}"]) for i in range(1, n + 1)]
             s_m = _routed(model.fcn.act(x[:, :u1]), domain, layers, model.fcn.act, self.num_domains, small)
             return s_m, x[:, u1:]
