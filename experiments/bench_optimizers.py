@@ -28,6 +28,21 @@ FLAGS = flags.FLAGS
 OPTIMIZERS = ("adam", "lazy_adam")
 
 
+def _table_step(table, opt):
+    """One step on ``table`` (a closure: ``tf.function`` must not take the variable as an argument)."""
+    import tensorflow as tf
+
+    def step(ids):
+        with tf.GradientTape() as tape:
+            e = tf.gather(table.value, ids)  # [B, F, d]
+            loss = tf.reduce_mean(tf.square(tf.reduce_sum(e, axis=1)))
+        (g,) = tape.gradient(loss, [table.value])  # tf.IndexedSlices
+        opt.apply([g], [table])
+        return loss
+
+    return step
+
+
 def bench_table_step(rows: int, dim: int, batch: int, fields: int, steps: int, jit: bool = True) -> dict:
     """Median seconds per optimizer step on a ``rows x dim`` table with a ``batch x fields`` gather."""
     import keras
@@ -44,15 +59,7 @@ def bench_table_step(rows: int, dim: int, batch: int, fields: int, steps: int, j
         opt = make_optimizer(name, 1e-3, 1e-8)
         opt.build([table])
 
-        def step(ids, table=table, opt=opt):
-            with tf.GradientTape() as tape:
-                e = tf.gather(table.value, ids)  # [B, F, d]
-                loss = tf.reduce_mean(tf.square(tf.reduce_sum(e, axis=1)))
-            (g,) = tape.gradient(loss, [table.value])
-            opt.apply([g], [table])
-            return loss
-
-        fns[name] = tf.function(step, jit_compile=jit)
+        fns[name] = tf.function(_table_step(table, opt), jit_compile=jit)
     batches = [tf.constant(rng.integers(0, rows, (batch, fields)), tf.int32) for _ in range(4)]
     for name, fn in fns.items():  # compile
         fn(batches[0]).numpy()

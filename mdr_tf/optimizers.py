@@ -99,32 +99,86 @@ class LazyAdam(keras.optimizers.Adam):
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
                          amsgrad=amsgrad, name=name, **kwargs)
 
+    #: How a sparse gradient is applied (all three give the same update; tests pin each):
+    #: ``None`` = by sizes, below; "masked_dense": elementwise over the table, rows not read
+    #: kept by a mask (cheapest when the table has at most ``DENSE_FORM_MAX_ROWS_PER_ID``
+    #: rows per id of the batch); "rows_unique": ``tf.unique`` + segment sum, then the distinct
+    #: rows (outside XLA: TF's hash-based unique); "rows_summed": duplicates summed into a
+    #: transient ``[rows, d]`` buffer, every occurrence updates its row with the same values
+    #: (inside XLA, whose ``Unique`` and sort are several times slower than this; measured in
+    #: docs/benchmarks.md).
+    sparse_form: str | None = None
+
     def update_step(self, gradient, variable, learning_rate):
         """Keras Adam's update for a dense gradient; the lazy row update for ``tf.IndexedSlices``."""
         if not isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
-        rows, g = aggregate_rows(gradient.indices, ops.cast(gradient.values, dtype))
+        values = ops.cast(gradient.values, dtype)
         # The same expressions, in the same order, as keras.optimizers.Adam.update_step.
         local_step = ops.cast(self.iterations + 1, dtype)
         beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
         beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
         alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
         i = self._get_variable_index(variable)
-        m, v = self._momentums[i], self._velocities[i]
-        m_rows = _gather(m, rows)
-        m_rows = ops.add(m_rows, ops.multiply(ops.subtract(g, m_rows), 1 - self.beta_1))
-        v_rows = _gather(v, rows)
-        v_rows = ops.add(v_rows, ops.multiply(ops.subtract(ops.square(g), v_rows), 1 - self.beta_2))
-        self.assign(m, tf.IndexedSlices(m_rows, rows))
-        self.assign(v, tf.IndexedSlices(v_rows, rows))
+        slots = [self._momentums[i], self._velocities[i]] + ([self._velocity_hats[i]] if self.amsgrad else [])
+        form = self.sparse_form or _auto_form(int(variable.shape[0]), gradient.indices.shape[0])
+        if form == "masked_dense":
+            n = int(variable.shape[0])
+            g = tf.math.unsorted_segment_sum(values, gradient.indices, n)
+            read = tf.math.unsorted_segment_max(tf.ones_like(gradient.indices, tf.int32), gradient.indices, n) > 0
+            mask = tf.reshape(read, [-1] + [1] * (len(variable.shape) - 1))
+            olds = [ops.convert_to_tensor(s) for s in slots] + [tf.convert_to_tensor(variable)]
+            news = self._adam_rows(g, olds[:-1], olds[-1], alpha)
+            for target, old, new in zip(slots + [variable], olds, news):
+                self.assign(target, tf.where(mask, new, old))
+            return
+        if form == "rows_unique":
+            rows, g = aggregate_rows(gradient.indices, values)
+        elif form == "rows_summed":
+            rows = gradient.indices
+            g = tf.gather(tf.math.unsorted_segment_sum(values, rows, int(variable.shape[0])), rows)
+        else:
+            raise ValueError(f"LazyAdam.sparse_form must be None, masked_dense, rows_unique or rows_summed; "
+                             f"got {form!r}")
+        news = self._adam_rows(g, [_gather(s, rows) for s in slots], _gather(variable, rows), alpha)
+        for target, new in zip(slots + [variable], news):  # duplicate rows write equal values
+            self.assign(target, tf.IndexedSlices(new, rows))
+
+    def _adam_rows(self, g, slots, w, alpha):
+        """Adam on rows: ``(m, v[, v̂], w)`` after one step with gradient ``g`` (Keras' expressions)."""
+        m, v = slots[0], slots[1]
+        m = ops.add(m, ops.multiply(ops.subtract(g, m), 1 - self.beta_1))
+        v = ops.add(v, ops.multiply(ops.subtract(ops.square(g), v), 1 - self.beta_2))
+        out = [m, v]
         if self.amsgrad:
-            v_hat = self._velocity_hats[i]
-            v_rows = ops.maximum(_gather(v_hat, rows), v_rows)
-            self.assign(v_hat, tf.IndexedSlices(v_rows, rows))
-        step = ops.divide(ops.multiply(m_rows, alpha), ops.add(ops.sqrt(v_rows), self.epsilon))
-        self.assign(variable, tf.IndexedSlices(ops.subtract(_gather(variable, rows), step), rows))
+            v = ops.maximum(slots[2], v)
+            out.append(v)
+        step = ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon))
+        return out + [ops.subtract(w, step)]
+
+
+#: The elementwise form is used while the table has at most this many rows per id in the
+#: batch (measured break-even under XLA on this CPU: a row read by gather/scatter costs
+#: about 4-5 times a row streamed elementwise; docs/benchmarks.md).
+DENSE_FORM_MAX_ROWS_PER_ID = 4
+
+
+def _auto_form(rows: int, ids: int | None) -> str:
+    if ids is not None and rows <= DENSE_FORM_MAX_ROWS_PER_ID * ids:
+        return "masked_dense"
+    return "rows_summed" if _in_xla() else "rows_unique"
+
+
+def _in_xla() -> bool:
+    """Whether the op being built is inside an XLA-compiled function (TF's private helper)."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except Exception:  # noqa: BLE001 - a moved private helper: take the non-XLA form
+        return False
 
 
 def make_optimizer(name: str, learning_rate: Any, epsilon: float) -> keras.optimizers.Optimizer:

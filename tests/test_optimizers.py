@@ -54,13 +54,18 @@ def _sparse(idx, vals, n):
 
 
 # --- the update itself --------------------------------------------------------------------
+FORMS = ["masked_dense", "rows_unique", "rows_summed"]
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("amsgrad", [False, True])
-def test_rows_read_follow_numpy_adam_and_unread_rows_stay_bit_identical(amsgrad):
+def test_rows_read_follow_numpy_adam_and_unread_rows_stay_bit_identical(amsgrad, form):
     rng = np.random.default_rng(0)
     n, d = 12, 3
     w0 = rng.normal(size=(n, d)).astype(np.float32)
     table = keras.Variable(w0, name="table")
     opt = LazyAdam(LR, beta_1=B1, beta_2=B2, epsilon=EPS, amsgrad=amsgrad)
+    opt.sparse_form = form
     opt.build([table])
     ref = {k: np.zeros((n, d)) for k in ("m", "v", "vh")}
     ref["w"] = w0.astype(np.float64)
@@ -158,7 +163,19 @@ def test_keras_adam_squares_duplicates_before_summing():
     np.testing.assert_allclose(v["keras_sparse"], [0, 0.002, 0.004, 0], rtol=1e-6)  # 1² + 1² for row 1
 
 
-def test_jit_compiled_step_equals_eager():
+def test_the_form_follows_table_and_batch_sizes():
+    from mdr_tf.optimizers import _auto_form
+
+    assert _auto_form(1000, 300) == "masked_dense"  # small table: elementwise + mask
+    assert _auto_form(2_400_000, 16_384 * 24) == "rows_unique"  # outside XLA
+    seen = []
+    tf.function(lambda: seen.append(_auto_form(2_400_000, 16_384 * 24)) or tf.constant(0), jit_compile=True)()
+    assert seen == ["rows_summed"]  # inside XLA
+    assert _auto_form(2_400_000, None) == "rows_unique"
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_jit_compiled_step_equals_eager(form):
     rng = np.random.default_rng(5)
     n, d = 50, 4
     w0 = rng.normal(size=(n, d)).astype(np.float32)
@@ -167,6 +184,7 @@ def test_jit_compiled_step_equals_eager():
     for jit in (False, True):
         table, dense = keras.Variable(w0), keras.Variable(np.ones((d, 2), np.float32))
         opt = LazyAdam(LR, epsilon=EPS)
+        opt.sparse_form = form
         opt.build([table, dense])
 
         def make_step(table, dense, opt):  # a closure: tf.function must not see the variables as arguments
@@ -244,6 +262,7 @@ def test_fused_xla_k_step_program_equals_eager_steps_and_keeps_unread_rows(synth
     for a, b in zip(mid, end):
         np.testing.assert_array_equal(a[unread], b[unread])
     fused = _dnn(synth_schema, jit=True)
+    fused.optimizer.sparse_form = "rows_summed"  # the large-table form under XLA (eager: masked_dense)
     install_fused_train_function(fused, (x1, y1))
     stacked = ({k: np.stack([x1[k], x2[k]]) for k in x1}, np.stack([y1, y2]))
     fused.fit(tf.data.Dataset.from_tensors(stacked), epochs=1, verbose=0)
@@ -344,24 +363,28 @@ MIRRORED = textwrap.dedent("""
     w0 = rng.normal(size=(n, d)).astype(np.float32)
     idx = [np.array([1, 4, 1]), np.array([4, 6])]
     vals = [rng.normal(size=(len(i), d)).astype(np.float32) for i in idx]
-    with strategy.scope():
-        table = keras.Variable(w0)
-        opt = LazyAdam(0.05, epsilon=1e-8)
-        opt.build([table])
+    out = {"replicas": strategy.num_replicas_in_sync}
+    for form in ("masked_dense", "rows_unique", "rows_summed"):
+        with strategy.scope():
+            table = keras.Variable(w0)
+            opt = LazyAdam(0.05, epsilon=1e-8)
+            opt.sparse_form = form
+            opt.build([table])
 
-    def replica_step():
-        r = tf.distribute.get_replica_context().replica_id_in_sync_group
-        g = tf.cond(tf.equal(r, 0),
-                    lambda: (tf.constant(idx[0], tf.int32), tf.constant(vals[0])),
-                    lambda: (tf.constant(np.pad(idx[1], (0, 1), constant_values=6), tf.int32),
-                             tf.constant(np.concatenate([vals[1], np.zeros((1, d), np.float32)]))))
-        opt.apply([tf.IndexedSlices(g[1], g[0], tf.constant([n, d]))], [table])
+        def replica_step(table=table, opt=opt):
+            r = tf.distribute.get_replica_context().replica_id_in_sync_group
+            g = tf.cond(tf.equal(r, 0),
+                        lambda: (tf.constant(idx[0], tf.int32), tf.constant(vals[0])),
+                        lambda: (tf.constant(np.pad(idx[1], (0, 1), constant_values=6), tf.int32),
+                                 tf.constant(np.concatenate([vals[1], np.zeros((1, d), np.float32)]))))
+            opt.apply([tf.IndexedSlices(g[1], g[0], tf.constant([n, d]))], [table])
 
-    for _ in range(2):
-        strategy.run(tf.function(replica_step))
-    per_replica = [v.numpy().tolist() for v in strategy.experimental_local_results(table.value)]
-    m = [v.numpy().tolist() for v in strategy.experimental_local_results(opt._momentums[0].value)]
-    json.dump({"replicas": strategy.num_replicas_in_sync, "table": per_replica, "m": m}, open(sys.argv[1], "w"))
+        step = tf.function(replica_step)
+        for _ in range(2):
+            strategy.run(step)
+        out[form] = {"table": [v.numpy().tolist() for v in strategy.experimental_local_results(table.value)],
+                     "m": [v.numpy().tolist() for v in strategy.experimental_local_results(opt._momentums[0].value)]}
+    json.dump(out, open(sys.argv[1], "w"))
 """)
 
 
@@ -374,8 +397,6 @@ def test_mirrored_strategy_sums_the_replicas_rows(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.load(open(out))
     assert res["replicas"] == 2
-    t0, t1 = (np.array(t) for t in res["table"])
-    np.testing.assert_array_equal(t0, t1)  # the replicas' copies agree
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(10, 3)).astype(np.float32)
     idx = np.array([1, 4, 1, 4, 6, 6])
@@ -384,10 +405,13 @@ def test_mirrored_strategy_sums_the_replicas_rows(tmp_path):
     ref = {"w": w0.astype(np.float64), "m": np.zeros((10, 3)), "v": np.zeros((10, 3)), "vh": None}
     for t in (1, 2):
         _numpy_lazy_step(ref, idx, vals, t)
-    np.testing.assert_allclose(t0, ref["w"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.array(res["m"][0]), ref["m"], rtol=1e-5, atol=1e-7)
     unread = np.setdiff1d(np.arange(10), idx)
-    np.testing.assert_array_equal(t0[unread], w0[unread])
+    for form in FORMS:
+        t0, t1 = (np.array(t) for t in res[form]["table"])
+        np.testing.assert_array_equal(t0, t1)  # the replicas' copies agree
+        np.testing.assert_allclose(t0, ref["w"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.array(res[form]["m"][0]), ref["m"], rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(t0[unread], w0[unread])
 
 
 # --- ALPT's rerounded="touched" -----------------------------------------------------------
