@@ -46,7 +46,7 @@ def aggregate_rows(indices, values) -> tuple[tf.Tensor, tf.Tensor]:
     return rows, tf.math.unsorted_segment_sum(values, pos, tf.shape(rows)[0])
 
 
-def sum_duplicate_rows(gradients: list) -> list:
+def sum_duplicate_rows(gradients: list, optimizer: keras.optimizers.Optimizer | None = None) -> list:
     """The gradients with every ``tf.IndexedSlices`` one's duplicate ids summed.
 
     A gather of a variable (an embedding table, or per-domain parameters taken per sample)
@@ -56,12 +56,26 @@ def sum_duplicate_rows(gradients: list) -> list:
     gradients and TF1's ``_apply_sparse_duplicate_indices``, which sum first. Summing here,
     before ``optimizer.apply``, gives every optimizer the references' semantics; dense
     gradients and ``None`` pass through unchanged.
+
+    How: inside XLA the gradient is made dense (the sum per row of the whole variable, what
+    a dense optimizer computes anyway; XLA's ``Unique`` took ~0.8 s for the 393k ids of a
+    16,384 x 24 batch on this CPU, docs/benchmarks.md); outside XLA ``tf.unique`` + segment
+    sum keeps it sparse (as the all-reduce of ``tf.distribute`` wants it). For ``optimizer``
+    a ``LazyAdam`` (also inside a ``LossScaleOptimizer``) the gradients pass unchanged: it
+    sums duplicates itself and must get the rows, not a dense gradient.
     """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if getattr(inner, "updates_rows_lazily", False):
+        return list(gradients)
+    xla = _in_xla()
     out = []
     for g in gradients:
         if isinstance(g, tf.IndexedSlices):
-            rows, sums = aggregate_rows(g.indices, g.values)
-            g = tf.IndexedSlices(sums, rows, g.dense_shape)
+            if xla:
+                g = tf.convert_to_tensor(g)
+            else:
+                rows, sums = aggregate_rows(g.indices, g.values)
+                g = tf.IndexedSlices(sums, rows, g.dense_shape)
         out.append(g)
     return out
 

@@ -511,3 +511,22 @@ def test_train_step_sums_duplicate_ids_like_torch_adam(synth_schema, model_name)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     worst = max(float(np.abs(a - b).max()) for a, b in zip(got, refs["raw"]))
     assert worst > 1e-4, f"Keras' raw sparse update should differ from the summed one (max |Δ| {worst:.2e})"
+
+
+def test_sum_duplicate_rows_sparse_outside_xla_dense_inside_and_untouched_for_lazy_adam():
+    from mdr_tf.optimizers import sum_duplicate_rows
+
+    g = _sparse(np.array([3, 1, 3]), np.array([[1.0, 2.0], [5.0, 5.0], [10.0, 20.0]], np.float32), 5)
+    dense = tf.convert_to_tensor(g).numpy()
+    (eager,) = sum_duplicate_rows([g])
+    assert isinstance(eager, tf.IndexedSlices) and sorted(eager.indices.numpy()) == [1, 3]
+    np.testing.assert_array_equal(tf.convert_to_tensor(eager).numpy(), dense)
+    jit = tf.function(lambda v, i: sum_duplicate_rows([tf.IndexedSlices(v, i, tf.constant([5, 2]))])[0],
+                      jit_compile=True)(g.values, g.indices)
+    np.testing.assert_array_equal(jit.numpy(), dense)  # XLA: the dense per-row sum
+    lazy = LazyAdam()
+    for opt in (lazy, keras.optimizers.LossScaleOptimizer(lazy)):
+        (same,) = sum_duplicate_rows([g], opt)
+        assert same is g  # LazyAdam sums duplicates itself and needs the rows
+    (summed,) = sum_duplicate_rows([g], keras.optimizers.Adam())
+    assert isinstance(summed, tf.IndexedSlices) and len(summed.indices) == 2

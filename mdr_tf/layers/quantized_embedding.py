@@ -454,7 +454,7 @@ def lpt_train_step(model: keras.Model, q: QuantizedEmbedding, data) -> dict[str,
             model._loss_tracker.update_state(loss, sample_weight=batch)
             loss = model.optimizer.scale_loss(loss)
     variables = list(model.trainable_variables) + [q.work]
-    grads = sum_duplicate_rows(tape.gradient(loss, variables))
+    grads = sum_duplicate_rows(tape.gradient(loss, variables), model.optimizer)
     model.optimizer.apply(grads, variables)
     rows = tf.concat(touched, axis=0)
     if q.precision == "alpt" and q.delta_grad == "first_pass":

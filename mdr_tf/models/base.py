@@ -212,7 +212,7 @@ class MultiDomainModel(keras.Model):
             self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), sample_weight=batch)
             loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_weights
-        grads = sum_duplicate_rows(tape.gradient(loss, variables))
+        grads = sum_duplicate_rows(tape.gradient(loss, variables), self.optimizer)
         self.optimizer.apply_gradients(zip(grads, variables))
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
