@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -139,10 +140,12 @@ class LazyAdam(keras.optimizers.Adam):
         slots = [self._momentums[i], self._velocities[i]] + ([self._velocity_hats[i]] if self.amsgrad else [])
         form = self.sparse_form or _auto_form(int(variable.shape[0]), gradient.indices.shape[0])
         if form == "masked_dense":
-            n = int(variable.shape[0])
-            g = tf.math.unsorted_segment_sum(values, gradient.indices, n)
-            read = tf.math.unsorted_segment_max(tf.ones_like(gradient.indices, tf.int32), gradient.indices, n) > 0
-            mask = tf.reshape(read, [-1] + [1] * (len(variable.shape) - 1))
+            n, shape = int(variable.shape[0]), [int(k) for k in variable.shape]
+            # one segment sum gives the summed rows and, in an extra column, how often each was read
+            flat = tf.reshape(values, [-1, int(np.prod(shape[1:], dtype=np.int64))])
+            both = tf.math.unsorted_segment_sum(tf.concat([flat, tf.ones_like(flat[:, :1])], 1), gradient.indices, n)
+            g = tf.reshape(both[:, :-1], shape)
+            mask = tf.reshape(both[:, -1] > 0, [-1] + [1] * (len(shape) - 1))
             olds = [ops.convert_to_tensor(s) for s in slots] + [tf.convert_to_tensor(variable)]
             news = self._adam_rows(g, olds[:-1], olds[-1], alpha)
             for target, old, new in zip(slots + [variable], olds, news):
