@@ -8,11 +8,11 @@ of the per-round ratios are printed:
    ids (uniform over the table) gathered, a scalar loss on the rows, its gradient (a
    ``tf.IndexedSlices``) applied by each optimizer; one XLA-compiled step (what the fused
    trainer runs for the table's part of a step).
-2. the DNN's training samples/s on ``--dataset`` (the fused path ``mdr_tf.training.fit``
+2. the DNN's training samples/s (and CPU seconds per sample) on ``--dataset`` (the fused path ``mdr_tf.training.fit``
    uses by default, ``experiments.benchmark``'s epoch runner) with each optimizer.
 
   nice -n 5 python -m experiments.bench_optimizers                     # 2.4M x 16, 16,384 x 24; DNN on ML-100k
-  python -m experiments.bench_optimizers --fit_rounds=0 --table_rows=100000
+  python -m experiments.bench_optimizers --fit_rounds=0 --table_rows=100000 --lazy_forms=masked_dense,rows_unique
 """
 
 from __future__ import annotations
@@ -43,8 +43,12 @@ def _table_step(table, opt):
     return step
 
 
-def bench_table_step(rows: int, dim: int, batch: int, fields: int, steps: int, jit: bool = True) -> dict:
-    """Median seconds per optimizer step on a ``rows x dim`` table with a ``batch x fields`` gather."""
+def bench_table_step(rows: int, dim: int, batch: int, fields: int, steps: int, jit: bool = True,
+                     forms: Sequence[str] = ()) -> dict:
+    """Median seconds per optimizer step on a ``rows x dim`` table with a ``batch x fields`` gather.
+
+    ``forms``: also time ``LazyAdam`` forced to these ``sparse_form`` values ("lazy_adam:<form>").
+    """
     import keras
     import numpy as np
     import tensorflow as tf
@@ -54,22 +58,25 @@ def bench_table_step(rows: int, dim: int, batch: int, fields: int, steps: int, j
     rng = np.random.default_rng(0)
     init = (rng.standard_normal((rows, dim), dtype=np.float32) * 1e-2)
     fns = {}
-    for name in OPTIMIZERS:
-        table = keras.Variable(init, name=f"table_{name}")
-        opt = make_optimizer(name, 1e-3, 1e-8)
+    names = list(OPTIMIZERS) + [f"lazy_adam:{f}" for f in forms]
+    for name in names:
+        table = keras.Variable(init, name=f"table_{name.replace(':', '_')}")
+        opt = make_optimizer(name.split(":")[0], 1e-3, 1e-8)
+        if ":" in name:
+            opt.sparse_form = name.split(":")[1]
         opt.build([table])
 
         fns[name] = tf.function(_table_step(table, opt), jit_compile=jit)
     batches = [tf.constant(rng.integers(0, rows, (batch, fields)), tf.int32) for _ in range(4)]
     for name, fn in fns.items():  # compile
         fn(batches[0]).numpy()
-    times = {n: [] for n in OPTIMIZERS}
+    times = {n: [] for n in names}
     for s in range(steps):
-        for name in (OPTIMIZERS if s % 2 == 0 else OPTIMIZERS[::-1]):
+        for name in (names if s % 2 == 0 else names[::-1]):
             t = time.perf_counter()
             fns[name](batches[s % len(batches)]).numpy()
             times[name].append(time.perf_counter() - t)
-    out = {f"{n}_ms_per_step": 1e3 * statistics.median(times[n]) for n in OPTIMIZERS}
+    out = {f"{n}_ms_per_step": 1e3 * statistics.median(times[n]) for n in names}
     out["dense_over_lazy"] = statistics.median(a / b for a, b in zip(times["adam"], times["lazy_adam"]))
     out.update(rows=rows, dim=dim, batch=batch, fields=fields, steps=steps, jit=jit)
     return out
@@ -92,14 +99,18 @@ def bench_fit(model: str, dataset: str, data_dir: str, batch_size: int, steps_pe
     epochs = {n: _epoch_runner(model, schema, batch_size, "tfrecord_fused", steps_per_execution, "auto", x, y,
                                optimizer=n) for n in OPTIMIZERS}
     rates = {n: [] for n in OPTIMIZERS}
+    cpu = {n: [] for n in OPTIMIZERS}  # CPU seconds per sample (all threads): less sensitive to other load
     for r in range(rounds):
         for name in (OPTIMIZERS if r % 2 == 0 else OPTIMIZERS[::-1]):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             k = epochs[name]()
             rates[name].append(k / (time.perf_counter() - t))
+            cpu[name].append((time.process_time() - c) / k)
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {rates[n][-1]:,.0f}/s" for n in OPTIMIZERS), flush=True)
     out = {f"{n}_samples_per_s": statistics.median(rates[n]) for n in OPTIMIZERS}
     out["lazy_over_dense"] = statistics.median(b / a for a, b in zip(rates["adam"], rates["lazy_adam"]))
+    out.update({f"{n}_cpu_us_per_sample": 1e6 * statistics.median(cpu[n]) for n in OPTIMIZERS})
+    out["lazy_over_dense_cpu"] = statistics.median(a / b for a, b in zip(cpu["adam"], cpu["lazy_adam"]))
     out.update(model=model, dataset=dataset, batch_size=batch_size, rounds=rounds,
                table_rows=int(sum(f.vocab_size for f in schema.categorical) + schema.num_domains))
     return out
@@ -112,6 +123,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("fields", 24, "Ids per example of the step benchmark.")
     flags.DEFINE_integer("steps", 30, "Timed steps per optimizer (step benchmark).")
     flags.DEFINE_boolean("jit", True, "XLA-compile the step benchmark's step.")
+    flags.DEFINE_list("lazy_forms", [], "Also time LazyAdam forced to these sparse_form values (masked_dense, "
+                      "rows_unique, rows_summed).")
     flags.DEFINE_integer("fit_rounds", 5, "Interleaved epochs per optimizer of the fit benchmark (0: skip it).")
     flags.DEFINE_string("model", "dnn", "Model of the fit benchmark.")
     flags.DEFINE_string("dataset", "ml100k", "Dataset of the fit benchmark.")
@@ -128,18 +141,22 @@ def main(argv: Sequence[str]) -> None:
 
     results: dict = {"versions": versions()}
     if FLAGS.table_rows:
-        r = bench_table_step(FLAGS.table_rows, FLAGS.dim, FLAGS.batch_size, FLAGS.fields, FLAGS.steps, FLAGS.jit)
+        r = bench_table_step(FLAGS.table_rows, FLAGS.dim, FLAGS.batch_size, FLAGS.fields, FLAGS.steps, FLAGS.jit,
+                             FLAGS.lazy_forms)
         results["table_step"] = r
         print(f"table {r['rows']:,} x {r['dim']}, gather {r['batch']:,} x {r['fields']} (XLA {r['jit']}): "
               f"dense Adam {r['adam_ms_per_step']:.1f} ms/step, lazy Adam {r['lazy_adam_ms_per_step']:.1f} ms/step, "
-              f"dense/lazy {r['dense_over_lazy']:.1f}x (median of {r['steps']} interleaved steps)", flush=True)
+              f"dense/lazy {r['dense_over_lazy']:.1f}x (median of {r['steps']} interleaved steps)"
+              + "".join(f"; lazy Adam {f} {r[f'lazy_adam:{f}_ms_per_step']:.1f} ms" for f in FLAGS.lazy_forms),
+              flush=True)
     if FLAGS.fit_rounds:
         r = bench_fit(FLAGS.model, FLAGS.dataset, FLAGS.data_dir, FLAGS.fit_batch_size, FLAGS.steps_per_execution,
                       FLAGS.fit_rounds)
         results["fit"] = r
         print(f"{r['model']} on {r['dataset']} ({r['table_rows']:,}-row table), batch {r['batch_size']}: dense Adam "
               f"{r['adam_samples_per_s']:,.0f}/s, lazy Adam {r['lazy_adam_samples_per_s']:,.0f}/s, lazy/dense "
-              f"{r['lazy_over_dense']:.2f}x (median of {r['rounds']} interleaved epochs)", flush=True)
+              f"{r['lazy_over_dense']:.2f}x; per CPU-second {r['lazy_over_dense_cpu']:.2f}x (medians of {r['rounds']} "
+              "interleaved epochs)", flush=True)
     if FLAGS.output:
         write_json_atomic(FLAGS.output, results)
     print(json.dumps(results, default=str))
