@@ -251,13 +251,16 @@ def _two_pass_reference_step(model, q, data):
     """ALPT's step as first written: the second pass's tape watches every variable it reads."""
     from keras.src.trainers.data_adapters import data_adapter_utils
 
+    from mdr_tf.optimizers import sum_duplicate_rows
+
     x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
     q.sync_work()
     with q.training_pass("work") as touched, tf.GradientTape() as tape:
         y_pred = model(x, training=True)
         loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw, training=True)
     variables = list(model.trainable_variables) + [q.work]
-    model.optimizer.apply(tape.gradient(loss, variables), variables)
+    # duplicate ids summed before the optimizer, as every training step does (training revision 2)
+    model.optimizer.apply(sum_duplicate_rows(tape.gradient(loss, variables), model.optimizer), variables)
     rows = tf.concat(touched, axis=0)
     with q.training_pass("lsq"), tf.GradientTape() as tape2:
         tape2.watch(q.delta.value)
