@@ -84,8 +84,8 @@ class DWMDense(DenseBlock):
       mir_negatives: how the negatives ``z̃`` are drawn: "shuffle" (a random permutation of
         the batch, the layer's default and the estimator as first built) or "roll" (a random
         cyclic shift of the batch: every sample's partner is uniform over the batch as with
-        "shuffle", so the estimate has the same expectation, at a fraction of the cost of
-        the sort; ``build_midpg``'s default, docs/models/midpg.md).
+        "shuffle", so the estimate has the same expectation, without the sort; an option,
+        docs/models/midpg.md).
       seed: seed of the negative-pair shuffling.
     """
 
@@ -334,7 +334,12 @@ class DWMDense(DenseBlock):
         batch = ops.shape(z)[0]
         if self.mir_negatives == "roll":
             r = keras.random.randint((), 0, batch, seed=self.seed_generator, dtype="int32")
-            neg = ops.slice(ops.concatenate([hz, hz], axis=0), [r, 0], ops.shape(hz))
+            # A roll, not a slice of [hz; hz] at offset r: tf.slice's gradient is a Pad whose
+            # paddings depend on r, and XLA needs paddings as compile-time constants, so it
+            # folded r (hence the seed state) into the program and recompiled at every call
+            # (one fit epoch of midpg: 96 CPU-s instead of 1.1; docs/benchmarks.md). Roll's
+            # gradient is a roll by -r: no compile-time constant.
+            neg = ops.roll(hz, -r, axis=0)
         else:
             neg = ops.take(hz, keras.random.shuffle(ops.arange(batch), seed=self.seed_generator), axis=0)
         return self._jsd(hz, neg, s)
