@@ -50,23 +50,27 @@ MIR_NEGATIVES = ("shuffle", "roll")
 def _bitonic_sort(a):
     """Ascending sort of a 1-D tensor of static power-of-two length n (bitonic network).
 
-    log2(n)·(log2(n)+1)/2 stages, each an elementwise min/max of the two halves of every
-    block of 2j consecutive entries (descending in the blocks whose bit k of the index is
-    set): XLA fuses them into loops, ~20 µs for n = 512 against ~350 µs for its CPU sort.
+    log2(n)·(log2(n)+1)/2 compare-exchange stages (k, j), run as one loop: entry i meets
+    its partner i XOR j and keeps the min or the max (ascending where bit k of i is 0).
+    On CPU/XLA ~15 µs for n = 512 against ~350 µs for XLA's sort; the loop keeps the
+    compiled program small (the stages unrolled took several seconds more to compile).
     """
     n = int(a.shape[0])
-    k = 2
-    while k <= n:
-        j = k // 2
-        while j >= 1:
-            blocks = n // (2 * j)
-            x = ops.reshape(a, (blocks, 2, j))
-            lo, hi = ops.minimum(x[:, 0], x[:, 1]), ops.maximum(x[:, 0], x[:, 1])
-            desc = ops.convert_to_tensor([[((blk * 2 * j) & k) != 0] for blk in range(blocks)])
-            a = ops.reshape(ops.stack([ops.where(desc, hi, lo), ops.where(desc, lo, hi)], axis=1), (n,))
-            j //= 2
-        k *= 2
-    return a
+    stages = [(1 << p, 1 << q) for p in range(1, n.bit_length()) for q in range(p - 1, -1, -1)]
+    if not stages:
+        return a
+    ks = ops.convert_to_tensor([k for k, _ in stages], dtype="int32")
+    js = ops.convert_to_tensor([j for _, j in stages], dtype="int32")
+    i = ops.arange(n, dtype="int32")
+
+    def stage(s, a):
+        k, j = ks[s], js[s]
+        partner = ops.bitwise_xor(i, j)
+        other = ops.take(a, partner, axis=0)
+        keep_min = ops.equal(ops.less(i, partner), ops.equal(ops.bitwise_and(i, k), 0))
+        return ops.where(keep_min, ops.minimum(a, other), ops.maximum(a, other))
+
+    return ops.fori_loop(0, len(stages), stage, a)
 
 
 def shuffled_indices(n, seed) -> Any:
