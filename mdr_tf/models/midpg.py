@@ -128,12 +128,10 @@ def build_midpg(
         majority solution on 3 of 6 conflicting-domains runs (docs/models/midpg.md).
       repeat: "tile" or "block" (``DWMDense``; default "tile", measured in docs/models/midpg.md).
       aux_units, mir_units: hidden widths of the aux net f and the discriminator T (ours).
-      mir_negatives: "shuffle" (default: a random permutation, the estimator as first built)
-        or "roll" (the batch shifted by a random offset). Both pair every sample with a
-        partner uniform over the batch, so MIR has the same expectation; "roll" avoids a
-        sort per layer and step in the micro-benchmark, but one epoch of ``fit`` on ML-100k
-        took 79 s with it against 21 s with "shuffle" (docs/models/midpg.md), so it is not
-        the default.
+      mir_negatives: "shuffle" (default: a random permutation, the paper's "shuffled", the
+        estimator as first built) or "roll" (the batch shifted by a random offset, ours).
+        Both pair every sample with a partner uniform over the batch, so MIR has the same
+        expectation; on ML-100k both gave the same AUC and cost (docs/models/midpg.md).
       stop_gradient_inputs: stop gradients into f's inputs (ours, False).
       uneven: "pad" (ours default here: backbone inputs such as 113 = 7·16+1 are often
         prime) or "error".
