@@ -345,10 +345,10 @@ def test_midpg_learns_ml100k(ml100k_schema):
 def test_mir_negatives_compile_once_under_xla(negatives):
     """The XLA training step is compiled once: the random negatives are no compile-time constant.
 
-    The former "roll" sliced ``[hz; hz]`` at the random offset r; ``tf.slice``'s gradient is a
-    ``Pad`` whose paddings depend on r, XLA needs paddings as constants, so it folded the seed
-    state into the program and recompiled at every call (every later call cost as much CPU as
-    the first, compiling one; a ``fit`` epoch of midpg took 96 CPU-s instead of 1.1). CPU-time
+    The former "roll" sliced ``[hz; hz]`` at the random offset r; TF's XLA bridge compiles
+    ``tf.slice`` with its begin as a compile-time constant, so the seed state became part of
+    the compilation key and every call recompiled (every later call cost as much CPU as the
+    first, compiling one; a ``fit`` epoch of midpg took 96 CPU-s instead of 1.1). CPU-time
     ratio, so the machine's load does not matter; the estimates must differ between calls
     (new negatives each call).
     """

@@ -3,8 +3,8 @@
 ``_ref_mir`` below is ``DWMDense.mir`` as it was before (commit 1038db4), kept verbatim: the
 shuffle as ``keras.random.shuffle`` + ``ops.take`` (XLA's sort, a scatter-add gradient) and the
 roll as a slice of ``[hz; hz]`` (which recompiled under XLA at every call, fixed by
-``ops.roll``). The package now computes the same permutation by a sorting network
-(``shuffled_indices``) and the gather's gradient as a gather (``permute_rows``).
+``ops.roll``). The package now computes the same permutation by a sorting network under
+XLA (``shuffled_indices``) and the gather's gradient as a gather (``permute_rows``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_shuffled_indices_is_keras_shuffle(n):
     for seed in range(3):
         a, b = keras.random.SeedGenerator(seed), keras.random.SeedGenerator(seed)
         want = np.asarray(keras.random.shuffle(ops.arange(n), seed=a))
-        got = np.asarray(shuffled_indices(n, b))
+        got = np.asarray(shuffled_indices(n, b, method="network"))
         np.testing.assert_array_equal(got, want)
         assert np.array_equal(np.sort(got), np.arange(n))
         # the same draw: both generators advanced alike
@@ -51,6 +51,23 @@ def test_shuffled_indices_is_keras_shuffle_under_xla():
     for p in perms:
         np.testing.assert_array_equal(p, ref().numpy())
     assert len({tuple(p) for p in perms}) == 5  # a new permutation per call
+
+
+def test_network_only_while_tracing_for_xla(monkeypatch):
+    """"auto" sorts by the network under XLA only (outside XLA TF's argsort kernel is faster)."""
+    from mdr_tf.layers.mechanisms import dwm
+
+    calls = []
+    real = dwm.argsort_unit_keys
+    monkeypatch.setattr(dwm, "argsort_unit_keys", lambda u: calls.append(1) or real(u))
+    sg = keras.random.SeedGenerator(3)
+    shuffled_indices(16, sg)
+    tf.function(lambda: shuffled_indices(16, sg))()
+    assert calls == []
+    tf.function(lambda: shuffled_indices(16, sg), jit_compile=True)()
+    assert calls == [1]
+    with pytest.raises(ValueError, match="method"):
+        shuffled_indices(16, sg, method="bubble")
 
 
 def test_argsort_unit_keys_orders_ties_as_the_stable_argsort():

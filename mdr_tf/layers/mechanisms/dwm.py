@@ -73,19 +73,31 @@ def _bitonic_sort(a):
     return ops.fori_loop(0, len(stages), stage, a)
 
 
-def shuffled_indices(n, seed) -> Any:
-    """The permutation ``keras.random.shuffle(ops.arange(n), seed=seed)``, computed faster.
+def _tracing_for_xla() -> bool:
+    """True while TensorFlow traces a function for XLA (``jit_compile=True``, or inside one)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    from tensorflow.python.framework import ops as tf_ops
+    from tensorflow.python.ops import control_flow_util
+
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+
+
+def shuffled_indices(n, seed, method: str = "auto") -> Any:
+    """The permutation ``keras.random.shuffle(ops.arange(n), seed=seed)``, computed faster under XLA.
 
     ``keras.random.shuffle`` draws n uniform keys and argsorts them (a stable sort: equal
-    keys keep their index order); XLA's CPU sort took ~0.35 ms for n = 512, a third of
-    MI-DPG's MIR cost. Here the same keys (same draw from ``seed``) are made exact integers
-    ``k_i = 2^23·u_i`` (float32 uniforms in [0, 1) are multiples of 2^-23), packed with
-    their index as ``k_i·n + i`` (distinct; ordered as the stable argsort orders them), and
-    sorted by ``_bitonic_sort``; ``packed mod n`` is the permutation. Equal to
-    ``keras.random.shuffle`` (tested over many seeds and sizes); a non-static ``n`` falls
-    back to it.
+    keys keep their index order); XLA's CPU sort took ~0.35 ms for n = 512, a quarter of
+    MI-DPG's MIR cost. ``method="network"``: the same keys (same draw from ``seed``) are
+    sorted by ``argsort_unit_keys`` (a bitonic network, ~15 µs under XLA). ``"sort"``:
+    ``keras.random.shuffle`` itself. ``"auto"``: the network while tracing for XLA, else the
+    sort (TensorFlow's own argsort kernel is fast; the network's loop of small ops is not,
+    outside XLA). The same permutation either way (tested); a non-static ``n`` always sorts.
     """
-    if not isinstance(n, int):
+    if method not in ("auto", "network", "sort"):
+        raise ValueError(f"shuffled_indices: method must be 'auto', 'network' or 'sort', got {method!r}")
+    network = method == "network" or (method == "auto" and _tracing_for_xla())
+    if not network or not isinstance(n, int):
         return keras.random.shuffle(ops.arange(n), seed=seed)
     return argsort_unit_keys(keras.random.uniform((n,), seed=seed, dtype="float32"))
 
@@ -415,11 +427,11 @@ class DWMDense(DenseBlock):
         batch = ops.shape(z)[0]
         if self.mir_negatives == "roll":
             r = keras.random.randint((), 0, batch, seed=self.seed_generator, dtype="int32")
-            # A roll, not a slice of [hz; hz] at offset r: tf.slice's gradient is a Pad whose
-            # paddings depend on r, and XLA needs paddings as compile-time constants, so it
-            # folded r (hence the seed state) into the program and recompiled at every call
-            # (one fit epoch of midpg: 96 CPU-s instead of 1.1; docs/benchmarks.md). Roll's
-            # gradient is a roll by -r: no compile-time constant.
+            # A roll, not tf.slice of [hz; hz] at offset r: TF's XLA bridge compiles a Slice
+            # with its begin as a compile-time constant, so r's input (the seed state) became
+            # part of the compilation key and every call recompiled the program (one fit epoch
+            # of midpg: 96 CPU-s instead of 1.1; docs/models/midpg.md). A roll by a runtime
+            # shift (and its gradient, a roll by r) compiles to dynamic slices: no constant.
             neg = ops.roll(hz, -r, axis=0)
         else:
             # keras.random.shuffle's permutation and the gather's gradient, computed faster
