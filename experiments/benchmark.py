@@ -5,6 +5,7 @@ Prints medians over ``--repeats`` runs. Figures go in docs/benchmarks.md with th
   python -m experiments.benchmark                       # DNN on ML-100k
   python -m experiments.benchmark --models=dnn,mlora,hamur,star --repeats=5
   python -m experiments.benchmark --cost_ratio --models=hamur,hierrec --repeats=7   # cost per sample ÷ DNN
+  python -m experiments.benchmark --models=dnn --backbone=dcn --block=mlora          # MLoRA on DCN
 """
 
 from __future__ import annotations
@@ -64,6 +65,17 @@ def _ensure_columnar(schema) -> None:
         print(f"columnar shards derived in {time.perf_counter() - t:.1f}s", flush=True)
 
 
+def _build(model_name: str, schema, model_kwargs: dict | None = None):
+    """The registry model with ``--backbone`` / ``--block`` / ``--hook`` applied as ``experiments.run``
+    applies them (``variant_kwargs``; the DNN reference too), then ``model_kwargs``."""
+    from experiments.run import variant_from_flags, variant_kwargs
+    from mdr_tf import registry
+
+    variant = variant_from_flags(FLAGS) if "backbone" in FLAGS and FLAGS.is_parsed() else {}
+    own = dict(model_kwargs or {})
+    return registry.get(model_name).build(schema, **{**variant_kwargs(model_name, variant, {model_name: own}), **own})
+
+
 def _epoch_runner(model_name: str, schema, batch_size: int, source: str, steps_per_execution: int, jit: Any,
                   x=None, y=None, model_kwargs: dict | None = None, optimizer: str | None = None) -> Callable[[], int]:
     """Builds ``model_name`` (seed 0) for one training ``source`` and returns a function that
@@ -71,7 +83,6 @@ def _epoch_runner(model_name: str, schema, batch_size: int, source: str, steps_p
     ``optimizer``: ``TrainConfig.optimizer`` (default: ``--optimizer``)."""
     import keras
 
-    from mdr_tf import registry
     from mdr_tf.data import load_arrays, make_dataset
     from mdr_tf.training import TrainConfig, compile_model
 
@@ -80,7 +91,7 @@ def _epoch_runner(model_name: str, schema, batch_size: int, source: str, steps_p
         y = y.reshape(-1, 1)
     n = len(y)
     keras.utils.set_random_seed(0)
-    model = registry.get(model_name).build(schema, **(model_kwargs or {}))
+    model = _build(model_name, schema, model_kwargs)
     model.build()
     fused = source in ("tfrecord_fused", "columnar_fused")
     compile_model(model, TrainConfig(batch_size=batch_size, steps_per_execution=1 if fused else steps_per_execution,
@@ -211,12 +222,11 @@ def bench_serving(model_name: str, schema, batch_sizes: Sequence[int], repeats: 
     import numpy as np
     import tensorflow as tf
 
-    from mdr_tf import registry
     from mdr_tf.data import load_arrays
     from mdr_tf.export import export_saved_model
 
     keras.utils.set_random_seed(0)
-    model = registry.get(model_name).build(schema)
+    model = _build(model_name, schema)
     model.build()
     x, _ = load_arrays(schema, "test")
     res = {}
@@ -259,14 +269,13 @@ def bench_op_profile(model_name: str, schema, batch_size: int, steps: int, depth
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from mdr_tf import registry
     from mdr_tf.data import load_arrays
 
     x, y = load_arrays(schema, "train")
     xb = {k: tf.constant(v[:batch_size]) for k, v in x.items()}
     yb = tf.constant(y[:batch_size].reshape(-1, 1).astype("float32"))
     keras.utils.set_random_seed(0)
-    model = registry.get(model_name).build(schema)
+    model = _build(model_name, schema)
     model.build()
 
     @tf.function(jit_compile=True)
@@ -311,6 +320,9 @@ def define_flags() -> None:
     flags.DEFINE_string("data_dir", "data", "Root of prepared datasets.")
     flags.DEFINE_list("dataset_options", [], "key=value prepare options (e.g. num_rows=1000000 for synthetic).")
     flags.DEFINE_list("models", ["dnn"], "Models to benchmark (the first ones' ratios are relative to dnn).")
+    from experiments.run import define_variant_flags
+
+    define_variant_flags()  # --backbone / --block / --hook, as experiments.run
     flags.DEFINE_integer("batch_size", 512, "Training batch size.")
     flags.DEFINE_enum("optimizer", "adam", ["adam", "lazy_adam"], "Training optimizer (TrainConfig.optimizer).")
     flags.DEFINE_integer("repeats", 5, "Runs per figure (median reported).")
@@ -342,6 +354,13 @@ def main(argv: Sequence[str]) -> None:
     from experiments.common import parse_options as _parse_options, prepare_dataset, versions as _versions
     from mdr_tf.schema import Schema
 
+    from experiments.run import apply_variant, variant_from_flags
+
+    try:  # a variant flag that applies to none of the models is a usage error (as in experiments.run)
+        variant = {m: a for m, a in apply_variant(["dnn", *FLAGS.models, *filter(None, [FLAGS.profile_ops])],
+                                                  variant_from_flags(FLAGS)).items() if a}
+    except ValueError as e:
+        raise app.UsageError(str(e))
     schema = Schema.load(prepare_dataset(FLAGS.dataset, FLAGS.data_dir, None, _parse_options(FLAGS.dataset_options)))
     jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
     if FLAGS.profile_ops:
@@ -360,9 +379,10 @@ def main(argv: Sequence[str]) -> None:
         return
     results: dict[str, Any] = {"versions": _versions(), "dataset": FLAGS.dataset,
                                "train_examples": sum(schema.counts("train")), "batch_size": FLAGS.batch_size,
-                               "repeats": FLAGS.repeats}
+                               "repeats": FLAGS.repeats, "variant": variant}
     print(f"# benchmark on {FLAGS.dataset} ({results['train_examples']:,} train examples), batch "
-          f"{FLAGS.batch_size}, median of {FLAGS.repeats}", flush=True)
+          f"{FLAGS.batch_size}, median of {FLAGS.repeats}" + (f"; variant flags {variant}" if variant else ""),
+          flush=True)
     if FLAGS.cost_ratio:
         ratios = bench_cost_ratio(FLAGS.models, schema, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps_per_execution,
                                   jit, FLAGS.sources[0], json.loads(FLAGS.model_args) if FLAGS.model_args else None)

@@ -17,6 +17,7 @@ Welch's t-test against the DNN) and ``run_meta.json``.
 
 Example (docs/conflicting_domains.md):
   python -m experiments.conflicting_domains --trials=3
+  python -m experiments.conflicting_domains --models=mlora --backbone=dcn   # every model that takes it on DCN
 """
 
 from __future__ import annotations
@@ -339,11 +340,14 @@ def train_on_arrays(variant: str, schema, train, test, seed: int = 0, epochs: in
 
 
 def run_arrays(scenario: str, variants: Sequence[str], trials: int, output_dir: str,
-               shard: tuple[int, int] = (0, 1), aggregate_only: bool = False, log=print) -> str:
+               shard: tuple[int, int] = (0, 1), aggregate_only: bool = False,
+               arch_args: dict[str, dict] | None = None, log=print) -> str:
     """The in-memory protocol over seeds 0..trials-1 (data seed 0, training seed t); resumable.
 
     ``shard=(i, n)`` runs only the seeds t with t % n == i (appending to its own file);
     a run with the default shard then finds every trial done and writes the table.
+    ``arch_args``: ``{registry model: arguments}`` of ``--backbone`` / ``--block`` / ``--hook``
+    (``experiments.run.apply_variant``), added to every variant of that model (and to its trial key).
     """
     from data_prep.common import fingerprint
 
@@ -364,13 +368,16 @@ def run_arrays(scenario: str, variants: Sequence[str], trials: int, output_dir: 
                     if "~" in v or v == "hamur_adapter_off" else ""}
             if v in ARG_VARIANTS:
                 spec["args"] = ARG_VARIANTS[v][1]
+            arch = (arch_args or {}).get(base_name(v), {})
+            if arch:  # (absent without the flags: the keys of earlier runs stay valid)
+                spec["arch_args"] = arch
             key = fingerprint(spec)
             keys.add(key)
             idx = t * len(variants) + i + 1
             if aggregate_only or trial_log.done(key) or t % shard[1] != shard[0]:
                 continue
             t0 = time.time()
-            aucs, _ = train_on_arrays(v, schema, train, test, seed=t, **proto)
+            aucs, _ = train_on_arrays(v, schema, train, test, seed=t, model_kwargs=arch, **proto)
             row = {"key": key, "model": v, "seed": t, "train_seconds": round(time.time() - t0, 2),
                    **{f"test_auc_d{k}": float(a) for k, a in enumerate(aucs)}}
             trial_log.append(row)
@@ -383,15 +390,22 @@ def run_arrays(scenario: str, variants: Sequence[str], trials: int, output_dir: 
     summary = summarise(rows, variants, d)
     md = (f"# {scenario}, in-memory protocol: mean-of-domain test AUC over {trials} seeds\n\n"
           f"{ARRAYS_PROTOCOL}; every model with embed_domain=False. Margin = mean over seeds of "
-          f"(model − DNN of the same seed); Welch p against the DNN.\n\n"
+          f"(model − DNN of the same seed); Welch p against the DNN.{_arch_note(arch_args)}\n\n"
           + markdown(summary, d, list(range(d)) if d <= 6 else []))
     atomic_write(os.path.join(out, "table.md"), md)
     atomic_write(os.path.join(out, "run_meta.json"), json.dumps(
         {"git_commit": commit, "versions": versions(), "scenario": scenario, "protocol": ARRAYS_PROTOCOL,
          "variants": list(variants), "trials": trials, "wall_seconds": round(time.time() - t_start, 1),
-         "argv": sys.argv}, indent=2) + "\n")
+         "arch_args": arch_args or {}, "argv": sys.argv}, indent=2) + "\n")
     log("\n" + md)
     return md
+
+
+def _arch_note(arch_args: dict[str, dict] | None) -> str:
+    """The table's note on the ``--backbone`` / ``--block`` / ``--hook`` arguments (empty without them)."""
+    if not arch_args:
+        return ""
+    return " Variant flags: " + "; ".join(f"{m}: {json.dumps(a, sort_keys=True)}" for m, a in arch_args.items()) + "."
 
 
 def mean_domain_auc(row: dict, num_domains: int) -> float:
@@ -443,7 +457,9 @@ def markdown(summary: list[dict], num_domains: int, show_domains: Sequence[int])
 
 
 def run_scenario(scenario: str, variants: Sequence[str], trials: int, output_dir: str, data_dir: str,
-                 train_kwargs: dict, model_kwargs: dict, num_rows: int | None = None, log=print) -> str:
+                 train_kwargs: dict, model_kwargs: dict, num_rows: int | None = None,
+                 arch_args: dict[str, dict] | None = None, log=print) -> str:
+    """The fit protocol (TFRecords, ``mdr_tf.training``); resumable. ``arch_args`` as in ``run_arrays``."""
     from data_prep.common import fingerprint
     from data_prep.synthetic import generate_conflict
 
@@ -474,13 +490,16 @@ def run_scenario(scenario: str, variants: Sequence[str], trials: int, output_dir
                     if "~" in v or v == "hamur_adapter_off" else "", "data": schema.raw["fingerprint"]}
             if v in ARG_VARIANTS:
                 spec["args"] = ARG_VARIANTS[v][1]
+            arch = (arch_args or {}).get(base_name(v), {})
+            if arch:
+                spec["arch_args"] = arch
             key = fingerprint(spec)
             keys.add(key)
             idx = t * len(variants) + i + 1
             if trial_log.done(key):
                 continue
             t0 = time.time()
-            row = train_variant(v, schema, cfg, model_kwargs)
+            row = train_variant(v, schema, cfg, {**model_kwargs, **arch})
             row.update({"key": key, "trial": t, "scenario": scenario})
             trial_log.append(row)
             done_now += 1
@@ -493,8 +512,8 @@ def run_scenario(scenario: str, variants: Sequence[str], trials: int, output_dir
     show = list(range(d)) if d <= 6 else []
     md = (f"# {scenario}: mean-of-domain test AUC over {trials} seeds\n\n"
           f"{n} rows, {d} domains, train rows per domain {schema.counts('train')}. "
-          f"Margin = mean over seeds of (model − DNN of the same seed); Welch p against the DNN.\n\n"
-          + markdown(summary, d, show))
+          f"Margin = mean over seeds of (model − DNN of the same seed); Welch p against the DNN."
+          f"{_arch_note(arch_args)}\n\n" + markdown(summary, d, show))
     atomic_write(os.path.join(out, "table.md"), md)
     csv = ["model,n,mean_auc,mean_auc_std,margin,margin_min,p," + ",".join(f"auc_d{k}" for k in range(d))]
     csv += [",".join([s["model"], str(s["n"])] + [f"{s[k]:.6f}" for k in
@@ -504,16 +523,17 @@ def run_scenario(scenario: str, variants: Sequence[str], trials: int, output_dir
     meta = {"git_commit": commit, "versions": versions(), "scenario": scenario, "num_rows": n,
             "data_fingerprint": schema.raw["fingerprint"], "variants": list(variants), "trials": trials,
             "train": train_kwargs, "model_kwargs": model_kwargs, "wall_seconds": round(time.time() - t_start, 1),
-            "argv": sys.argv}
+            "arch_args": arch_args or {}, "argv": sys.argv}
     atomic_write(os.path.join(out, "run_meta.json"), json.dumps(meta, indent=2) + "\n")
     log("\n" + md)
     return md
 
 
 def define_flags() -> None:
-    from experiments.run import define_training_flags
+    from experiments.run import define_training_flags, define_variant_flags
 
     define_training_flags(epochs=10)
+    define_variant_flags()
     flags.DEFINE_list("scenarios", list(SCENARIOS), "Scenarios of data_prep.synthetic.CONFLICT_PRESETS.")
     flags.DEFINE_list("models", MODELS, "Registry models (each also runs neutralised).")
     flags.DEFINE_list("extra_variants", ["hamur_adapter_off"], "Extra variants (e.g. hamur_adapter_off).")
@@ -532,12 +552,15 @@ def define_flags() -> None:
 
 
 def _main(f) -> None:
-    from experiments.run import train_kwargs_from_flags
+    from experiments.run import apply_variant, train_kwargs_from_flags, variant_from_flags
 
     variants = ["dnn"]
     for m in f.models:
         variants += [m, m + NEUTRAL_SUFFIX] if f.neutral else [m]
     variants += list(f.extra_variants)
+    # --backbone / --block / --hook: the arguments each registry model's builder takes (as experiments.run).
+    arch_args = {m: a for m, a in apply_variant(sorted({base_name(v) for v in variants}),
+                                                variant_from_flags(f)).items() if a}
     train_kwargs = train_kwargs_from_flags(f, monitor="mean_auc")
     model_kwargs = {"embedding_dim": f.embedding_dim, "embed_domain": bool(f.embed_domain)}
     out = f.output_dir + ("-embed_domain" if f.embed_domain else "")
@@ -547,9 +570,11 @@ def _main(f) -> None:
                 raise ValueError("--protocol=arrays runs embed_domain=False only (the tests' setting)")
             from experiments.common import parse_shard
 
-            run_arrays(s, variants, f.trials, out, shard=parse_shard(f.trial_shard), aggregate_only=f.aggregate_only)
+            run_arrays(s, variants, f.trials, out, shard=parse_shard(f.trial_shard), aggregate_only=f.aggregate_only,
+                       arch_args=arch_args)
             continue
-        run_scenario(s, variants, f.trials, out, f.data_dir, train_kwargs, model_kwargs, f.num_rows)
+        run_scenario(s, variants, f.trials, out, f.data_dir, train_kwargs, model_kwargs, f.num_rows,
+                     arch_args=arch_args)
 
 
 if __name__ == "__main__":

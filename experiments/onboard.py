@@ -18,6 +18,7 @@ Examples:
   python -m experiments.onboard                                 # MLoRA, ML-100k, hold out the smallest domain
   python -m experiments.onboard --model=star --epochs=3 --output=results/onboard/star.json
   python -m experiments.onboard --model=hamur --holdout=2 --trials=1
+  python -m experiments.onboard --model=dnn --backbone=dcn --block=mlora   # MLoRA on DCN (experiments.run's flags)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def define_flags() -> None:
 
     runner.define_data_flags()
     runner.define_training_flags(epochs=4)
+    runner.define_variant_flags()
     flags.adopt_module_key_flags(runner)  # list them in this script's --help
     flags.DEFINE_string("model", "mlora", "Registered model (standard training procedure), e.g. mlora, dnn, star, "
                         "hamur.")
@@ -102,8 +104,11 @@ def holdout_dataset(schema, holdout: int, output_dir: str):
     return Schema.load(output_dir), order
 
 
-def _model_kwargs(embedding_dim: int, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"embedding_dim": embedding_dim, **extra}
+def _model_kwargs(embedding_dim: int, extra: dict[str, Any], variant: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """The model's arguments: embedding size, the variant flags' (``experiments.run.apply_variant``), then
+    ``--model_args``."""
+    return {"embedding_dim": embedding_dim, **(variant or {}), **extra}
 
 
 def _domain_aucs(res: dict[str, float], order: list[int]) -> dict[int, float]:
@@ -246,14 +251,21 @@ def run(*, dataset: str = "ml100k", raw_path: str | None = None, data_dir: str =
         init_from: int | str = "mean", unseen: bool = True, trials: int = 2,
         seed_base: int = 0, train_kwargs: dict[str, Any] | None = None, onboard_epochs: int | None = None,
         embedding_dim: int = 16, model_args: dict[str, Any] | None = None, output: str | None = None,
-        log=print) -> dict[str, Any]:
-    """Runs the trials; returns ``{"rows", "table_md", "summary"}`` (see module doc)."""
+        variant: dict[str, str | None] | None = None, log=print) -> dict[str, Any]:
+    """Runs the trials; returns ``{"rows", "table_md", "summary"}`` (see module doc).
+
+    ``variant``: ``{"backbone", "block", "hook"}`` (``--backbone`` / ``--block`` / ``--hook``), applied
+    as ``experiments.run`` does (``apply_variant``; a flag the model's builder does not take is an error).
+    """
     import mdr_tf  # noqa: F401  (sets the Keras backend)
     from experiments.common import prepare_dataset
+    from experiments.run import apply_variant, variant_label
     from mdr_tf import registry
     from mdr_tf.schema import Schema
 
     registry.get(model)
+    applied = apply_variant([model], variant, {model: dict(model_args or {})})[model]
+    label = variant_label(model, applied)
     data_path = prepare_dataset(dataset, data_dir, raw_path, dict(dataset_options or {}))
     schema = Schema.load(data_path)
     if holdout is None:
@@ -263,7 +275,7 @@ def run(*, dataset: str = "ml100k", raw_path: str | None = None, data_dir: str =
     log(f"{dataset}: {schema.num_domains} domains {list(schema.domain_names)}; held out: {holdout} "
         f"({schema.domain_names[holdout]}); data {perm.directory} ({time.time() - t0:.1f}s)")
     train_kwargs = dict(train_kwargs or {})
-    kwargs = _model_kwargs(embedding_dim, dict(model_args or {}))
+    kwargs = _model_kwargs(embedding_dim, dict(model_args or {}), applied)
     rows = []
     for t in range(trials):
         seed = seed_base + t
@@ -271,10 +283,10 @@ def run(*, dataset: str = "ml100k", raw_path: str | None = None, data_dir: str =
         rows.append(run_trial(model, perm, order, seed, kwargs, train_kwargs,
                               onboard_epochs or train_kwargs.get("epochs", 4), init_from, unseen, log))
     table = summary_table(rows, schema.domain_names)
-    title = (f"{model} on {dataset}, held-out domain {schema.domain_names[holdout]} (id {holdout}), "
+    title = (f"{label} on {dataset}, held-out domain {schema.domain_names[holdout]} (id {holdout}), "
              f"init_from={init_from}, {trials} trial(s), mean ± std; model kwargs {json.dumps(kwargs)}\n\n")
     log("\n" + title + table)
-    result = {"rows": rows, "table_md": title + table, "model": model, "dataset": dataset, "holdout": holdout,
+    result = {"rows": rows, "table_md": title + table, "model": label, "dataset": dataset, "holdout": holdout,
               "model_kwargs": kwargs, "train": train_kwargs, "wall_seconds": round(time.time() - t0, 1)}
     if output:
         write_text_atomic(output, json.dumps(result, indent=2, default=float) + "\n", makedirs=True)
@@ -284,14 +296,14 @@ def run(*, dataset: str = "ml100k", raw_path: str | None = None, data_dir: str =
 
 def _main(f: flags.FlagValues) -> None:
     from experiments.common import parse_options
-    from experiments.run import parse_model_args, train_kwargs_from_flags
+    from experiments.run import parse_model_args, train_kwargs_from_flags, variant_from_flags
 
     init_from: int | str = int(f.init_from) if f.init_from.lstrip("-").isdigit() else f.init_from
     run(dataset=f.dataset, raw_path=f.raw_path, data_dir=f.data_dir,
         dataset_options=parse_options(f.dataset_options), model=f.model, holdout=f.holdout,
         init_from=init_from, unseen=f.unseen_ids, trials=f.trials, seed_base=f.seed_base,
         train_kwargs=train_kwargs_from_flags(f), onboard_epochs=f.onboard_epochs, embedding_dim=f.embedding_dim,
-        model_args=parse_model_args(f.model_args), output=f.output)
+        model_args=parse_model_args(f.model_args), output=f.output, variant=variant_from_flags(f))
 
 
 def cli() -> None:

@@ -201,6 +201,28 @@ def variant_kwargs(name: str, variant: dict[str, str], per_model: dict[str, dict
     return out
 
 
+def apply_variant(models: Sequence[str], variant: dict[str, str | None] | None,
+                  per_model: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """``variant_kwargs`` of every model in ``models``: ``{model: arguments}``.
+
+    The experiment scripts with ``define_variant_flags`` call this once: it refuses an
+    unknown argument and a flag that applies to none of ``models`` (a clear ``ValueError``).
+    """
+    from mdr_tf import registry
+
+    variant = {k: v for k, v in (variant or {}).items() if v is not None}
+    if set(variant) - set(VARIANT_ARGS):
+        raise ValueError(f"variant: unknown arguments {sorted(set(variant) - set(VARIANT_ARGS))}; "
+                         f"expected {VARIANT_ARGS}")
+    applied = {m: variant_kwargs(m, variant, per_model) for m in models}
+    for arg, value in variant.items():
+        if not any(arg in a for a in applied.values()):
+            takers = [n for n in registry.names() if variant_kwargs(n, {arg: value})]
+            raise ValueError(f"--{arg}={value} applies to none of the models {list(models)}; it applies to "
+                             f"models whose builder takes {arg!r}: {', '.join(takers)}")
+    return applied
+
+
 def _named_builder_args(spec) -> set[str]:
     """Arguments the builder itself names (a ``BackboneModel`` entry: the class's)."""
     import inspect
@@ -289,15 +311,7 @@ def run(
     for m in models:
         registry.get(m)  # fail fast on unknown names
     variant = {k: v for k, v in (variant or {}).items() if v is not None}
-    if set(variant) - set(VARIANT_ARGS):
-        raise ValueError(f"variant: unknown arguments {sorted(set(variant) - set(VARIANT_ARGS))}; "
-                         f"expected {VARIANT_ARGS}")
-    applied = {m: variant_kwargs(m, variant, per_model_args) for m in models}
-    for arg, value in variant.items():
-        if not any(arg in a for a in applied.values()):
-            takers = [n for n in registry.names() if variant_kwargs(n, {arg: value})]
-            raise ValueError(f"--{arg}={value} applies to none of the models {models}; it applies to models "
-                             f"whose builder takes {arg!r}: {', '.join(takers)}")
+    applied = apply_variant(models, variant, per_model_args)
     labels = {m: variant_label(m, applied[m]) for m in models}
     data_path = prepare_dataset(dataset, data_dir, raw_path, dict(dataset_options or {}))
     schema = Schema.load(data_path)
