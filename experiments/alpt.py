@@ -47,12 +47,18 @@ def _welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def saved_model_bytes(model) -> int:
-    """Bytes of the exported SavedModel's variables (``mdr_tf.export``)."""
+def saved_model_bytes(model, fold: bool | str = False) -> int:
+    """Bytes of the exported SavedModel's variables (``mdr_tf.export``).
+
+    ``fold=False`` (default here): the model's own variables. The export's default ("auto")
+    also stores, for a float32 DNN or STAR, the first dense layer folded into the table for
+    batch-1 serving (``mdr_tf.folding``; a quantised table is not folded), which would make
+    the fp32 model look several times larger than its parameters.
+    """
     from mdr_tf.export import export_saved_model
 
     with tempfile.TemporaryDirectory() as d:
-        path = export_saved_model(model, d, version=1)
+        path = export_saved_model(model, d, version=1, fold=fold)
         var_dir = os.path.join(path, "variables")
         return sum(os.path.getsize(os.path.join(var_dir, f)) for f in os.listdir(var_dir))
 

@@ -53,3 +53,15 @@ def test_variant_flags_reach_the_size_and_speed_models(synth_schema):
     assert dcn_mlora["dnn/fp32"]["saved_model_bytes"] > plain["dnn/fp32"]["saved_model_bytes"]
     # The quantised table is the same: the variant changes the dense part only.
     assert dcn_mlora["dnn/8bit"]["table_bytes"] == plain["dnn/8bit"]["table_bytes"]
+
+
+def test_saved_model_bytes_count_the_model_not_the_serving_fold(synth_schema):
+    """The size column compares stored models: without the fp32-only folded serving tables."""
+    from experiments.alpt import saved_model_bytes
+    from mdr_tf import registry
+
+    model = registry.get("dnn").build(synth_schema, hidden_units=[8])
+    model.build()
+    own = saved_model_bytes(model)
+    assert saved_model_bytes(model, fold="auto") > own  # control: the export's default adds the fold
+    assert 4 * model.count_params() <= own < 4 * model.count_params() + 16_384  # float32 weights + file overhead
