@@ -60,19 +60,25 @@ def sum_duplicate_rows(gradients: list, optimizer: keras.optimizers.Optimizer | 
 
     How: inside XLA the gradient is made dense (the sum per row of the whole variable, what
     a dense optimizer computes anyway; XLA's ``Unique`` took ~0.8 s for the 393k ids of a
-    16,384 x 24 batch on this CPU, docs/benchmarks.md); outside XLA ``tf.unique`` + segment
-    sum keeps it sparse (as the all-reduce of ``tf.distribute`` wants it). For ``optimizer``
+    16,384 x 24 batch on this CPU, docs/benchmarks.md), and so it is under a strategy with
+    several replicas (their all-reduce would concatenate the rows again); otherwise
+    ``tf.unique`` + segment sum keeps it sparse. For ``optimizer``
     a ``LazyAdam`` (also inside a ``LossScaleOptimizer``) the gradients pass unchanged: it
     sums duplicates itself and must get the rows, not a dense gradient.
     """
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     if getattr(inner, "updates_rows_lazily", False):
         return list(gradients)
-    xla = _in_xla()
+    # With several replicas the all-reduce of an IndexedSlices concatenates the replicas'
+    # rows, so a row read on two replicas would reach the optimizer twice again: make the
+    # gradient dense, as torch's DDP all-reduces dense gradients (LazyAdam, above, sums
+    # after the all-reduce itself).
+    dense = _in_xla() or (tf.distribute.has_strategy()
+                          and tf.distribute.get_strategy().num_replicas_in_sync > 1)
     out = []
     for g in gradients:
         if isinstance(g, tf.IndexedSlices):
-            if xla:
+            if dense:
                 g = tf.convert_to_tensor(g)
             else:
                 rows, sums = aggregate_rows(g.indices, g.values)
