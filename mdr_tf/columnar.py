@@ -182,6 +182,33 @@ def shard_paths(schema, split: str, domains: Sequence[int] | None = None) -> lis
             for d in (range(schema.num_domains) if domains is None else domains) for i in range(n)]
 
 
+def open_split(schema, split: str, domains: Sequence[int] | None = None,
+               keys: Sequence[str] = ()) -> list[tuple[str, int, dict[str, np.ndarray]]]:
+    """``[(shard path, rows, {key: memmap})]`` of a split's columnar shards, domain by domain.
+
+    Checks that every shard has the columns ``keys`` and that each domain's rows add up to
+    the counts schema.json records; errors name the shard directories (a truncated column
+    file is named by ``open_shard``).
+    """
+    doms = list(range(schema.num_domains)) if domains is None else list(domains)
+    out = []
+    for d in doms:
+        per = []
+        for p in shard_paths(schema, split, [d]):
+            n, cols = open_shard(p)
+            missing = [k for k in keys if k not in cols]
+            if missing:
+                raise ValueError(f"{p}: columnar shard lacks {missing}; delete it and re-run the converter")
+            per.append((p, n, cols))
+        got, want = sum(n for _, n, _ in per), schema.counts(split)[d]
+        if got != want:
+            where = ", ".join(p for p, _, _ in per)
+            raise ValueError(f"{where}: {got:,} rows of domain {d} in split {split!r}, but schema.json records "
+                             f"{want:,}; delete these columnar shards and re-run the converter")
+        out += per
+    return out
+
+
 def convert(data_dir: str, splits: Iterable[str] = ("train",), chunk_rows: int = 65_536,
             progress: Callable[[str], None] = print) -> list[str]:
     """Derives the columnar shards of ``splits`` from a prepared dataset's TFRecords.
