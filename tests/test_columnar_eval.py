@@ -76,25 +76,53 @@ def test_columnar_evaluation_equals_in_memory(eval_dir, trained, monkeypatch):
         evaluation.evaluate_split(trained, schema, "test", 256)
 
 
-def test_columnar_evaluation_memory_is_one_chunk(eval_dir, trained):
-    schema = Schema.load(eval_dir)
+def _inflated_valid(src: str, dst: str, times: int) -> Schema:
+    """A copy of the dataset whose valid columnar shards repeat every row ``times`` times."""
+    import json
+
+    shutil.copytree(src, dst)
+    schema = Schema.load(dst)
+    for p in columnar.shard_paths(schema, "valid"):
+        n, cols = columnar.open_shard(p)
+        rows = {k: np.array(v) for k, v in cols.items()}
+        w = columnar.ColumnarShardWriter(p, {k: v.dtype for k, v in rows.items()})
+        for _ in range(times):
+            w.append(rows)
+        w.close()
+    with open(os.path.join(dst, "schema.json")) as f:
+        raw = json.load(f)
+    for per in raw["counts"].values():
+        per["valid"]["examples"] *= times
+    with open(os.path.join(dst, "schema.json"), "w") as f:
+        json.dump(raw, f)
+    return Schema.load(dst)
+
+
+def test_columnar_evaluation_memory_is_one_chunk(eval_dir, trained, tmp_path):
+    schema = _inflated_valid(eval_dir, str(tmp_path / "big"), 40)
     n = sum(schema.counts("valid"))
     row_bytes = 8 * len(schema.input_names)  # every feature as int64 / float32-or-wider after widening
     small, whole = {}, {}
     peaks = []
-    for chunk, st in ((64, small), (10**6, whole)):
-        evaluation.predict_columnar(trained, schema, "valid", 64, chunk_rows=chunk)  # warm (traced function)
+    for chunk, st in ((256, small), (10**7, whole)):
+        evaluation.predict_columnar(trained, schema, "valid", 256, chunk_rows=chunk)  # warm (traced function)
         tracemalloc.start()
-        evaluation.predict_columnar(trained, schema, "valid", 64, chunk_rows=chunk, stats=st)
+        evaluation.predict_columnar(trained, schema, "valid", 256, chunk_rows=chunk, stats=st)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    assert small["rows"] == whole["rows"] == n
-    assert small["peak_chunk_bytes"] <= 64 * row_bytes
-    assert small["chunks"] == sum(-(-r // 64) for _, r, _ in columnar.open_split(schema, "valid"))
+    assert small["rows"] == whole["rows"] == n > 20_000
+    assert small["peak_chunk_bytes"] <= 256 * row_bytes
+    assert small["chunks"] == sum(-(-r // 256) for _, r, _ in columnar.open_split(schema, "valid"))
     # The control: one chunk per shard copies each whole shard's features out of the map.
-    assert whole["chunks"] == 6 and whole["peak_chunk_bytes"] > 10 * small["peak_chunk_bytes"]
-    # Host memory follows the chunk, not the split: the small-chunk run allocates far less.
-    assert peaks[0] < peaks[1] - 0.5 * whole["peak_chunk_bytes"], peaks
+    assert whole["chunks"] == 6 and whole["peak_chunk_bytes"] > 20 * small["peak_chunk_bytes"]
+    # Host memory follows the chunk, not the split: labels, domains and predictions of the
+    # split (12 B/row) plus one chunk, against a whole shard's features in the control.
+    assert peaks[0] < 12 * n + 4 * small["peak_chunk_bytes"] + 200_000, peaks
+    assert peaks[1] > peaks[0] + 0.8 * whole["peak_chunk_bytes"], peaks
+    # The inflated split still evaluates exactly like the same rows read in memory.
+    y, p, d = evaluation.predict_columnar(trained, schema, "valid", 256, chunk_rows=1000)
+    y1, p1, d1 = evaluation.predict_split(trained, Schema.load(eval_dir), "valid", 256, source="columnar")
+    np.testing.assert_allclose(np.sort(p), np.sort(np.tile(p1, 40)), atol=1e-6)
 
 
 def test_truncated_column_file_is_named(eval_dir, trained, tmp_path, monkeypatch):
