@@ -103,11 +103,11 @@ def _step_timer(max_steps: int, total_steps: int = 0, batch_size: int = 0, every
 
 
 def run_one(model_name: str, data_dir: str, batch_size: int, steps: int, optimizer: str = "adam",
-            eval_batch_size: int = 65_536, max_train_steps: int = 0) -> dict:
+            eval_batch_size: int = 65_536, max_train_steps: int = 0, evaluate: bool = True) -> dict:
     """Trains ``model_name`` for one epoch and evaluates it; returns the stage timings.
 
-    ``max_train_steps`` > 0 stops the epoch after that many steps and skips evaluation
-    (per-step timing only).
+    ``max_train_steps`` > 0 stops the epoch after that many steps (the exact evaluation of
+    the whole valid and test splits still runs unless ``evaluate`` is False).
     """
     import keras
 
@@ -120,6 +120,7 @@ def run_one(model_name: str, data_dir: str, batch_size: int, steps: int, optimiz
                  "optimizer": optimizer, "eval_batch_size": eval_batch_size}
     if max_train_steps:
         row["max_train_steps"] = max_train_steps
+    row["evaluate"] = evaluate
     t = time.time()
     schema = Schema.load(data_dir)
     row["train_rows"] = sum(schema.counts("train"))
@@ -137,7 +138,7 @@ def run_one(model_name: str, data_dir: str, batch_size: int, steps: int, optimiz
     row["valid_source"] = eval_source(schema, "valid")
     row["test_source"] = eval_source(schema, "test")
     stopper = _timed_stopper_class()(schema, cfg.monitor, cfg.patience, cfg.min_delta, cfg.eval_batch_size)
-    stopper.skip_eval = bool(max_train_steps)
+    stopper.skip_eval = not evaluate
     timer = _step_timer(max_train_steps, row["train_rows"] // batch_size, batch_size)
     t = time.time()
     fit(model, schema, cfg, callbacks=[timer], stopper=stopper)  # includes the validation pass of the stopper
@@ -149,7 +150,7 @@ def run_one(model_name: str, data_dir: str, batch_size: int, steps: int, optimiz
     row["valid_rows"] = sum(schema.counts("valid"))
     row["valid_auc"] = stopper.history[-1]["val_auc"] if stopper.history else None
     row["rss_after_fit_mb"] = round(_rss_mb())
-    if not max_train_steps:
+    if evaluate:
         t = time.time()
         test = evaluate_split(model, schema, "test", eval_batch_size)
         row["test_eval_s"] = round(time.time() - t, 1)
@@ -168,8 +169,9 @@ def define_flags() -> None:
     flags.DEFINE_enum("optimizer", "adam", ["adam", "lazy_adam"], "Training optimizer (TrainConfig.optimizer); "
                       "lazy_adam updates only the embedding rows a batch reads.")
     flags.DEFINE_integer("eval_batch_size", 65_536, "Prediction batch size of the valid / test evaluation.")
-    flags.DEFINE_integer("max_train_steps", 0, "If > 0: stop the epoch after this many steps and skip evaluation "
-                         "(per-step timing only, e.g. to compare optimizers).")
+    flags.DEFINE_integer("max_train_steps", 0, "If > 0: stop the epoch after this many steps (a bounded run; "
+                         "per-step timing, e.g. to compare optimizers).")
+    flags.DEFINE_boolean("evaluate", True, "Evaluate the whole valid and test splits (exact AUC) after training.")
     flags.DEFINE_string("output", None, "JSONL of finished models (rerun skips them).", required=True)
     flags.DEFINE_string("one", None, "Internal: run this model in this process and print its JSON row.")
 
@@ -179,7 +181,8 @@ def main(argv: Sequence[str]) -> None:
     if FLAGS.one:
         row = {"load_avg_start": [round(x, 2) for x in os.getloadavg()]}
         row.update(run_one(FLAGS.one, FLAGS.data_dir, FLAGS.batch_size, FLAGS.steps_per_execution, FLAGS.optimizer,
-                           eval_batch_size=FLAGS.eval_batch_size, max_train_steps=FLAGS.max_train_steps))
+                           eval_batch_size=FLAGS.eval_batch_size, max_train_steps=FLAGS.max_train_steps,
+                           evaluate=FLAGS.evaluate))
         row["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
         print("ROW " + json.dumps(row), flush=True)
         return

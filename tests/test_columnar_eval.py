@@ -158,7 +158,7 @@ def test_scale_run_times_every_stage_out_of_core(eval_dir, monkeypatch):
     assert row["valid_eval_s"] is not None and row["test_rows"] == sum(schema.counts("test"))
     assert row["valid_auc"] > 0.6 and row["test_auc"] > 0.6
     assert row["peak_rss_mb"] >= row["peak_rss_train_mb"] > 0
-    # --max_train_steps: stops after that many steps (a block of 4 at a time) and skips evaluation.
-    short = scale_run.run_one("dnn", eval_dir, batch_size=128, steps=4, max_train_steps=8)
+    # --max_train_steps: stops after that many steps (a block of 4 at a time); --noevaluate skips evaluation.
+    short = scale_run.run_one("dnn", eval_dir, batch_size=128, steps=4, max_train_steps=8, evaluate=False)
     assert short["steps"] == 8 and short["valid_eval_s"] is None and "test_auc" not in short
     assert short["s_per_step_after_first_block"] > 0
