@@ -29,6 +29,40 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _AnonPeak:
+    """Samples the process's anonymous resident memory (``RssAnon`` of /proc/self/status) in a
+    thread: unlike ``ru_maxrss`` it leaves out file pages mapped from the columnar shards
+    (page cache the kernel can drop), i.e. what the process itself allocated."""
+
+    def __init__(self, every_s: float = 0.5):
+        import threading
+
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._t.start()
+
+    @staticmethod
+    def now_mb() -> float:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.peak_mb = max(self.peak_mb, self.now_mb())
+
+    def take(self) -> int:
+        """The peak since the last ``take`` (then restarts the peak)."""
+        p, self.peak_mb = max(self.peak_mb, self.now_mb()), 0.0
+        return round(p)
+
+
 def _du_gb(path: str) -> float:
     total = 0
     for root, _, files in os.walk(path):
@@ -49,13 +83,18 @@ def _timed_stopper_class():
         valid_eval_s = None
         rss_before_valid_mb = None
 
+        anon = None
+        anon_train_mb = anon_valid_mb = None
+
         def on_epoch_end(self, epoch, logs=None):
             self.rss_before_valid_mb = round(_rss_mb())
+            self.anon_train_mb = self.anon.take() if self.anon else None
             if self.skip_eval:
                 return
             t = time.time()
             super().on_epoch_end(epoch, logs)
             self.valid_eval_s = round(time.time() - t, 1)
+            self.anon_valid_mb = self.anon.take() if self.anon else None
 
     return TimedStopper
 
@@ -139,6 +178,7 @@ def run_one(model_name: str, data_dir: str, batch_size: int, steps: int, optimiz
     row["test_source"] = eval_source(schema, "test")
     stopper = _timed_stopper_class()(schema, cfg.monitor, cfg.patience, cfg.min_delta, cfg.eval_batch_size)
     stopper.skip_eval = not evaluate
+    stopper.anon = anon = _AnonPeak()
     timer = _step_timer(max_train_steps, row["train_rows"] // batch_size, batch_size)
     t = time.time()
     fit(model, schema, cfg, callbacks=[timer], stopper=stopper)  # includes the validation pass of the stopper
@@ -150,6 +190,9 @@ def run_one(model_name: str, data_dir: str, batch_size: int, steps: int, optimiz
     row["valid_rows"] = sum(schema.counts("valid"))
     row["valid_auc"] = stopper.history[-1]["val_auc"] if stopper.history else None
     row["rss_after_fit_mb"] = round(_rss_mb())
+    row["peak_anon_rss_train_mb"] = stopper.anon_train_mb
+    row["peak_anon_rss_valid_mb"] = stopper.anon_valid_mb
+    anon.take()
     if evaluate:
         t = time.time()
         test = evaluate_split(model, schema, "test", eval_batch_size)
@@ -157,6 +200,7 @@ def run_one(model_name: str, data_dir: str, batch_size: int, steps: int, optimiz
         row["test_rows"] = sum(schema.counts("test"))
         row["test_auc"] = test["auc"]
         row["test_auc_per_domain"] = [test[f"auc_d{d}"] for d in range(schema.num_domains)]
+        row["peak_anon_rss_test_mb"] = anon.take()
     row["peak_rss_mb"] = round(_rss_mb())
     return row
 
