@@ -136,6 +136,24 @@ def open_shard(path: str) -> tuple[int, dict[str, np.ndarray]]:
     return n, cols
 
 
+def read_rows(col: np.ndarray, a: int, b: int, widen: bool = True) -> np.ndarray:
+    """Rows ``a:b`` of a column of ``open_shard`` as a new array (ids widened to int64).
+
+    A memory-mapped column is read with ``np.fromfile`` (a plain read into new memory):
+    slicing the map instead leaves every page read mapped into the process, so its
+    resident size grows by the column files read (page cache, but counted in RSS).
+    """
+    dt = col.dtype.newbyteorder("=")
+    if widen and dt.kind in "iu":
+        dt = np.dtype(np.int64)
+    if isinstance(col, np.memmap) and col.filename:
+        per_row = int(np.prod(col.shape[1:], dtype=np.int64))
+        raw = np.fromfile(col.filename, dtype=col.dtype, count=(b - a) * per_row,
+                          offset=col.offset + a * per_row * col.dtype.itemsize)
+        return raw.reshape((b - a, *col.shape[1:])).astype(dt, copy=False)
+    return np.array(col[a:b], dtype=dt)
+
+
 def is_current(path: str, source: str) -> bool:
     """True when the columnar shard exists and mirrors ``source`` as it is now (size, mtime)."""
     meta = read_meta(path)

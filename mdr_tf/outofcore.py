@@ -111,7 +111,9 @@ class BufferPlan:
                 out[:c] = carry[k]
             pos = c
             for i, a, b in chunks:
-                np.copyto(out[pos:pos + b - a], self.shards[i][1][k][a:b], casting="safe")
+                # A plain read, not a slice of the map (``columnar.read_rows``: bounded RSS).
+                np.copyto(out[pos:pos + b - a], columnar.read_rows(self.shards[i][1][k], a, b, widen=False),
+                          casting="safe")
                 pos += b - a
             cols[k] = out
         return cols

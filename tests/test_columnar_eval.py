@@ -162,3 +162,16 @@ def test_scale_run_times_every_stage_out_of_core(eval_dir, monkeypatch):
     short = scale_run.run_one("dnn", eval_dir, batch_size=128, steps=4, max_train_steps=8, evaluate=False)
     assert short["steps"] == 8 and short["valid_eval_s"] is None and "test_auc" not in short
     assert short["s_per_step_after_first_block"] > 0
+
+
+def test_read_rows_is_a_plain_read_equal_to_the_slice(eval_dir):
+    p = columnar.shard_dir(eval_dir, 2, "valid", 1, 2)
+    n, cols = columnar.open_shard(p)
+    for k, col in cols.items():
+        for a, b in ((0, n), (3, 17), (n - 5, n), (4, 4)):
+            got = columnar.read_rows(col, a, b)
+            want = np.asarray(col[a:b])
+            np.testing.assert_array_equal(got, want)
+            assert not isinstance(got, np.memmap) and got.base is None or not isinstance(got.base, np.memmap)
+            assert got.dtype == (np.int64 if want.dtype.kind == "i" else want.dtype.newbyteorder("="))
+        assert columnar.read_rows(col, 0, n, widen=False).dtype.itemsize == col.dtype.itemsize

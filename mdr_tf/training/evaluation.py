@@ -66,24 +66,6 @@ def eval_source(schema: Schema, split: str, domains: list[int] | None = None) ->
     return "memory"
 
 
-def _read_rows(col: np.ndarray, a: int, b: int) -> np.ndarray:
-    """Rows ``a:b`` of a column as a new array (ids widened to int64).
-
-    A memory-mapped column is read with ``np.fromfile`` (a plain read into new memory):
-    slicing the map instead would leave every page read mapped into the process, so its
-    resident size would grow by the whole split's column files as the pass goes on.
-    """
-    from mdr_tf.outofcore import _widen
-
-    dt = _widen(col[:0]).dtype
-    if isinstance(col, np.memmap) and col.filename:
-        per_row = int(np.prod(col.shape[1:], dtype=np.int64))
-        raw = np.fromfile(col.filename, dtype=col.dtype, count=(b - a) * per_row,
-                          offset=col.offset + a * per_row * col.dtype.itemsize)
-        return raw.reshape((b - a, *col.shape[1:])).astype(dt, copy=False)
-    return np.array(col[a:b], dtype=dt)
-
-
 def predict_columnar(model: keras.Model, schema: Schema, split: str, batch_size: int = 65_536,
                      label_key: str | None = None, domains: list[int] | None = None,
                      chunk_rows: int = EVAL_CHUNK_ROWS, stats: dict | None = None
@@ -115,11 +97,11 @@ def predict_columnar(model: keras.Model, schema: Schema, split: str, batch_size:
     for _, rows, cols in shards:
         for a in range(0, rows, chunk_rows):
             b = min(a + chunk_rows, rows)
-            feats = {k: _read_rows(cols[k], a, b) for k in keys}
+            feats = {k: columnar.read_rows(cols[k], a, b) for k in keys}
             st["chunks"] += 1
             st["peak_chunk_bytes"] = max(st["peak_chunk_bytes"], sum(v.nbytes for v in feats.values()))
             probs[pos:pos + b - a] = predict_arrays(model, feats, batch_size)
-            labels[pos:pos + b - a] = _read_rows(cols[label_key], a, b).reshape(-1)
+            labels[pos:pos + b - a] = columnar.read_rows(cols[label_key], a, b).reshape(-1)
             doms[pos:pos + b - a] = feats[schema.domain_key]
             pos += b - a
             del feats
