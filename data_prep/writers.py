@@ -241,12 +241,13 @@ def finish_streamed_dataset(
     metadata: dict[str, Any],
     keep_work: bool = False,
     progress: Callable[[str], None] = log,
+    splits: Sequence[str] = SPLITS,
 ) -> dict:
     """Completes a dataset written into ``work.out`` (shards + vocab/): checks every shard
-    file, writes schema.json (same keys as ``write_dataset``, plus per-label positive
-    counts) and renames it into place atomically."""
+    file (of ``splits``: the splits written as TFRecords), writes schema.json (same keys as
+    ``write_dataset``, plus per-label positive counts) and renames it into place atomically."""
     for d in range(len(domain_names)):
-        for s in SPLITS:
+        for s in splits:
             for i in range(num_shards):
                 p = os.path.join(work.out, f"domain_{d}", shard_name(s, i, num_shards))
                 if not os.path.exists(p):

@@ -136,6 +136,24 @@ def open_shard(path: str) -> tuple[int, dict[str, np.ndarray]]:
     return n, cols
 
 
+def read_rows(col: np.ndarray, a: int, b: int, widen: bool = True) -> np.ndarray:
+    """Rows ``a:b`` of a column of ``open_shard`` as a new array (ids widened to int64).
+
+    A memory-mapped column is read with ``np.fromfile`` (a plain read into new memory):
+    slicing the map instead leaves every page read mapped into the process, so its
+    resident size grows by the column files read (page cache, but counted in RSS).
+    """
+    dt = col.dtype.newbyteorder("=")
+    if widen and dt.kind in "iu":
+        dt = np.dtype(np.int64)
+    if isinstance(col, np.memmap) and col.filename:
+        per_row = int(np.prod(col.shape[1:], dtype=np.int64))
+        raw = np.fromfile(col.filename, dtype=col.dtype, count=(b - a) * per_row,
+                          offset=col.offset + a * per_row * col.dtype.itemsize)
+        return raw.reshape((b - a, *col.shape[1:])).astype(dt, copy=False)
+    return np.array(col[a:b], dtype=dt)
+
+
 def is_current(path: str, source: str) -> bool:
     """True when the columnar shard exists and mirrors ``source`` as it is now (size, mtime)."""
     meta = read_meta(path)
@@ -180,6 +198,33 @@ def shard_paths(schema, split: str, domains: Sequence[int] | None = None) -> lis
     n = schema.raw.get("num_shards", 1)
     return [shard_dir(schema.directory, d, split, i, n)
             for d in (range(schema.num_domains) if domains is None else domains) for i in range(n)]
+
+
+def open_split(schema, split: str, domains: Sequence[int] | None = None,
+               keys: Sequence[str] = ()) -> list[tuple[str, int, dict[str, np.ndarray]]]:
+    """``[(shard path, rows, {key: memmap})]`` of a split's columnar shards, domain by domain.
+
+    Checks that every shard has the columns ``keys`` and that each domain's rows add up to
+    the counts schema.json records; errors name the shard directories (a truncated column
+    file is named by ``open_shard``).
+    """
+    doms = list(range(schema.num_domains)) if domains is None else list(domains)
+    out = []
+    for d in doms:
+        per = []
+        for p in shard_paths(schema, split, [d]):
+            n, cols = open_shard(p)
+            missing = [k for k in keys if k not in cols]
+            if missing:
+                raise ValueError(f"{p}: columnar shard lacks {missing}; delete it and re-run the converter")
+            per.append((p, n, cols))
+        got, want = sum(n for _, n, _ in per), schema.counts(split)[d]
+        if got != want:
+            where = ", ".join(p for p, _, _ in per)
+            raise ValueError(f"{where}: {got:,} rows of domain {d} in split {split!r}, but schema.json records "
+                             f"{want:,}; delete these columnar shards and re-run the converter")
+        out += per
+    return out
 
 
 def convert(data_dir: str, splits: Iterable[str] = ("train",), chunk_rows: int = 65_536,

@@ -78,22 +78,8 @@ class BufferPlan:
         self.buffer_rows, self.chunk_rows = buffer_rows, chunk_rows
         self.drop_remainder, self.shard = drop_remainder, shard
         self.keys = list(schema.input_names)
-        self.shards = []
-        doms = list(range(schema.num_domains)) if domains is None else list(domains)
-        per_domain = len(columnar.shard_paths(schema, split, [doms[0]])) if doms else 0
-        for p in columnar.shard_paths(schema, split, doms):
-            n, cols = columnar.open_shard(p)
-            missing = [k for k in self.keys + [self.label_key] if k not in cols]
-            if missing:
-                raise ValueError(f"{p}: columnar shard lacks {missing}; re-run the converter")
-            self.shards.append((n, cols))
-        for k, d in enumerate(doms):  # the recorded counts, as the in-memory path checks them
-            got = sum(n for n, _ in self.shards[k * per_domain:(k + 1) * per_domain])
-            want = schema.counts(split)[d]
-            if got != want:
-                where = ", ".join(columnar.shard_paths(schema, split, [d]))
-                raise ValueError(f"{where}: {got:,} rows of domain {d} in split {split!r}, but schema.json records "
-                                 f"{want:,}; delete these columnar shards and re-run the converter")
+        self.shards = [(n, cols) for _, n, cols in
+                       columnar.open_split(schema, split, domains, self.keys + [self.label_key])]
         self.rows = sum(n for n, _ in self.shards)
         self.block_rows = batch_size * steps
         # The largest buffer: buffer_rows, plus one chunk that crossed the limit, plus the carry.
@@ -125,7 +111,9 @@ class BufferPlan:
                 out[:c] = carry[k]
             pos = c
             for i, a, b in chunks:
-                np.copyto(out[pos:pos + b - a], self.shards[i][1][k][a:b], casting="safe")
+                # A plain read, not a slice of the map (``columnar.read_rows``: bounded RSS).
+                np.copyto(out[pos:pos + b - a], columnar.read_rows(self.shards[i][1][k], a, b, widen=False),
+                          casting="safe")
                 pos += b - a
             cols[k] = out
         return cols
