@@ -102,6 +102,16 @@ def _varint_matrix(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _column_key(name: str, values, n: int) -> bytes:
+    """The feature name as the Example map key, after checking its length and the column's rows."""
+    key = name.encode()
+    if len(key) > 100:
+        raise DataError(f"feature name {name!r} is too long (> 100 bytes)")
+    if len(values) != n:
+        raise DataError(f"column {name!r} has {len(values)} rows, expected {n}")
+    return key
+
+
 def encode_examples(int_cols: Sequence[tuple[str, np.ndarray]],
                     float_cols: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
     """Serialises N ``tf.train.Example`` records column by column.
@@ -118,11 +128,7 @@ def encode_examples(int_cols: Sequence[tuple[str, np.ndarray]],
     n = len(int_cols[0][1]) if int_cols else len(float_cols[0][1])
     parts: list[np.ndarray] = []
     for name, values in int_cols:
-        key = name.encode()
-        if len(key) > 100:
-            raise DataError(f"feature name {name!r} is too long (> 100 bytes)")
-        if len(values) != n:
-            raise DataError(f"column {name!r} has {len(values)} rows, expected {n}")
+        key = _column_key(name, values, n)
         vm = _varint_matrix(values)
         k = vm.shape[1]
         # map entry: key (field 1) + Feature (field 2) = int64_list (field 3) = packed value (field 1)
@@ -131,11 +137,7 @@ def encode_examples(int_cols: Sequence[tuple[str, np.ndarray]],
         parts.append(np.broadcast_to(np.frombuffer(prefix, np.uint8), (n, len(prefix))))
         parts.append(vm)
     for name, values in float_cols:
-        key = name.encode()
-        if len(key) > 100:
-            raise DataError(f"feature name {name!r} is too long (> 100 bytes)")
-        if len(values) != n:
-            raise DataError(f"column {name!r} has {len(values)} rows, expected {n}")
+        key = _column_key(name, values, n)
         entry = bytes([0x0A, len(key)]) + key + bytes([0x12, 8, 0x12, 6, 0x0A, 4])
         prefix = bytes([0x0A, len(entry) + 4]) + entry
         parts.append(np.broadcast_to(np.frombuffer(prefix, np.uint8), (n, len(prefix))))

@@ -35,6 +35,20 @@ def synth_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def columnar_synth_dir(tmp_path_factory) -> str:
+    """3 domains x 2 shards, 6,000 rows, with the train and valid splits converted to columnar
+    shards (shared by the out-of-core and columnar-evaluation tests; tests copy it before
+    changing anything in it)."""
+    from data_prep.synthetic import generate
+    from mdr_tf import columnar
+
+    d = str(tmp_path_factory.mktemp("columnar") / "synth")
+    generate(d, num_rows=6000, num_domains=3, num_users=60, num_items=40, num_context=8, seed=0, num_shards=2)
+    columnar.convert(d, ["train", "valid"], chunk_rows=500, progress=lambda m: None)
+    return d
+
+
+@pytest.fixture(scope="session")
 def synth_schema(synth_dir):
     from mdr_tf.schema import Schema
 

@@ -13,14 +13,9 @@ from mdr_tf.schema import Schema
 
 
 @pytest.fixture(scope="module")
-def ooc_dir(tmp_path_factory) -> str:
-    """3 domains x 2 shards, 6,000 rows, with the train and valid splits converted."""
-    from data_prep.synthetic import generate
-
-    d = str(tmp_path_factory.mktemp("ooc") / "synth")
-    generate(d, num_rows=6000, num_domains=3, num_users=60, num_items=40, num_context=8, seed=0, num_shards=2)
-    columnar.convert(d, ["train", "valid"], chunk_rows=500, progress=lambda m: None)
-    return d
+def ooc_dir(columnar_synth_dir) -> str:
+    """The shared columnar synthetic dataset (tests/conftest.py)."""
+    return columnar_synth_dir
 
 
 def _rows(feats: dict, labels: np.ndarray) -> np.ndarray:
