@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from mdr_tf.records import feature_spec, raise_corrupt_file, sequence_keys  # noqa: F401 (re-exported)
 from mdr_tf.schema import Schema
+from mdr_tf.tfdata import without_autotune  # noqa: F401 (re-exported)
 
 
 def _parser(schema: Schema, label_key: str, with_timestamps: bool = False):
@@ -101,7 +102,7 @@ def make_dataset(
         ds = _in_memory_dataset(schema, split, batch_size, shuffle=shuffle, seed=seed, mode=mode, domains=domains,
                                 label_key=label_key, drop_remainder=drop_remainder, shard=shard,
                                 with_timestamps=with_timestamps)
-        return (ds.repeat() if repeat else ds).prefetch(tf.data.AUTOTUNE)
+        return without_autotune((ds.repeat() if repeat else ds).prefetch(tf.data.AUTOTUNE))
     if columnar is True or (columnar == "auto" and auto and mode == "mixed" and not with_timestamps
                             and schema.raw and _columnar_available(schema, split, domains)):
         from mdr_tf.outofcore import stream_dataset
@@ -111,7 +112,7 @@ def make_dataset(
         ds = stream_dataset(schema, split, batch_size, shuffle=shuffle, seed=seed, domains=domains,
                             label_key=label_key, drop_remainder=drop_remainder, shard=shard)
         ds = ds.cache() if cache else ds
-        return (ds.repeat() if repeat else ds).prefetch(tf.data.AUTOTUNE)
+        return without_autotune((ds.repeat() if repeat else ds).prefetch(tf.data.AUTOTUNE))
     parse = _parser(schema, label_key, with_timestamps)
 
     def records(files: list[str], s: int) -> tf.data.Dataset:
@@ -154,7 +155,7 @@ def make_dataset(
         ds = ds.cache()
     if repeat:
         ds = ds.repeat()
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return without_autotune(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def _columnar_available(schema: Schema, split: str, domains: list[int]) -> bool:
@@ -226,7 +227,7 @@ def in_memory_index_batches(schema: Schema, split: str, batch_size: int, *, shuf
             ds = per[0]
             for other in per[1:]:
                 ds = ds.concatenate(other)
-    return feats, labels.reshape(-1, 1), ds
+    return feats, labels.reshape(-1, 1), without_autotune(ds)
 
 
 def _in_memory_dataset(schema, split, batch_size, **kwargs):

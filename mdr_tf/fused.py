@@ -31,6 +31,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mdr_tf.tfdata import without_autotune
+
 
 def stack_batches(batches: tf.data.Dataset, steps: int) -> tf.data.Dataset:
     """Groups ``steps`` consecutive equal-size batches into one ``[steps, B, ...]`` element.
@@ -43,7 +45,7 @@ def stack_batches(batches: tf.data.Dataset, steps: int) -> tf.data.Dataset:
     for s in tf.nest.flatten(spec):
         if s.shape.rank is None or s.shape.rank == 0 or s.shape[0] is None:
             raise ValueError(f"stack_batches needs batches of a static size (drop_remainder=True); got {spec}")
-    return batches.batch(steps).prefetch(tf.data.AUTOTUNE)
+    return without_autotune(batches.batch(steps).prefetch(tf.data.AUTOTUNE))
 
 
 def install_fused_train_function(model: keras.Model, example_batch: Any, jit_compile: bool = True,

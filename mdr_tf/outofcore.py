@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from mdr_tf import columnar
 from mdr_tf.schema import Schema
+from mdr_tf.tfdata import without_autotune
 
 DEFAULT_BUFFER_ROWS = 1 << 20
 DEFAULT_CHUNK_ROWS = 1 << 16
@@ -304,7 +305,7 @@ class FusedStream:
                         self._cv.notify_all()
 
         spec = (tf.TensorSpec([], tf.int64), tf.TensorSpec([None, None], tf.int64))
-        return tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(2)
+        return without_autotune(tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(2))
 
 
 def columnar_fits(schema: Schema, split: str = "train", domains: Sequence[int] | None = None) -> bool:

@@ -79,3 +79,33 @@ def test_missing_shard_is_a_clear_error(tiny, tmp_path):
     os.remove(schema.files("valid", [2])[0])
     with pytest.raises(FileNotFoundError, match="domain_2.*valid-00000-of-00002.tfrecord"):
         make_dataset(schema, "valid", 8, in_memory=False)
+
+
+def test_every_pipeline_runs_without_tfdata_autotuning(columnar_synth_dir):
+    """Autotuning threads stall the epoch in which Python's collector frees a leaked Keras
+    epoch iterator (mdr_tf.tfdata.without_autotune; experiments/bench_epoch_stalls.py), so every
+    pipeline mdr_tf builds for training or evaluation has it off."""
+    from mdr_tf import outofcore
+    from mdr_tf.data import in_memory_index_batches
+    from mdr_tf.fused import stack_batches
+    from mdr_tf.schema import Schema
+
+    schema = Schema.load(columnar_synth_dir)
+    built = {
+        "in memory": make_dataset(schema, "train", 64, in_memory=True),
+        "TFRecord stream": make_dataset(schema, "train", 64, in_memory=False, columnar=False),
+        "TFRecord stream by domain": make_dataset(schema, "train", 64, in_memory=False, columnar=False,
+                                                  mode="single_domain"),
+        "columnar stream": make_dataset(schema, "train", 64, in_memory=False, columnar=True),
+        "index blocks": in_memory_index_batches(schema, "train", 64, shuffle=True, seed=0, mode="mixed",
+                                                domains=[0, 1, 2], label_key=schema.label_keys[0],
+                                                drop_remainder=True)[2],
+        "stacked batches": stack_batches(make_dataset(schema, "train", 64, in_memory=True, drop_remainder=True), 4),
+        "out-of-core blocks": outofcore.FusedStream(schema, "train", 64, 4, buffer_rows=1000,
+                                                    chunk_rows=300).dataset(0),
+    }
+    on = [name for name, ds in built.items() if ds.options().autotune.enabled is not False]
+    assert not on, f"autotuning left on in: {on}"
+    # ...and the data still flows (one element of each).
+    for name, ds in built.items():
+        assert next(iter(ds)) is not None, name
