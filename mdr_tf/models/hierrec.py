@@ -153,8 +153,14 @@ class HierRec(MultiDomainModel):
         o_global = self.global_fc(ctx["all"])                                # [B, h0]
         o_exp = self.explicit_som(o_global, self._explicit_condition(row_by_row=not training), index=ctx["domain"],
                                   training=training)[:, 0]
-        o_imp = self.implicit_som(o_exp, self._implicit_condition(ctx))     # [B, G, h]
-        return self.head(ops.reshape(o_imp, [-1, self.num_heads * self.implicit_som.output_dim]))
+        o_imp = self.implicit_som(o_exp, self._implicit_condition(ctx), split_heads=True)  # G × [B, h]
+        # head(concat_g O_imp,g) as Σ_g O_imp,g · kernel_g (no concatenation of the heads)
+        h = self.implicit_som.output_dim
+        kernel = ops.cast(self.head.kernel, o_imp[0].dtype)
+        logit = ops.cast(self.head.bias, o_imp[0].dtype)
+        for g, o in enumerate(o_imp):
+            logit = logit + ops.matmul(o, kernel[g * h:(g + 1) * h])
+        return logit
 
     # ---------------------------------------------------------- diagnostics
     def field_weights(self, inputs):

@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras import ops
 
 from mdr_tf.layers.routing import select_by_domain
+from mdr_tf.layers.stacked import stacked_dense
 from mdr_tf.models.hamur import HamurMLP
 from mdr_tf.models.hierrec import HierRec
 from tests.helpers import random_inputs
@@ -110,7 +111,82 @@ def _old_hierrec_logit(m: HierRec, ctx, training):
     o_global = m.global_fc(ctx["all"])
     table = m.scenario_table()
     o_exp = _old_som(m.explicit_som, o_global, m.sc_explicit(table), index=ctx["domain"])[:, 0]
-    o_imp = _old_som(m.implicit_som, o_exp, m._implicit_condition(ctx))
+    o_imp = _old_som(m.implicit_som, o_exp, _v3_implicit_condition(m, ctx))
+    return m.head(ops.reshape(o_imp, [-1, m.num_heads * m.implicit_som.output_dim]))
+
+
+# --- HierRec as of commit ca40422 (third pass, issue 18.1), verbatim in structure: the
+# implicit SOM as ``Σ_c [SC, 1]_c ([x, 1] K̃_c)`` with one GEMM for all heads on the shared
+# input and H stacked GEMMs after, the explicit SOM as every scenario's layer on the batch
+# (StackedDense) and a gather, the implicit condition through the [B, G, F, d] re-weighted
+# fields.
+def _v3_condition_kernels(som, i, fan_in, units, dtype):
+    h, c = som.heads, som.condition_dim
+    g = ops.concatenate([ops.cast(som.gen_kernels[i], dtype),
+                         ops.expand_dims(ops.cast(som.gen_biases[i], dtype), 1)], axis=1)  # [H, c+1, S]
+    w = ops.transpose(ops.reshape(g[..., : fan_in * units], [h, c + 1, fan_in, units]), (0, 2, 1, 3))
+    b = ops.expand_dims(g[..., fan_in * units:], 1)                                   # [H, 1, c+1, out]
+    return ops.reshape(ops.concatenate([w, b], axis=1), [h, fan_in + 1, (c + 1) * units])
+
+
+def _v3_som_per_scenario(som, x, cond, index, training):
+    index = ops.cast(index, "int32")
+    impl = "einsum" if training else "loop"
+    if len(x.shape) == 2:
+        x = ops.expand_dims(x, 1)
+    for w, b in som.generate(cond, row_by_row=not training, per_scenario=True):  # [D, H, in, out], [D, H, out]
+        heads = []
+        for h in range(som.heads):
+            x_h = x[:, h if x.shape[1] > 1 else 0]
+            heads.append(select_by_domain(stacked_dense(x_h, w[:, h], b[:, h], "branch_major", impl), index))
+        x = som.act(ops.stack(heads, axis=1))
+    return x
+
+
+def _v3_som(som, x, cond, index=None, training=None):
+    x = ops.cast(x, som.compute_dtype)
+    if index is not None:
+        return _v3_som_per_scenario(som, x, cond, index, training)
+    cond = ops.cast(cond, som.compute_dtype)
+    if len(cond.shape) == 2:
+        cond = ops.reshape(cond, [-1, 1, som.condition_dim])
+    cond1 = ops.concatenate([cond, ops.ones_like(cond[..., :1])], axis=-1)       # [B, H, c+1]
+    shared = len(x.shape) == 2
+    fan_in = som.input_dim
+    for i, units in enumerate(som.units):
+        kernel = _v3_condition_kernels(som, i, fan_in, units, cond.dtype)          # [H, in+1, (c+1)·out]
+        x1 = ops.concatenate([x, ops.ones_like(x[..., :1])], axis=-1)               # [B, (H,) in+1]
+        if shared:
+            t = ops.matmul(x1, ops.reshape(ops.transpose(kernel, (1, 0, 2)), [fan_in + 1, -1]))
+        else:
+            t = ops.stack([ops.matmul(x1[:, h], kernel[h]) for h in range(som.heads)], axis=1)
+        t = ops.reshape(t, [-1, som.heads, som.condition_dim + 1, units])          # [B, H, c+1, out]
+        y = ops.sum(ops.expand_dims(cond1, -1) * t, axis=2)                         # [B, H, out]
+        if som.static_weight:
+            y = y + ops.einsum("bi,hio->bho" if shared else "bhi,hio->bho", x,
+                               ops.cast(som.static_kernels[i], x.dtype))
+        x, shared = som.act(y), False
+        fan_in = units
+    return x
+
+
+def _v3_implicit_condition(m: HierRec, ctx):
+    w = m.field_weights_from_ctx(ctx)                                    # [B, G, F']
+    f = m.num_fields
+    fields = ops.cast(ctx["fields"], m.compute_dtype)                    # [B, F, d]
+    ie = ops.expand_dims(w[:, :, :f], -1) * ops.expand_dims(fields, 1)   # [B, G, F, d]
+    ie = ops.reshape(ie, [-1, m.num_heads, f * m.embedding_dim])
+    if m.num_dense_fields:
+        dense = ops.cast(ctx["dense"], m.compute_dtype)                  # [B, n_dense]
+        ie = ops.concatenate([ie, w[:, :, f:] * ops.expand_dims(dense, 1)], axis=-1)
+    return m.sc_implicit(ie)                                             # [B, G, c]
+
+
+def _v3_hierrec_logit(m: HierRec, ctx, training):
+    o_global = m.global_fc(ctx["all"])                                   # [B, h0]
+    o_exp = _v3_som(m.explicit_som, o_global, m._explicit_condition(row_by_row=not training), index=ctx["domain"],
+                    training=training)[:, 0]
+    o_imp = _v3_som(m.implicit_som, o_exp, _v3_implicit_condition(m, ctx))  # [B, G, h]
     return m.head(ops.reshape(o_imp, [-1, m.num_heads * m.implicit_som.output_dim]))
 
 
@@ -174,3 +250,17 @@ def test_hierrec_matches_the_earlier_implementation(synth_schema, case, training
     _perturb(m)
     x = random_inputs(synth_schema, 64, seed=2)
     _compare(m, _old_hierrec_logit, x, training)
+
+
+@pytest.mark.parametrize("case", sorted(HIERREC_CASES))
+@pytest.mark.parametrize("training", [True, False])
+def test_hierrec_matches_the_third_pass(synth_schema, case, training):
+    """The fourth pass (issue 18.1) against the implementation of commit ca40422."""
+    keras.utils.set_random_seed(0)
+    kwargs = {"global_units": 8, "condition_dim": 5, "som_units": [4, 6], "num_heads": 2, "embedding_dim": 4,
+              **HIERREC_CASES[case]}
+    m = HierRec(synth_schema.to_config(), **kwargs)
+    m.build()
+    _perturb(m)
+    x = random_inputs(synth_schema, 64, seed=2)
+    _compare(m, _v3_hierrec_logit, x, training)

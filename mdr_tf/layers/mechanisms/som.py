@@ -128,16 +128,25 @@ class ScenarioOrientedModule(keras.layers.Layer):
             fan_in = units
         return out
 
-    def call(self, x, cond, index=None, training: bool | None = None):
-        """``x``: [B, in] (shared by all heads) or [B, H, in] → [B, H, units[-1]].
+    def call(self, x, cond, index=None, training: bool | None = None, split_heads: bool = False):
+        """``x``: [B, in] (shared by all heads) or [B, H, in] → [B, H, units[-1]] (with
+        ``split_heads``: the H heads' outputs as a list of [B, units[-1]], unstacked, for a
+        caller that consumes each head on its own).
 
-        Per-instance conditions ([B, H, c]): the generated weights are never
-        materialised. With ``W_b = reshape(SC_b K + k)`` and ``x̃ = [x, 1]``,
-        ``SC̃ = [SC, 1]``, a layer is ``y_b = Σ_c SC̃_{b,c} (x̃_b K̃_c)`` where ``K̃_c`` stacks the
-        generator's weight and bias rows (``_condition_kernels``): one GEMM
-        ``x̃ [B, in+1] · [in+1, (c+1)·out]`` and a weighted sum over c, the same multiply-adds
-        as generating ``W_b`` without the [B, H, in, out] tensor or the per-sample
-        matrix-vector products.
+        Per-instance conditions ([B, H, c]): the generated weights are never materialised.
+        With ``W_b = reshape(SC_b K + k)``, ``x̃ = [x, 1]`` and ``SC̃ = [SC, 1]``, a layer is the
+        bilinear form ``y_b = Σ_{c,j} SC̃_{b,c} x̃_{b,j} K̃_{c,j}`` (``K̃_{c,j}`` [out]: the
+        generator's weight and bias rows), evaluated per head in one of two orders, whichever
+        has the narrower per-sample intermediate (same multiply-adds as generating ``W_b``,
+        without the [B, H, in, out] tensor or per-sample matrix-vector products):
+
+        - ``x̃ K̃`` first (``_condition_kernels``): one GEMM ``[B, in] · [in, (c+1)·out]`` (plus
+          the bias row), then the weighted sum over c; intermediate ``(c+1)·out`` per sample;
+        - ``SC̃ ⊗ x̃`` first (``_outer_kernels``, when ``in + 1 < out`` on a head's own input):
+          the outer product ``[B, (c+1)·(in+1)]``, then one GEMM with ``[(c+1)·(in+1), out]``.
+
+        Heads are separate GEMMs on separate tensors (no stacking or slicing of the heads'
+        intermediates, whose gradients XLA on CPU runs as slow pad/broadcast fusions).
 
         Per-scenario conditions ([D, H, c] with ``index``): the D scenarios' weights are
         generated (row by row at inference, so a scenario's weights do not depend on D, see
@@ -147,39 +156,66 @@ class ScenarioOrientedModule(keras.layers.Layer):
         """
         x = ops.cast(x, self.compute_dtype)
         if index is not None:
-            return self._call_per_scenario(x, cond, index, training)
+            y = self._call_per_scenario(x, cond, index, training)
+            return [y[:, h] for h in range(self.heads)] if split_heads else y
+        heads = self._call_per_instance(x, cond)
+        return heads if split_heads else ops.stack(heads, axis=1)
+
+    def _call_per_instance(self, x, cond) -> list:
+        """Per-instance conditions [B, H, c] (or [B, c] when H = 1) → H × [B, units[-1]]."""
         cond = ops.cast(cond, self.compute_dtype)
         if len(cond.shape) == 2:
             cond = ops.reshape(cond, [-1, 1, self.condition_dim])
+        c, heads = self.condition_dim, self.heads
         cond1 = ops.concatenate([cond, ops.ones_like(cond[..., :1])], axis=-1)       # [B, H, c+1]
         shared = len(x.shape) == 2  # one input for every head (the first layer's [B, in])
+        xs = None if shared else [x[:, h] for h in range(heads)]
         fan_in = self.input_dim
         for i, units in enumerate(self.units):
-            kernel = self._condition_kernels(i, fan_in, units, cond.dtype)               # [H, in+1, (c+1)·out]
-            x1 = ops.concatenate([x, ops.ones_like(x[..., :1])], axis=-1)               # [B, (H,) in+1]
-            if shared:  # every head in one GEMM [B, in+1] · [in+1, H·(c+1)·out]
-                t = ops.matmul(x1, ops.reshape(ops.transpose(kernel, (1, 0, 2)), [fan_in + 1, -1]))
-            else:  # H GEMMs on the heads' slices (cheaper on CPU than one batched einsum's transposes)
-                t = ops.stack([ops.matmul(x1[:, h], kernel[h]) for h in range(self.heads)], axis=1)
-            t = ops.reshape(t, [-1, self.heads, self.condition_dim + 1, units])          # [B, H, c+1, out]
-            y = ops.sum(ops.expand_dims(cond1, -1) * t, axis=2)                         # [B, H, out]
-            if self.static_weight:
-                y = y + ops.einsum("bi,hio->bho" if shared else "bhi,hio->bho", x,
-                                   ops.cast(self.static_kernels[i], x.dtype))
-            x, shared = self.act(y), False
+            outer = not shared and fan_in + 1 < units
+            if outer:
+                kz = self._outer_kernels(i, fan_in, units, cond.dtype)                   # [H, (c+1)(in+1), out]
+            else:
+                kw, kb = self._condition_kernels(i, fan_in, units, cond.dtype)  # [H, in, (c+1)·out], [H, (c+1)·out]
+            ys = []
+            for h in range(heads):  # one GEMM per head (no slicing / stacking of the heads' tensors)
+                x_h = x if shared else xs[h]
+                if outer:  # [SC, 1] ⊗ [x, 1] [B, (c+1)(in+1)] · K̂: the narrower intermediate when in+1 < out
+                    x1 = ops.concatenate([x_h, ops.ones_like(x_h[:, :1])], axis=-1)
+                    z = ops.reshape(ops.expand_dims(cond1[:, h], -1) * ops.expand_dims(x1, 1),
+                                    [-1, (c + 1) * (fan_in + 1)])
+                    y = ops.matmul(z, kz[h])
+                else:  # [x, 1] K̃ [B, (c+1)·out], then Σ_c [SC, 1]_c (·)_c
+                    t = ops.reshape(ops.matmul(x_h, kw[h]) + kb[h], [-1, c + 1, units])      # [B, c+1, out]
+                    y = ops.sum(ops.expand_dims(cond1[:, h], -1) * t, axis=1)                # [B, out]
+                if self.static_weight:
+                    y = y + ops.matmul(x_h, ops.cast(self.static_kernels[i][h], y.dtype))
+                ys.append(self.act(y))
+            xs, shared = ys, False
             fan_in = units
-        return x
+        return xs
 
     def _condition_kernels(self, i: int, fan_in: int, units: int, dtype):
-        """Layer i's generator as ``K̃ [H, in+1, (c+1)·out]``: entry ``(h, j, c·out + o)`` is
-        the coefficient of ``SC̃_c x̃_j`` in output o (rows c < C: ``FC^W``'s kernel, row C:
-        its bias; column j = in: the generated bias)."""
+        """Layer i's generator as ``K̃ = (K [H, in, (c+1)·out], k [H, (c+1)·out])``: entry
+        ``(h, j, c·out + o)`` of ``[K; k]`` is the coefficient of ``SC̃_c x̃_j`` in output o
+        (blocks c < C: ``FC^W``'s kernel, block C: its bias; row j = in (``k``): the
+        generated bias)."""
         h, c = self.heads, self.condition_dim
         g = ops.concatenate([ops.cast(self.gen_kernels[i], dtype),
                              ops.expand_dims(ops.cast(self.gen_biases[i], dtype), 1)], axis=1)  # [H, c+1, S]
         w = ops.transpose(ops.reshape(g[..., : fan_in * units], [h, c + 1, fan_in, units]), (0, 2, 1, 3))
-        b = ops.expand_dims(g[..., fan_in * units:], 1)                                   # [H, 1, c+1, out]
-        return ops.reshape(ops.concatenate([w, b], axis=1), [h, fan_in + 1, (c + 1) * units])
+        return (ops.reshape(w, [h, fan_in, (c + 1) * units]),                            # [H, in, (c+1)·out]
+                ops.reshape(g[..., fan_in * units:], [h, (c + 1) * units]))              # [H, (c+1)·out]
+
+    def _outer_kernels(self, i: int, fan_in: int, units: int, dtype):
+        """Layer i's generator as ``K̂ [H, (c+1)·(in+1), out]``: row ``c·(in+1) + j`` is the
+        coefficient row of ``SC̃_c x̃_j`` (the generator's rows in their stored order)."""
+        h, c = self.heads, self.condition_dim
+        g = ops.concatenate([ops.cast(self.gen_kernels[i], dtype),
+                             ops.expand_dims(ops.cast(self.gen_biases[i], dtype), 1)], axis=1)  # [H, c+1, S]
+        w = ops.reshape(g[..., : fan_in * units], [h, c + 1, fan_in, units])
+        b = ops.reshape(g[..., fan_in * units:], [h, c + 1, 1, units])
+        return ops.reshape(ops.concatenate([w, b], axis=2), [h, (c + 1) * (fan_in + 1), units])
 
     def _call_per_scenario(self, x, cond, index, training):
         index = ops.cast(index, "int32")
