@@ -219,6 +219,8 @@ class ScenarioOrientedModule(keras.layers.Layer):
 
     def _call_per_scenario(self, x, cond, index, training):
         index = ops.cast(index, "int32")
+        if training:
+            return self._call_per_scenario_masked(x, cond, index)
         impl = "einsum" if training else "loop"
         if len(x.shape) == 2:
             x = ops.expand_dims(x, 1)
@@ -229,6 +231,25 @@ class ScenarioOrientedModule(keras.layers.Layer):
                 heads.append(select_by_domain(stacked_dense(x_h, w[:, h], b[:, h], "branch_major", impl), index))
             x = self.act(ops.stack(heads, axis=1))
         return x
+
+    def _call_per_scenario_masked(self, x, cond, index):
+        """Training path of ``_call_per_scenario``: each layer of all D scenarios as one GEMM
+        ``[B, in] · [in, D·out]``, then each sample's own scenario kept by a one-hot masked sum
+        over D (the same values as a gather; its gradient is a mask, not a scatter)."""
+        gen = self.generate(cond, row_by_row=False, per_scenario=True)    # [D, H, in, out], [D, H, out]
+        d = int(gen[0][0].shape[0])
+        mask = ops.expand_dims(ops.one_hot(index, d, dtype=x.dtype), -1)  # [B, D, 1]
+        xs = [x] * self.heads if len(x.shape) == 2 else [x[:, h] for h in range(self.heads)]
+        fan_in = self.input_dim
+        for (w, b), units in zip(gen, self.units):
+            ys = []
+            for h in range(self.heads):
+                kernel = ops.reshape(ops.transpose(w[:, h], (1, 0, 2)), [fan_in, d * units])  # [in, D·out]
+                y = ops.reshape(ops.matmul(xs[h], kernel) + ops.reshape(b[:, h], [-1]), [-1, d, units])
+                ys.append(self.act(ops.sum(mask * y, axis=1)))
+            xs = ys
+            fan_in = units
+        return ops.stack(xs, axis=1)
 
     def generated_parameters_per_sample(self) -> int:
         """Weights and biases generated per sample (all heads)."""
