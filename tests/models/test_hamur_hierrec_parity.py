@@ -236,6 +236,8 @@ def test_hamur_matches_the_earlier_implementation(synth_schema, case, training):
 HIERREC_CASES = {
     "default": {},
     "static_weight_one_head": {"static_weight": True, "num_heads": 1},
+    # second layer narrowing (in + 1 >= out): the [x, 1] K̃ order on each head's own input
+    "narrowing_three_heads": {"som_units": [6, 4], "num_heads": 3, "static_weight": True},
 }
 
 
