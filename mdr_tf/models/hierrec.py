@@ -29,9 +29,11 @@ class HierRec(MultiDomainModel):
     """HierRec with an explicit (per-scenario) SOM and G implicit (per-instance) SOMs.
 
     The explicit SOM's condition depends on the scenario id only, so its weights are
-    generated once per scenario (``[D, in, r]``) and gathered. The implicit SOMs'
-    conditions depend on the re-weighted field embeddings of each instance, so their
-    weights are generated per sample and applied with ``einsum('bhi,bhio->bho')``.
+    generated once per scenario (``[D, in, r]``) and each sample keeps its own scenario's
+    output. The implicit SOMs' conditions depend on the re-weighted field embeddings of
+    each instance, so their weights are per sample: applied without materialising them
+    (``ScenarioOrientedModule.call``), the G heads as separate tensors and the head layer
+    as a sum of per-head matmuls.
 
     Every width below is unknown in the paper and marked (ours). The defaults are the
     registry's main-table "hierrec" (~6k samples/s on 2 CPU cores); "hierrec_large" is

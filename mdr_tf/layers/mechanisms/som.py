@@ -140,8 +140,8 @@ class ScenarioOrientedModule(keras.layers.Layer):
         has the narrower per-sample intermediate (same multiply-adds as generating ``W_b``,
         without the [B, H, in, out] tensor or per-sample matrix-vector products):
 
-        - ``x̃ K̃`` first (``_condition_kernels``): one GEMM ``[B, in] · [in, (c+1)·out]`` (plus
-          the bias row), then the weighted sum over c; intermediate ``(c+1)·out`` per sample;
+        - ``x̃ K̃`` first (``_condition_kernels``): one GEMM ``[B, in+1] · [in+1, (c+1)·out]``,
+          then the weighted sum over c; intermediate ``(c+1)·out`` per sample;
         - ``SC̃ ⊗ x̃`` first (``_outer_kernels``, when ``in + 1 < out`` on a head's own input):
           the outer product ``[B, (c+1)·(in+1)]``, then one GEMM with ``[(c+1)·(in+1), out]``.
 
@@ -150,9 +150,10 @@ class ScenarioOrientedModule(keras.layers.Layer):
 
         Per-scenario conditions ([D, H, c] with ``index``): the D scenarios' weights are
         generated (row by row at inference, so a scenario's weights do not depend on D, see
-        ``mdr_tf.onboarding``), every scenario's layer runs on the whole batch as one
-        stacked dense (``mdr_tf.layers.stacked``; D separate matmuls at inference) and each
-        sample keeps its own scenario's output (instead of gathering [B, in, out] weights).
+        ``mdr_tf.onboarding``), every scenario's layer runs on the whole batch (in training
+        one GEMM ``[B, in] · [in, D·out]`` and a one-hot masked sum over D; at inference D
+        separate matmuls, ``mdr_tf.layers.stacked``, and a gather) and each sample keeps its
+        own scenario's output (instead of gathering [B, in, out] weights).
         """
         x = ops.cast(x, self.compute_dtype)
         if index is not None:
@@ -176,17 +177,17 @@ class ScenarioOrientedModule(keras.layers.Layer):
             if outer:
                 kz = self._outer_kernels(i, fan_in, units, cond.dtype)                   # [H, (c+1)(in+1), out]
             else:
-                kw, kb = self._condition_kernels(i, fan_in, units, cond.dtype)  # [H, in, (c+1)·out], [H, (c+1)·out]
+                kernel = self._condition_kernels(i, fan_in, units, cond.dtype)       # [H, in+1, (c+1)·out]
             ys = []
             for h in range(heads):  # one GEMM per head (no slicing / stacking of the heads' tensors)
                 x_h = x if shared else xs[h]
+                x1 = ops.concatenate([x_h, ops.ones_like(x_h[:, :1])], axis=-1)             # [B, in+1]
                 if outer:  # [SC, 1] ⊗ [x, 1] [B, (c+1)(in+1)] · K̂: the narrower intermediate when in+1 < out
-                    x1 = ops.concatenate([x_h, ops.ones_like(x_h[:, :1])], axis=-1)
                     z = ops.reshape(ops.expand_dims(cond1[:, h], -1) * ops.expand_dims(x1, 1),
                                     [-1, (c + 1) * (fan_in + 1)])
                     y = ops.matmul(z, kz[h])
                 else:  # [x, 1] K̃ [B, (c+1)·out], then Σ_c [SC, 1]_c (·)_c
-                    t = ops.reshape(ops.matmul(x_h, kw[h]) + kb[h], [-1, c + 1, units])      # [B, c+1, out]
+                    t = ops.reshape(ops.matmul(x1, kernel[h]), [-1, c + 1, units])           # [B, c+1, out]
                     y = ops.sum(ops.expand_dims(cond1[:, h], -1) * t, axis=1)                # [B, out]
                 if self.static_weight:
                     y = y + ops.matmul(x_h, ops.cast(self.static_kernels[i][h], y.dtype))
@@ -196,16 +197,15 @@ class ScenarioOrientedModule(keras.layers.Layer):
         return xs
 
     def _condition_kernels(self, i: int, fan_in: int, units: int, dtype):
-        """Layer i's generator as ``K̃ = (K [H, in, (c+1)·out], k [H, (c+1)·out])``: entry
-        ``(h, j, c·out + o)`` of ``[K; k]`` is the coefficient of ``SC̃_c x̃_j`` in output o
-        (blocks c < C: ``FC^W``'s kernel, block C: its bias; row j = in (``k``): the
-        generated bias)."""
+        """Layer i's generator as ``K̃ [H, in+1, (c+1)·out]``: entry ``(h, j, c·out + o)`` is
+        the coefficient of ``SC̃_c x̃_j`` in output o (blocks c < C: ``FC^W``'s kernel, block C:
+        its bias; row j = in: the generated bias)."""
         h, c = self.heads, self.condition_dim
         g = ops.concatenate([ops.cast(self.gen_kernels[i], dtype),
                              ops.expand_dims(ops.cast(self.gen_biases[i], dtype), 1)], axis=1)  # [H, c+1, S]
         w = ops.transpose(ops.reshape(g[..., : fan_in * units], [h, c + 1, fan_in, units]), (0, 2, 1, 3))
-        return (ops.reshape(w, [h, fan_in, (c + 1) * units]),                            # [H, in, (c+1)·out]
-                ops.reshape(g[..., fan_in * units:], [h, (c + 1) * units]))              # [H, (c+1)·out]
+        b = ops.expand_dims(g[..., fan_in * units:], 1)                                   # [H, 1, c+1, out]
+        return ops.reshape(ops.concatenate([w, b], axis=1), [h, fan_in + 1, (c + 1) * units])
 
     def _outer_kernels(self, i: int, fan_in: int, units: int, dtype):
         """Layer i's generator as ``K̂ [H, (c+1)·(in+1), out]``: row ``c·(in+1) + j`` is the
