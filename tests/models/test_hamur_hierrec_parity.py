@@ -243,7 +243,10 @@ HIERREC_CASES = {
 
 @pytest.mark.parametrize("case", sorted(HIERREC_CASES))
 @pytest.mark.parametrize("training", [True, False])
-def test_hierrec_matches_the_earlier_implementation(synth_schema, case, training):
+@pytest.mark.parametrize("reference", ["before_speed_work", "ca40422"])
+def test_hierrec_matches_the_earlier_implementations(synth_schema, case, training, reference):
+    """Today's HierRec against the implementation before the speed work (materialised
+    per-sample weights) and against commit ca40422's (before the fourth pass of issue 18.1)."""
     keras.utils.set_random_seed(0)
     kwargs = {"global_units": 8, "condition_dim": 5, "som_units": [4, 6], "num_heads": 2, "embedding_dim": 4,
               **HIERREC_CASES[case]}
@@ -251,18 +254,4 @@ def test_hierrec_matches_the_earlier_implementation(synth_schema, case, training
     m.build()
     _perturb(m)
     x = random_inputs(synth_schema, 64, seed=2)
-    _compare(m, _old_hierrec_logit, x, training)
-
-
-@pytest.mark.parametrize("case", sorted(HIERREC_CASES))
-@pytest.mark.parametrize("training", [True, False])
-def test_hierrec_matches_the_third_pass(synth_schema, case, training):
-    """The fourth pass (issue 18.1) against the implementation of commit ca40422."""
-    keras.utils.set_random_seed(0)
-    kwargs = {"global_units": 8, "condition_dim": 5, "som_units": [4, 6], "num_heads": 2, "embedding_dim": 4,
-              **HIERREC_CASES[case]}
-    m = HierRec(synth_schema.to_config(), **kwargs)
-    m.build()
-    _perturb(m)
-    x = random_inputs(synth_schema, 64, seed=2)
-    _compare(m, _v3_hierrec_logit, x, training)
+    _compare(m, {"before_speed_work": _old_hierrec_logit, "ca40422": _v3_hierrec_logit}[reference], x, training)
