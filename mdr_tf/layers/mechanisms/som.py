@@ -196,13 +196,17 @@ class ScenarioOrientedModule(keras.layers.Layer):
             fan_in = units
         return xs
 
+    def _generator_rows(self, i: int, dtype):
+        """Layer i's generator ``FC^W`` as ``[H, c+1, S]``: its kernel rows, then its bias row."""
+        return ops.concatenate([ops.cast(self.gen_kernels[i], dtype),
+                                ops.expand_dims(ops.cast(self.gen_biases[i], dtype), 1)], axis=1)
+
     def _condition_kernels(self, i: int, fan_in: int, units: int, dtype):
         """Layer i's generator as ``K̃ [H, in+1, (c+1)·out]``: entry ``(h, j, c·out + o)`` is
         the coefficient of ``SC̃_c x̃_j`` in output o (blocks c < C: ``FC^W``'s kernel, block C:
         its bias; row j = in: the generated bias)."""
         h, c = self.heads, self.condition_dim
-        g = ops.concatenate([ops.cast(self.gen_kernels[i], dtype),
-                             ops.expand_dims(ops.cast(self.gen_biases[i], dtype), 1)], axis=1)  # [H, c+1, S]
+        g = self._generator_rows(i, dtype)                                                # [H, c+1, S]
         w = ops.transpose(ops.reshape(g[..., : fan_in * units], [h, c + 1, fan_in, units]), (0, 2, 1, 3))
         b = ops.expand_dims(g[..., fan_in * units:], 1)                                   # [H, 1, c+1, out]
         return ops.reshape(ops.concatenate([w, b], axis=1), [h, fan_in + 1, (c + 1) * units])
@@ -211,8 +215,7 @@ class ScenarioOrientedModule(keras.layers.Layer):
         """Layer i's generator as ``K̂ [H, (c+1)·(in+1), out]``: row ``c·(in+1) + j`` is the
         coefficient row of ``SC̃_c x̃_j`` (the generator's rows in their stored order)."""
         h, c = self.heads, self.condition_dim
-        g = ops.concatenate([ops.cast(self.gen_kernels[i], dtype),
-                             ops.expand_dims(ops.cast(self.gen_biases[i], dtype), 1)], axis=1)  # [H, c+1, S]
+        g = self._generator_rows(i, dtype)                                                # [H, c+1, S]
         w = ops.reshape(g[..., : fan_in * units], [h, c + 1, fan_in, units])
         b = ops.reshape(g[..., fan_in * units:], [h, c + 1, 1, units])
         return ops.reshape(ops.concatenate([w, b], axis=2), [h, (c + 1) * (fan_in + 1), units])
@@ -221,14 +224,15 @@ class ScenarioOrientedModule(keras.layers.Layer):
         index = ops.cast(index, "int32")
         if training:
             return self._call_per_scenario_masked(x, cond, index)
-        impl = "einsum" if training else "loop"
+        # Inference: every scenario's weights generated row by row and D separate matmuls, so a
+        # scenario's output does not depend on D (new-domain onboarding's bit-identity).
         if len(x.shape) == 2:
             x = ops.expand_dims(x, 1)
-        for w, b in self.generate(cond, row_by_row=not training, per_scenario=True):  # [D, H, in, out], [D, H, out]
+        for w, b in self.generate(cond, row_by_row=True, per_scenario=True):  # [D, H, in, out], [D, H, out]
             heads = []
             for h in range(self.heads):
                 x_h = x[:, h if x.shape[1] > 1 else 0]
-                heads.append(select_by_domain(stacked_dense(x_h, w[:, h], b[:, h], "branch_major", impl), index))
+                heads.append(select_by_domain(stacked_dense(x_h, w[:, h], b[:, h], "branch_major", "loop"), index))
             x = self.act(ops.stack(heads, axis=1))
         return x
 
